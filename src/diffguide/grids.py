@@ -1,0 +1,65 @@
+"""Sigma grids: functions that return a descending tensor of n sigmas followed by a final 0."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import ConfigError, lookup
+
+
+def _check(n: int, sigma_min: float, sigma_max: float) -> None:
+    if int(n) < 1:
+        raise ConfigError(f"number of steps must be >= 1, got {n}")
+    if not 0 < sigma_min < sigma_max:
+        raise ConfigError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: sigma_i = (max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho."""
+    _check(n, sigma_min, sigma_max)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def loglinear_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
+    """Sigmas evenly spaced in log sigma (the geometric VE grid)."""
+    _check(n, sigma_min, sigma_max)
+    sigmas = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64))
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def uniform_t_sigmas(n: int, process) -> torch.Tensor:
+    """The process's own grid: t uniform from t_max to t_min (DDIM's even timesteps for DDPM)."""
+    if int(n) < 1:
+        raise ConfigError(f"number of steps must be >= 1, got {n}")
+    return process.uniform_t_sigmas(int(n))
+
+
+GRIDS = ("karras", "loglinear", "uniform-t")
+
+
+def make_sigmas(
+    grid: str,
+    n: int,
+    process=None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    rho: float = 7.0,
+) -> torch.Tensor:
+    """Build a named grid; sigma_min/sigma_max default to the process's range."""
+    lookup("sigma grid", grid, dict.fromkeys(GRIDS))
+    if grid == "uniform-t":
+        if process is None:
+            raise ConfigError("the 'uniform-t' grid needs a noise process")
+        return uniform_t_sigmas(n, process)
+    if sigma_min is None:
+        sigma_min = process.sigma_min if process is not None else 0.002
+    if sigma_max is None:
+        sigma_max = process.sigma_max if process is not None else 80.0
+    if grid == "karras":
+        return karras_sigmas(n, sigma_min, sigma_max, rho)
+    return loglinear_sigmas(n, sigma_min, sigma_max)
