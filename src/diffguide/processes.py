@@ -69,7 +69,9 @@ class DDPM(NoiseProcess):
     name = "ddpm"
     discrete = True
 
-    def __init__(self, T: int = 1000, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02):
+    def __init__(
+        self, T: int = 1000, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02
+    ):
         if T < 2:
             raise ConfigError(f"DDPM needs T >= 2 steps, got T={T}")
         self.T = int(T)
@@ -162,7 +164,9 @@ class VESDE(NoiseProcess):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not 0 < sigma_min < sigma_max:
-            raise ConfigError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ConfigError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
         self.s_min, self.s_max = float(sigma_min), float(sigma_max)
 
     def sigma(self, t):
@@ -206,7 +210,9 @@ class EDMProcess(NoiseProcess):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         if not 0 < sigma_min < sigma_max:
-            raise ConfigError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ConfigError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 
     def sigma(self, t):

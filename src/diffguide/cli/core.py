@@ -1,0 +1,147 @@
+"""`diffguide presets | train | sample`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import apply_overrides, load_config_file, load_preset, preset_summaries
+from ..errors import ConfigError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("presets", help="list the named presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train a model from a preset into a run folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="preset name (see `diffguide presets`)")
+    src.add_argument("--config", help="a config file (.toml or a run's config.json)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500"
+    )
+    p.add_argument("--out", default="runs", help="runs folder (default: runs)")
+    p.add_argument("--name", help="run name (default: the preset's name)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest good checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_extras(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample from a trained run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
+    p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
+    p.add_argument("--sampler", help="sampler name (default: the run's)")
+    p.add_argument("--steps", type=int, help="number of steps (default: the run's)")
+    p.add_argument("--grid", help="sigma grid: karras, loglinear, uniform-t")
+    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--out", required=True, help="output file (.npz for 2D)")
+    add_sample_extras(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def add_train_extras(p) -> None:
+    """Extra training options contributed by other features (guidance: --with-amateur)."""
+    from . import guidance_args
+
+    guidance_args.add_train_args(p)
+
+
+def add_sample_extras(p) -> None:
+    from . import condition_args, guidance_args
+
+    condition_args.add_sample_args(p)
+    guidance_args.add_sample_args(p)
+
+
+def cmd_presets(args) -> int:
+    rows = preset_summaries()
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(f"{name.ljust(width)}  {desc}")
+    return 0
+
+
+def resolve_config(args):
+    cfg = load_preset(args.preset) if args.preset else load_config_file(args.config)
+    cfg = apply_overrides(cfg, args.set)
+    if args.name:
+        cfg.name = args.name
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from ..train import train
+    from . import guidance_args
+
+    cfg = resolve_config(args)
+    run_dir = Path(args.out) / cfg.name
+    train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"run written to {run_dir}")
+    guidance_args.after_train(args, cfg, run_dir)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..runs import load_run
+    from ..sampling import generate, sigma_grid
+    from . import condition_args, guidance_args
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
+    s = run.config.sample
+    sigmas = sigma_grid(
+        args.grid or s.grid, args.steps or s.steps, run.process, s.sigma_min, s.sigma_max, s.rho
+    )
+    cond = condition_args.build_condition(args, run, args.n)
+    denoiser = guidance_args.guided_denoiser(args, run)
+    x = generate(
+        denoiser,
+        args.n,
+        run.dataset.shape,
+        sigmas=sigmas,
+        sampler=args.sampler or s.sampler,
+        seed=args.seed,
+        cond=cond,
+        batch_size=args.batch_size,
+    )
+    out = Path(args.out)
+    write_samples(out, x, run, cond, args)
+    return 0
+
+
+def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output folder {str(out.parent)!r}: {e.strerror}") from None
+    if run.dataset.kind == "points":
+        if out.suffix != ".npz":
+            raise ConfigError(f"2D samples are written as .npz; got --out {str(out)!r}")
+        labels = None if cond is None else np.asarray(torch.as_tensor(cond).expand(len(x)))
+        arrays = {"samples": x.numpy()}
+        if labels is not None:
+            arrays["labels"] = labels
+        try:
+            np.savez(out, **arrays)
+        except OSError as e:
+            raise ConfigError(f"cannot write {str(out)!r}: {e.strerror}") from None
+        if x.shape[1] == 2:
+            from ..figures import save_scatter
+
+            png = out.with_suffix(".png")
+            save_scatter(
+                png, x, f"{run.config.name}: {len(x)} samples", mixture=run.dataset.mixture, labels=labels
+            )
+            print(f"wrote {out} and {png}")
+        else:
+            print(f"wrote {out}")
+        return
+    from ..image_figures import write_image_samples
+
+    write_image_samples(out, x, run, args)

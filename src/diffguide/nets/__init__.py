@@ -1,0 +1,1 @@
+"""Networks F(x_in, c_noise, cond) -> output; preconditioning wrappers turn them into denoisers."""

@@ -1,0 +1,72 @@
+"""Rebuild a trained model from its run folder alone (config.json + safetensors checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .build import build_denoiser, build_network
+from .config import RunConfig, from_dict, validate
+from .data import make_dataset
+from .errors import CheckpointError
+from .processes import NoiseProcess, make_process
+from .train.checkpoint import latest_good_checkpoint, read_checkpoint
+from .train.loop import load_module_tensors
+
+
+@dataclass
+class Run:
+    """A loaded run: its folder, config, dataset, noise process, eval-mode denoiser and step."""
+
+    path: Path
+    config: RunConfig
+    dataset: object
+    process: NoiseProcess
+    denoiser: torch.nn.Module
+    step: int
+    checkpoint: Path
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes if self.config.data.conditional else 0
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a run folder: it has no config.json")
+    try:
+        return validate(from_dict(RunConfig, json.loads(path.read_text())))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None, use_ema: bool = True, device: str = "cpu"
+) -> Run:
+    """Load a run's model (EMA weights by default) from its latest good checkpoint or a given one."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    if checkpoint is None:
+        found = latest_good_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            raise CheckpointError(
+                f"run {str(run_dir)!r} has no readable checkpoint in {run_dir / 'checkpoints'}"
+            )
+        path, tensors, meta = found
+    else:
+        path = Path(checkpoint)
+        if not path.is_absolute() and not path.exists():
+            path = run_dir / "checkpoints" / path
+        tensors, meta = read_checkpoint(path)
+    dataset = make_dataset(cfg.data)
+    net = build_network(cfg, dataset)
+    load_module_tensors(net, tensors, "ema." if use_ema else "model.")
+    denoiser = build_denoiser(cfg, net).to(device).eval()
+    return Run(
+        run_dir, cfg, dataset, make_process(cfg.diffusion.process), denoiser, int(meta.get("step", 0)), path
+    )

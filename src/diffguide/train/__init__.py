@@ -1,0 +1,5 @@
+"""Training: the loop, checkpoints and logs."""
+
+from .loop import train
+
+__all__ = ["train"]

@@ -1,0 +1,160 @@
+"""Checkpoints: safetensors files (model, EMA, optimizer state, RNG states) written atomically.
+
+A checkpoint is ckpt-XXXXXXXX.safetensors in the run's checkpoints/ folder; `latest` names the newest
+good one. Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
+half-written checkpoint under a real name. No pickle: tensors in safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+FORMAT = "diffguide-checkpoint-1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to `path` via a temporary file in the same folder, fsync, rename, fsync folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors.save_file through a temporary file + rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    """Flatten an optimizer state_dict into tensors plus JSON for the param groups."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{idx}.{key}"] = t
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups_json: str):
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    opt.load_state_dict({"state": state, "param_groups": json.loads(groups_json)})
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:08d}.safetensors"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in a run's checkpoints/ folder, oldest first."""
+    folder = Path(folder)
+    return sorted(folder.glob("ckpt-*.safetensors")) if folder.is_dir() else []
+
+
+def save_checkpoint(
+    folder: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep_last: int
+) -> Path:
+    """Write ckpt-STEP atomically, point `latest` at it, delete all but the newest keep_last."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / checkpoint_name(step)
+    metadata = {
+        "format": FORMAT,
+        "step": str(step),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+    }
+    atomic_save_tensors(path, tensors, metadata)
+    atomic_write_text(folder / "latest", path.name + "\n")
+    for old in list_checkpoints(folder)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint; a truncated or foreign file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or not a safetensors file ({e})"
+        ) from None
+    return tensors, meta
+
+
+def latest_good_checkpoint(folder: Path) -> tuple[Path, dict, dict] | None:
+    """The newest readable checkpoint, falling back past bad ones with a warning naming each."""
+    folder = Path(folder)
+    candidates = list_checkpoints(folder)
+    pointer = folder / "latest"
+    if pointer.is_file():
+        named = folder / pointer.read_text().strip()
+        if named in candidates:  # the pointer first, then older ones
+            candidates = [c for c in candidates if c <= named]
+    for path in reversed(candidates):
+        try:
+            tensors, meta = read_checkpoint(path)
+            return path, tensors, meta
+        except CheckpointError as e:
+            warnings.warn(f"skipping bad checkpoint {path.name}: {e}", stacklevel=2)
+    return None
