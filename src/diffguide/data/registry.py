@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,8 +58,6 @@ def make_dataset(cfg: DataConfig) -> Dataset:
     """Build the dataset a config names (error lists the closest names)."""
     from . import points  # noqa: F401  (registers the 2D sets)
 
-    try:
+    with contextlib.suppress(ImportError):
         from . import images  # noqa: F401  (registers image sets, if present)
-    except ImportError:
-        pass
     return lookup("dataset", cfg.name, DATASETS)(cfg)
