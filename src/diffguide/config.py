@@ -71,6 +71,11 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+    precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
+    compile: bool = False  # torch.compile the network
+    channels_last: bool = False  # channels-last memory format (U-Net on GPU)
+    on_nan: str = "stop"  # stop | skip: what a NaN/Inf loss does
 
 
 @dataclass
@@ -245,6 +250,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     from .errors import lookup
 
     lookup("optimizer", t.optimizer, {"adam": 0, "adamw": 0})
+    lookup("precision", t.precision, {"fp32": 0, "bf16": 0})
+    lookup("on_nan policy", t.on_nan, {"stop": 0, "skip": 0})
+    if t.accum_steps < 1 or t.batch_size % t.accum_steps:
+        raise ConfigError(
+            f"train.accum_steps must be >= 1 and divide train.batch_size={t.batch_size}, got {t.accum_steps}"
+        )
     lookup("learning-rate decay", t.decay, {"none": 0, "cosine": 0, "linear": 0, "inv-sqrt": 0})
     lookup("architecture", cfg.model.arch, {"mlp": 0, "unet": 0})
     from .processes import make_process

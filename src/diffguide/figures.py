@@ -26,7 +26,14 @@ def scatter_2d(
 ):
     """Samples as a scatter plot, over the mixture's density when given."""
     pts = np.asarray(points)
-    lim = lim or float(np.quantile(np.abs(pts), 0.995)) * 1.1
+    finite = np.isfinite(pts).all(1)
+    if not finite.all():  # a diverged model: plot what is finite and say how much is not
+        title = f"{title} ({int((~finite).sum())} non-finite samples not shown)"
+        if not isinstance(color, str):
+            color = [c for c, ok in zip(color, finite) if ok]
+        pts = pts[finite]
+    lim = lim or (float(np.quantile(np.abs(pts), 0.995)) * 1.1 if len(pts) else 1.0)
+    lim = lim if np.isfinite(lim) and lim > 0 else 1.0
     if mixture is not None:
         img = density_image(mixture, lim, res=200)
         ax.imshow(np.exp(img), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Greys", alpha=0.6)

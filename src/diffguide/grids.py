@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, lookup
@@ -65,3 +66,34 @@ def make_sigmas(
     if grid == "karras":
         return karras_sigmas(n, sigma_min, sigma_max, rho)
     return loglinear_sigmas(n, sigma_min, sigma_max)
+
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def spaced_timesteps(n: int, T: int, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+    """n descending integer timesteps of a T-step DDPM, spaced like diffusers' DDPM/DDIM schedulers.
+
+    "linspace", "leading" and "trailing" are the three spacings of Lin et al. 2023, Table 2, computed
+    exactly as diffusers' DDPMScheduler.set_timesteps does (including its rounding and steps_offset).
+    """
+    lookup("timestep spacing", spacing, dict.fromkeys(TIMESTEP_SPACINGS))
+    if not 1 <= int(n) <= int(T):
+        raise ConfigError(f"number of steps must be in 1..{T} for a {T}-step DDPM, got {n}")
+    if spacing == "linspace":
+        t = np.linspace(0, T - 1, n).round()[::-1]
+    elif spacing == "leading":
+        t = (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
+    else:
+        t = np.round(np.arange(T, 0, -T / n)) - 1
+    return torch.as_tensor(t.astype(np.int64).copy())
+
+
+def spaced_sigmas(n: int, process, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+    """The sigmas of a discrete DDPM process at `spaced_timesteps`, then a final 0 ([n + 1])."""
+    if not hasattr(process, "sigmas") or not getattr(process, "discrete", False):
+        raise ConfigError(f"timestep spacing needs a discrete DDPM process, got {type(process).__name__}")
+    t = spaced_timesteps(n, process.T, spacing, steps_offset)
+    if int(t.max()) >= process.T:
+        raise ConfigError(f"steps_offset={steps_offset} puts a timestep past T-1={process.T - 1}")
+    return torch.cat([process.sigmas[t], torch.zeros(1, dtype=torch.float64)])

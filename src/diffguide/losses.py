@@ -75,12 +75,18 @@ class DenoisingLoss:
             return (1 / sigma**2).clamp(max=self.cfg.min_snr_gamma)
         return TARGET_WEIGHT["edm"](sigma, sd)
 
-    def __call__(self, denoiser, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None):
-        # noise drawn on the CPU with the training generator: the same run on any device
+    def draw_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None):
+        """(sigma [N] float64, eps like x0), drawn on the CPU so a run is the same on any device."""
         sigma = self.sample_sigma(x0.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        return sigma, eps
+
+    def __call__(
+        self, denoiser, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None, noise=None
+    ):
+        sigma, eps = self.draw_noise(x0, generator) if noise is None else noise
         sigma, eps = sigma.to(x0.device), eps.to(x0.device)
         x = x0 + append_dims(sigma.to(x0.dtype), x0.ndim) * eps
         x0_hat = denoiser(x, sigma.to(x0.dtype), cond)
-        err = (x0_hat - x0).reshape(x0.shape[0], -1).pow(2).mean(1)
+        err = (x0_hat.float() - x0.float()).reshape(x0.shape[0], -1).pow(2).mean(1)
         return self.weight(sigma).to(err.dtype) * err

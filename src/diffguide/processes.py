@@ -93,6 +93,24 @@ class DDPM(NoiseProcess):
         self.log_sigmas = self.sigmas.log()
         self.t_max = float(self.T - 1)
 
+    @classmethod
+    def from_alpha_bar(cls, alpha_bar) -> DDPM:
+        """A DDPM with a given table alpha_bar[t], t = 0..T-1 (e.g. a diffusers scheduler's alphas_cumprod)."""
+        ab = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1)
+        if ab.numel() < 2 or not bool(((ab > 0) & (ab < 1)).all()) or not bool((ab[1:] < ab[:-1]).all()):
+            raise ConfigError(
+                f"alpha_bar must be a strictly decreasing table in (0, 1) of length >= 2; got {ab.numel()} "
+                f"values from {float(ab[0]):.6g} to {float(ab[-1]):.6g}"
+            )
+        process = cls(T=ab.numel())
+        process.schedule = "custom"
+        process.alpha_bar = ab
+        process.alphas = ab / torch.cat([ab.new_ones(1), ab[:-1]])
+        process.betas = 1 - process.alphas
+        process.sigmas = ((1 - ab) / ab).sqrt()
+        process.log_sigmas = process.sigmas.log()
+        return process
+
     def sigma(self, t):
         # linear interpolation in log sigma between integer steps, so fractional t is allowed
         t = _t(t).to(torch.float64).clamp(0, self.T - 1)

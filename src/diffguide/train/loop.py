@@ -7,6 +7,7 @@ resumed run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 from ..build import build_denoiser, build_network
 from ..config import RunConfig, to_dict, validate
 from ..data import make_dataset
-from ..errors import CheckpointError, DiffguideError
+from ..errors import CheckpointError, ConfigError, DiffguideError
 from ..losses import DenoisingLoss
 from ..processes import make_process
+from . import distributed
 from .checkpoint import (
     atomic_write_text,
     latest_good_checkpoint,
@@ -118,25 +120,45 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     on_log=None,
+    on_finish=None,
 ) -> Path:
     """Train the model a config describes into `run_dir` (resuming from its latest checkpoint if asked).
 
+    Under torchrun each process trains on its slice of the same global batch (see distributed.py);
+    rank 0 alone writes checkpoints, logs and figures.
     stop_after: stop once this step is reached (checkpointing it), as if interrupted; used by tests.
     on_log: optional function called with each logged record (the dashboard's live progress).
+    on_finish: optional function called on every rank with (net, ema) when the loop ends.
     """
     cfg = validate(cfg)
-    run_dir = prepare_run_dir(cfg, Path(run_dir), resume)
     t = cfg.train
-    device = resolve_device(t.device)
+    info = distributed.setup(resolve_device(t.device))
+    device = distributed.local_device(resolve_device(t.device), info)
+    run_dir = Path(run_dir)
+    if info.is_main:
+        prepare_run_dir(cfg, run_dir, resume)
+    distributed.barrier(info)
+    if t.batch_size % (info.world_size * t.accum_steps):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must be divisible by processes x accum_steps "
+            f"= {info.world_size} x {t.accum_steps}"
+        )
     dataset = make_dataset(cfg.data)
     torch.manual_seed(t.seed)
     net = build_network(cfg, dataset).to(device)
-    denoiser = build_denoiser(cfg, net)
+    if t.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = net
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if t.compile:
+        model = torch.compile(model)
+    denoiser = build_denoiser(cfg, model)
     loss_fn = DenoisingLoss(cfg.diffusion.loss, make_process(cfg.diffusion.process))
     optimizer = _make_optimizer(cfg, net.parameters())
     ema = EMA(net, t.ema_decay)
     generator = torch.Generator().manual_seed(t.seed + 1)
-    torch.manual_seed(t.seed + 2)  # global RNG: dropout only
     step = 0
 
     ckpt_dir = run_dir / "checkpoints"
@@ -145,52 +167,113 @@ def train(
         if found is not None:
             path, tensors, meta = found
             step = load_training_state(tensors, meta, net, ema, optimizer, generator)
-            print(f"resuming {run_dir} from {path.name} (step {step})")
+            if info.is_main:
+                print(f"resuming {run_dir} from {path.name} (step {step})")
 
-    logger = RunLogger(run_dir, step, t.steps, progress)
+    logger = RunLogger(run_dir, step, t.steps, progress) if info.is_main else None
     num_classes = dataset.num_classes if cfg.data.conditional else 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     net.train()
     try:
         while step < t.steps:
+            # the global RNG (dropout only) is reseeded from (seed, step, rank) every step: resume and
+            # every rank are reproducible without saving its state
+            torch.manual_seed(((t.seed * 1_000_003 + step) * 4096 + info.rank) % (2**63 - 1))
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            # the global batch and its noise, drawn identically on every rank, then this rank's slice
             x0, labels = dataset.sample_batch(t.batch_size, generator)
-            if num_classes:
-                labels = drop_labels(labels, num_classes, t.p_uncond, generator).to(device)
-            else:
-                labels = None
-            loss = loss_fn(denoiser, x0.to(device), labels, generator).mean()
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {step + 1}; the last good checkpoint in {ckpt_dir} is kept. "
-                    "Try a lower train.lr or train.grad_clip=1"
-                )
+            labels = drop_condition(labels, num_classes, t.p_uncond, generator) if num_classes else None
+            sigma, eps = loss_fn.draw_noise(x0, generator)
+            x0, labels, sigma, eps = (distributed.shard(v, info) for v in (x0, labels, sigma, eps))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                net.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
-            )
-            optimizer.step()
+            total = torch.zeros((), device=device)
+            micro = x0.shape[0] // t.accum_steps
+            for k in range(t.accum_steps):
+                part = slice(k * micro, (k + 1) * micro)
+                last = k == t.accum_steps - 1
+                sync = contextlib.nullcontext() if last or not info.enabled else model.no_sync()
+                with sync:
+                    with autocast:
+                        loss = loss_fn(
+                            denoiser,
+                            x0[part].to(device),
+                            _to(select(labels, part), device),
+                            noise=(sigma[part], eps[part]),
+                        ).mean()
+                    (loss / t.accum_steps).backward()
+                total += loss.detach() / t.accum_steps
+            loss_value = distributed.all_mean(total, info)
+            skipped = distributed.any_rank(not bool(torch.isfinite(loss_value)), info)
+            if skipped and t.on_nan == "stop":
+                raise TrainingDiverged(
+                    f"loss is {loss_value.item()} at step {step + 1}; the last good checkpoint in "
+                    f"{ckpt_dir} is kept. Try a lower train.lr, or train.on_nan=skip to skip such steps"
+                )
+            if skipped:  # on_nan = skip: drop this step's update
+                optimizer.zero_grad(set_to_none=True)
+                if logger is not None:
+                    print(f"step {step + 1}: non-finite loss, step skipped (train.on_nan=skip)")
+            else:
+                clip = t.grad_clip if t.grad_clip > 0 else math.inf
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+                optimizer.step()
+                ema.update(net, step + 1)
             step += 1
-            ema.update(net, step)
-            if step % t.log_every == 0 or step == t.steps:
-                record = {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+            if logger is not None and not skipped and (step % t.log_every == 0 or step == t.steps):
+                record = {"loss": loss_value.item(), "lr": lr, "grad_norm": float(grad_norm)}
                 logger.log(step, record, t.batch_size)
                 if on_log is not None:
                     on_log({"step": step, "total": t.steps, **record})
             stopping = stop_after is not None and step >= stop_after
             if step % t.ckpt_every == 0 or step == t.steps or stopping:
-                save_training_state(ckpt_dir, step, net, ema, optimizer, generator, cfg)
+                if info.is_main:
+                    save_training_state(ckpt_dir, step, net, ema, optimizer, generator, cfg)
+                distributed.barrier(info)
             if stopping:
                 break
+    except torch.OutOfMemoryError:
+        raise DiffguideError(
+            f"out of memory on {device} with train.batch_size={t.batch_size}; try a smaller batch, e.g. "
+            f"--set train.batch_size={max(1, t.batch_size // 2)}, or --set train.accum_steps={2 * t.accum_steps}"
+        ) from None
     finally:
-        logger.close()
-    if step >= t.steps:
+        if logger is not None:
+            logger.close()
+    if on_finish is not None:
+        on_finish(net, ema)
+    if step >= t.steps and info.is_main:
         from ..figures import write_run_figure
 
         write_run_figure(run_dir)
+    distributed.barrier(info)
     return run_dir
+
+
+def select(labels, part: slice):
+    if labels is None:
+        return None
+    if isinstance(labels, dict):
+        return {k: v[part] for k, v in labels.items()}
+    return labels[part]
+
+
+def _to(labels, device):
+    if labels is None:
+        return None
+    if isinstance(labels, dict):
+        return {k: v.to(device) for k, v in labels.items()}
+    return labels.to(device)
+
+
+def drop_condition(labels, num_classes: int, p: float, generator: torch.Generator):
+    """Label dropout for any condition: class labels here, attribute dicts via data.attributes."""
+    if isinstance(labels, dict):
+        from ..data.attributes import drop_attributes
+
+        return drop_attributes(labels, p, generator)
+    return drop_labels(labels, num_classes, p, generator)
 
 
 def save_training_state(folder, step, net, ema, optimizer, generator, cfg) -> Path:
@@ -199,7 +282,6 @@ def save_training_state(folder, step, net, ema, optimizer, generator, cfg) -> Pa
     opt_tensors, groups = optimizer_to_tensors(optimizer)
     tensors.update(opt_tensors)
     tensors["rng.generator"] = generator.get_state()
-    tensors["rng.global"] = torch.get_rng_state()
     meta = {"optimizer_groups": groups, "ema_decay": str(ema.decay)}
     return save_checkpoint(folder, step, tensors, meta, cfg.train.keep_last)
 
@@ -210,7 +292,6 @@ def load_training_state(tensors, meta, net, ema, optimizer, generator) -> int:
         ema.shadow[k].copy_(tensors[f"ema.{k}"])
     optimizer_from_tensors(optimizer, tensors, meta["optimizer_groups"])
     generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.global"])
     return int(meta["step"])
 
 
