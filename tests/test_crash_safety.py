@@ -87,3 +87,21 @@ def test_nan_skip_policy_keeps_training(tmp_path, capsys):
     train(cfg, tmp_path / "run", progress=False)
     assert "step skipped" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoints" / "ckpt-00000030.safetensors").is_file()
+
+
+def test_sigterm_stops_gracefully_with_checkpoint_and_resumes(tmp_path):
+    sets = ["train.steps=100000", "train.ckpt_every=100000", "train.log_every=10"]
+    cmd = [sys.executable, "-m", "diffguide", "train", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "tiny" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped at step" in out
+    step = int(out.split("stopped at step ")[1].split()[0])
+    latest = (tmp_path / "tiny" / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"ckpt-{step:08d}.safetensors"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -171,6 +173,7 @@ def train(
                 print(f"resuming {run_dir} from {path.name} (step {step})")
 
     logger = RunLogger(run_dir, step, t.steps, progress) if info.is_main else None
+    stop_request = _StopOnSignal()
     num_classes = dataset.num_classes if cfg.data.conditional else 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     net.train()
@@ -226,7 +229,9 @@ def train(
                 logger.log(step, record, t.batch_size)
                 if on_log is not None:
                     on_log({"step": step, "total": t.steps, **record})
-            stopping = stop_after is not None and step >= stop_after
+            stopping = (stop_after is not None and step >= stop_after) or distributed.any_rank(
+                stop_request.requested, info
+            )
             if step % t.ckpt_every == 0 or step == t.steps or stopping:
                 if info.is_main:
                     save_training_state(ckpt_dir, step, net, ema, optimizer, generator, cfg)
@@ -239,8 +244,11 @@ def train(
             f"--set train.batch_size={max(1, t.batch_size // 2)}, or --set train.accum_steps={2 * t.accum_steps}"
         ) from None
     finally:
+        stop_request.restore()
         if logger is not None:
             logger.close()
+    if stop_request.requested and info.is_main:
+        print(f"stopped at step {step} (checkpoint kept); continue with --resume")
     if on_finish is not None:
         on_finish(net, ema)
     if step >= t.steps and info.is_main:
@@ -249,6 +257,26 @@ def train(
         write_run_figure(run_dir)
     distributed.barrier(info)
     return run_dir
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT ask the loop to stop after the current step, checkpoint it and return."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def select(labels, part: slice):
