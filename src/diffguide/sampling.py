@@ -41,7 +41,7 @@ def generate(
     shape: tuple[int, ...],
     *,
     sigmas: torch.Tensor,
-    sampler: str = "heun",
+    sampler: str | Callable = "heun",
     seed: int = 0,
     cond=None,
     batch_size: int = 4096,
@@ -53,7 +53,7 @@ def generate(
     """n samples [n, *shape]; sample i starts from and draws noise from seed stream (seed, i) only."""
     if n < 1:
         raise ConfigError(f"number of samples must be >= 1, got {n}")
-    fn = get_sampler(sampler)
+    fn = sampler if callable(sampler) else get_sampler(sampler)  # a name, or a sampler function
     out = []
     sigmas = sigmas.to(device)
     for start in range(0, n, batch_size):

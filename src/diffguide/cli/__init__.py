@@ -8,7 +8,7 @@ import sys
 from ..errors import DiffguideError
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
-MODULES = ["core", "demo"]
+MODULES = ["core", "demo", "images", "dashboard", "likelihood"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,15 +100,17 @@ def cmd_sample(args) -> int:
     )
     cond = condition_args.build_condition(args, run, args.n)
     denoiser = guidance_args.guided_denoiser(args, run)
+    sampler, callback = condition_args.sampler_and_callback(args, run, args.sampler or s.sampler)
     x = generate(
         denoiser,
         args.n,
         run.dataset.shape,
         sigmas=sigmas,
-        sampler=args.sampler or s.sampler,
+        sampler=sampler,
         seed=args.seed,
         cond=cond,
         batch_size=args.batch_size,
+        callback=callback,
     )
     out = Path(args.out)
     write_samples(out, x, run, cond, args)

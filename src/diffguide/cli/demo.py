@@ -1,27 +1,31 @@
-"""`diffguide demo`: the main job on the embedded default."""
+"""`diffguide demo`: the guidance study on the two-class tree (and seed 000's S-curve)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("demo", help="train on the 2D tree mixture and write a samples figure")
-    p.add_argument("--out", default="out/demo", help="output folder")
+    p = sub.add_parser(
+        "demo",
+        help="train an expert and an amateur on the 2D tree; compare no guidance, CFG and autoguidance",
+    )
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fast", action="store_true", help="a much smaller run (for tests)")
+    p.add_argument("--fast", action="store_true", help="a much smaller study (~20-30 s, for tests)")
+    p.add_argument("--no-progress", action="store_true", help="no training progress bars")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    from ..config import apply_overrides, load_preset
-    from ..train import train
+    from ..study import StudySettings, run_study
+    from ..study_report import metrics_table
 
-    cfg = load_preset("tree-edm")
-    sets = [f"train.seed={args.seed}"]
-    if args.fast:
-        sets += ["train.steps=200", "model.width=64", "model.depth=2", "sample.n=1000"]
-    cfg = apply_overrides(cfg, sets)
-    run_dir = train(cfg, Path(args.out) / "tree-edm")
-    print(f"samples figure: {run_dir / 'samples.png'}")
+    settings = StudySettings.fast(args.seed) if args.fast else StudySettings(seed=args.seed)
+    if args.no_progress:
+        settings.progress = False
+    metrics = run_study(args.out, settings)
+    print()
+    print(metrics_table(metrics))
+    print(f"\nchosen w: {metrics['selection_rule']}")
+    print(f"total time {metrics['timings_s']['total']:.1f} s")
+    print(f"report: {metrics['report']}")
     return 0

@@ -1,0 +1,640 @@
+"""Peer benchmarks: diffguide against diffusers, k-diffusion and denoising-diffusion-pytorch, in one run.
+
+1. Accuracy per cost. The exact denoiser of `tree_mixture()` (a GaussianMixture, float64) is sampled
+   from the same noise x = 80 z by every deterministic sampler at 4, 8, 16, 32 denoiser evaluations
+   (NFE); the error is the RMS distance to a 1024-step Heun solution from the same x.
+   - diffguide and k-diffusion get the denoiser itself, D(x, sigma), on the Karras grid (rho 7,
+     sigma 0.002 .. 80).
+   - diffusers' schedulers need an eps-prediction model on a discrete DDPM-like schedule. We give
+     them a T = 10000 step schedule whose sigma(t) = sqrt((1 - abar_t) / abar_t) is the Karras ramp
+     from 0.002 (t = 0) to 80 (t = T - 1), passed as `trained_betas` (and then as the exact float64
+     `alphas_cumprod`, see `make_scheduler`), and the model
+     `EpsModelFromDenoiser` (eps = (x - D(x, sigma(t))) / sigma(t) with x = x_t sqrt(1 + sigma^2)).
+     Their uniform timestep spacings are then Karras grids in sigma, and every scheduler starts at
+     t = T - 1 (sigma 80) from the same scale-free x (x_t = x / sqrt(1 + 80^2) for the VP-space
+     schedulers). Default scheduler settings otherwise, except DDIM, which uses
+     timestep_spacing="trailing": its default "leading" spacing starts at t = (n-1) T / n, not at
+     sigma_max (Lin et al. 2023), so it would not solve the same problem.
+2. Sampler overhead: wall time minus denoiser time per denoiser evaluation, for a cheap denoiser
+   (2D `MLP(width=64, depth=2)` in `EDMPrecond`, 10,000 points, float32, 32 evaluations): our samplers, diffusers'
+   scheduler loop (set_timesteps, scale_model_input, step) and k-diffusion's samplers. Medians of
+   repeats, interleaved in one run.
+3. Training throughput: a diffguide U-Net (`build_unet`) against denoising-diffusion-pytorch's
+   `Unet` at (nearly) matched parameter count on 24x24 RGB, eps-prediction DDPM loss, Adam, batch 32,
+   samples/s over a fixed number of steps (forward + backward + optimizer step; no data loading, no
+   EMA), medians of per-step times.
+
+k-diffusion and denoising-diffusion-pytorch are installed with --no-deps (their torchvision,
+accelerate, ema-pytorch and wandb dependencies cannot or need not be installed here); we import only
+`k_diffusion.sampling` and `denoising_diffusion_pytorch.denoising_diffusion_pytorch`, with import-time
+stand-ins for the missing packages (never called by the code we use).
+
+All parts run with one torch thread by default (--threads): on a shared 2-core machine thread
+hand-offs dominate small operations and make timings erratic.
+
+Usage: python benchmarks/bench_peers.py [--quick] [--threads N] [--parts accuracy,overhead,training] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import math
+import platform
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from diffguide import samplers as ours
+from diffguide.denoiser import EDMPrecond
+from diffguide.grids import karras_sigmas
+from diffguide.mixtures import tree_mixture
+
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+BUDGETS = (4, 8, 16, 32)
+T_TABLE = 10_000
+RESULTS = Path(__file__).parent / "results" / "peers.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# importing the peers
+
+
+def _stand_in(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    class Missing:
+        def __init__(self, *args, **kwargs):
+            raise ImportError(f"{name} is not installed; the benchmark only imports it, never uses it")
+
+    module.__getattr__ = lambda attr: Missing
+    return module
+
+
+@contextlib.contextmanager
+def _stand_ins(names):
+    """Put import-time stand-ins in sys.modules for packages that are not installed, then remove them."""
+    added = [n for n in names if n not in sys.modules and importlib.util.find_spec(n.split(".")[0]) is None]
+    for name in added:
+        sys.modules[name] = _stand_in(name)
+    try:
+        yield added
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
+def import_submodule(package: str, submodule: str, missing_ok: tuple[str, ...] = ()):
+    """Import package.submodule without running package/__init__.py (which imports everything)."""
+    full = f"{package}.{submodule}"
+    if full in sys.modules:
+        return sys.modules[full]
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise ImportError(f"{package} is not installed")
+    if package not in sys.modules:
+        shell = types.ModuleType(package)
+        shell.__path__ = list(spec.submodule_search_locations)
+        shell.__spec__ = spec
+        sys.modules[package] = shell
+    with _stand_ins(missing_ok):
+        return importlib.import_module(full)
+
+
+TORCHVISION = ("torchvision", "torchvision.transforms", "torchvision.utils")
+
+
+def k_diffusion_sampling():
+    return import_submodule("k_diffusion", "sampling", TORCHVISION)
+
+
+def ddpm_pytorch():
+    return import_submodule(
+        "denoising_diffusion_pytorch",
+        "denoising_diffusion_pytorch",
+        (*TORCHVISION, "ema_pytorch", "accelerate"),
+    )
+
+
+def version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    try:
+        return v(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+class Counted(nn.Module):
+    """A denoiser that counts its evaluations and the seconds spent inside them."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.seconds = 0.0
+
+    def forward(self, x, sigma, cond=None):
+        start = time.perf_counter()
+        out = self.inner(x, sigma, cond)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+
+def open_karras_sigmas(n: int) -> torch.Tensor:
+    """Karras grid of n + 1 levels with the last (sigma_min) dropped: n steps, the last from sigma_{n-1} to 0.
+
+    This is the sigma grid diffusers' "linspace"/"trailing" multistep schedulers end up with on the
+    Karras table below (their last step goes straight to 0 instead of spending an evaluation at 0.002).
+    """
+    return torch.cat(
+        [karras_sigmas(n + 1, SIGMA_MIN, SIGMA_MAX, RHO)[:-2], torch.zeros(1, dtype=torch.float64)]
+    )
+
+
+def karras_table(T: int = T_TABLE) -> torch.Tensor:
+    """alpha_bar [T] (float64) of a DDPM-like schedule whose sigma(t) is the Karras ramp, 0.002 at t = 0 to 80."""
+    sigma = karras_sigmas(T, SIGMA_MIN, SIGMA_MAX, RHO)[:-1].flip(0)  # ascending in t
+    return 1 / (1 + sigma**2)
+
+
+def diffusers_schedulers():
+    """(label, scheduler class, kwargs, works in sigma space, NFE for n steps)."""
+    import diffusers as d
+
+    return [
+        (
+            "DDIMScheduler (trailing)",
+            d.DDIMScheduler,
+            dict(timestep_spacing="trailing", set_alpha_to_one=True),
+            False,
+        ),
+        ("EulerDiscreteScheduler", d.EulerDiscreteScheduler, {}, True),
+        ("HeunDiscreteScheduler", d.HeunDiscreteScheduler, {}, True),
+        ("DPMSolverMultistepScheduler (2M)", d.DPMSolverMultistepScheduler, {}, False),
+        ("DPMSolverMultistepScheduler (3M)", d.DPMSolverMultistepScheduler, dict(solver_order=3), False),
+        ("UniPCMultistepScheduler (bh2, order 2)", d.UniPCMultistepScheduler, {}, False),
+        ("UniPCMultistepScheduler (bh2, order 3)", d.UniPCMultistepScheduler, dict(solver_order=3), False),
+    ]
+
+
+def make_scheduler(cls, kwargs, alpha_bar: torch.Tensor):
+    """A diffusers scheduler on the table alpha_bar, given as trained_betas, then the exact float64 table.
+
+    diffusers stores trained_betas in float32; near sigma = 0.002 the betas are ~1e-8, below float32's
+    resolution of 1 - beta, which would distort sigma by percents. Replacing `alphas_cumprod` after
+    construction gives every scheduler the exact schedule (they read it in set_timesteps and step).
+    """
+    betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    names = inspect.signature(cls.__init__).parameters
+    extra = {"clip_sample": False} if "clip_sample" in names else {}
+    scheduler = cls(
+        num_train_timesteps=len(betas),
+        trained_betas=betas.tolist(),
+        prediction_type="epsilon",
+        **extra,
+        **kwargs,
+    )
+    scheduler.alphas_cumprod = alpha_bar.clone()
+    if hasattr(scheduler, "final_alpha_cumprod"):
+        scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    return scheduler
+
+
+def diffusers_steps_for(label: str, evals: int) -> int:
+    return max(1, (evals + 1) // 2) if label.startswith("Heun") else evals
+
+
+@torch.no_grad()
+def diffusers_sample(scheduler, eps_model, x, sigma_space: bool, steps: int):
+    """The diffusers pipeline loop from scale-free x at the schedule's first timestep."""
+    scheduler.set_timesteps(steps)
+    sigma0 = eps_model.process.sigma(torch.as_tensor(scheduler.timesteps[0], dtype=torch.float64))
+    sample = x if sigma_space else x / (1 + sigma0**2).sqrt()
+    for t in scheduler.timesteps:
+        eps = eps_model(scheduler.scale_model_input(sample, t), t, return_dict=False)[0]
+        sample = scheduler.step(eps, t, sample).prev_sample
+    return sample.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. accuracy per cost
+
+
+def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
+    from diffguide.adapters.diffusers import EpsModelFromDenoiser
+    from diffguide.processes import DDPM
+
+    mixture = tree_mixture()
+    x = (
+        torch.randn(n_points, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        * SIGMA_MAX
+    )
+    reference = ours.sample_heun(mixture, x, karras_sigmas(ref_steps, SIGMA_MIN, SIGMA_MAX, RHO))
+    finer = ours.sample_heun(mixture, x, karras_sigmas(2 * ref_steps, SIGMA_MIN, SIGMA_MAX, RHO))
+    ref_error = float((finer - reference).pow(2).sum(1).mean().sqrt())
+
+    def rms(sample):
+        return float((sample.to(torch.float64) - reference).pow(2).sum(1).mean().sqrt())
+
+    rows = []  # (library, sampler, {budget: (nfe, error)})
+
+    def add(library, name, fn):
+        cells = {}
+        for budget in BUDGETS:
+            counted = Counted(mixture)
+            out = fn(counted, budget)
+            cells[budget] = (counted.calls, rms(out))
+        rows.append((library, name, cells))
+
+    for name in ("euler", "heun", "ddim", "dpmpp-2m"):
+        sampler = ours.get_sampler(name)
+
+        def run_ours(den, budget, sampler=sampler, name=name):
+            steps = ours.steps_for_evals(name, budget)
+            return sampler(den, x.clone(), karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, RHO))
+
+        add("diffguide", name, run_ours)
+    for name in ("heun", "dpmpp-2m"):
+        sampler = ours.get_sampler(name)
+
+        def run_ours_open(den, budget, sampler=sampler, name=name):
+            return sampler(den, x.clone(), open_karras_sigmas(ours.steps_for_evals(name, budget)))
+
+        add("diffguide", f"{name}, grid without the sigma_min step", run_ours_open)
+
+    try:
+        ks = k_diffusion_sampling()
+        k_samplers = [
+            ("sample_euler", ks.sample_euler, 1),
+            ("sample_heun", ks.sample_heun, 2),
+            ("sample_dpm_2", ks.sample_dpm_2, 2),
+            ("sample_lms", ks.sample_lms, 1),
+            ("sample_dpmpp_2m", ks.sample_dpmpp_2m, 1),
+        ]
+        for name, fn, per in k_samplers:
+
+            def run_k(den, budget, fn=fn, per=per):
+                steps = (budget + 1) // 2 if per == 2 else budget
+                sigmas = ks.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX, RHO).double()
+                return fn(den, x.clone(), sigmas, disable=True)
+
+            add("k-diffusion", name, run_k)
+
+        def run_fast(den, budget):
+            return ks.sample_dpm_fast(den, x.clone(), SIGMA_MIN, SIGMA_MAX, budget, disable=True)
+
+        add("k-diffusion", "sample_dpm_fast (ends at sigma_min)", run_fast)
+    except ImportError as e:
+        rows.append(("k-diffusion", f"not available: {e}", {}))
+
+    try:
+        alpha_bar = karras_table()
+        process = DDPM.from_alpha_bar(alpha_bar)
+        for label, cls, kwargs, sigma_space in diffusers_schedulers():
+
+            def run_diffusers(den, budget, cls=cls, kwargs=kwargs, sigma_space=sigma_space, label=label):
+                scheduler = make_scheduler(cls, kwargs, alpha_bar)
+                eps_model = EpsModelFromDenoiser(den, process)
+                steps = diffusers_steps_for(label, budget)
+                return diffusers_sample(scheduler, eps_model, x.clone(), sigma_space, steps)
+
+            add("diffusers", label, run_diffusers)
+    except ImportError as e:
+        rows.append(("diffusers", f"not available: {e}", {}))
+    return rows, ref_error
+
+
+def accuracy_table(rows, ref_error, n_points, ref_steps) -> str:
+    lines = [
+        f"RMS distance to the {ref_steps}-step Heun solution (from the same noise, {n_points} points of the "
+        f"tree mixture, exact denoiser; the reference itself moves by {ref_error:.1e} when doubling its "
+        "steps). NFE actually used in brackets where it differs from the budget. Best per budget in bold.",
+        "",
+        "| library | sampler | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |",
+        "|---|---|" + "---:|" * len(BUDGETS),
+    ]
+    best = {b: min((c[b][1] for _, _, c in rows if b in c), default=math.inf) for b in BUDGETS}
+    best_ours = {b: min(c[b][1] for lib, _, c in rows if lib == "diffguide" and b in c) for b in BUDGETS}
+    best_peer = {
+        b: min((c[b][1] for lib, _, c in rows if lib != "diffguide" and b in c), default=math.inf)
+        for b in BUDGETS
+    }
+    for library, name, cells in rows:
+        if not cells:
+            lines.append(f"| {library} | {name} |" + " |" * len(BUDGETS))
+            continue
+        out = []
+        for b in BUDGETS:
+            nfe, err = cells[b]
+            text = f"{err:.2e}" + (f" ({nfe})" if nfe != b else "")
+            out.append(f"**{text}**" if err == best[b] else text)
+        lines.append(f"| {library} | {name} | " + " | ".join(out) + " |")
+    lines += [
+        "",
+        "| | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |",
+        "|---|" + "---:|" * len(BUDGETS),
+        "| best diffguide | " + " | ".join(f"{best_ours[b]:.2e}" for b in BUDGETS) + " |",
+        "| best peer | " + " | ".join(f"{best_peer[b]:.2e}" for b in BUDGETS) + " |",
+        "| ratio (ours / peer) | " + " | ".join(f"{best_ours[b] / best_peer[b]:.2f}" for b in BUDGETS) + " |",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. sampler overhead
+
+
+def overhead(n_points: int = 10_000, evals: int = 32, repeats: int = 15, seed: int = 0):
+    from diffguide.adapters.diffusers import EpsModelFromDenoiser
+    from diffguide.nets.mlp import MLP
+    from diffguide.processes import DDPM
+
+    torch.manual_seed(seed)
+    denoiser = EDMPrecond(MLP(dim=2, width=64, depth=2), sigma_data=0.5).eval()
+    x0 = torch.randn(n_points, 2, generator=torch.Generator().manual_seed(seed)) * SIGMA_MAX
+    contenders = []  # (library, name, fn(counted) -> None, wrapper timer or None)
+
+    for name in ("euler", "heun", "ddim", "dpmpp-2m"):
+        sampler = ours.get_sampler(name)
+        steps = ours.steps_for_evals(name, evals)
+        sigmas = karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, RHO)
+        contenders.append(("diffguide", name, lambda den, s=sampler, g=sigmas: s(den, x0.clone(), g), None))
+
+    try:
+        ks = k_diffusion_sampling()
+        for name, fn, per in (
+            ("sample_euler", ks.sample_euler, 1),
+            ("sample_heun", ks.sample_heun, 2),
+            ("sample_dpmpp_2m", ks.sample_dpmpp_2m, 1),
+        ):
+            steps = (evals + 1) // 2 if per == 2 else evals
+            sigmas = ks.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX, RHO)
+            contenders.append(
+                ("k-diffusion", name, lambda den, f=fn, g=sigmas: f(den, x0.clone(), g, disable=True), None)
+            )
+    except ImportError:
+        pass
+
+    try:
+        alpha_bar = karras_table(1000)
+        process = DDPM.from_alpha_bar(alpha_bar)
+        for label, cls, kwargs, sigma_space in diffusers_schedulers():
+            if "3" in label:  # the order-3 variants cost the same as order 2
+                continue
+            scheduler = make_scheduler(cls, kwargs, alpha_bar)
+            steps = diffusers_steps_for(label, evals)
+            timer = SimpleNamespace(seconds=0.0)
+
+            def run(
+                den, scheduler=scheduler, process=process, steps=steps, sigma_space=sigma_space, timer=timer
+            ):
+                eps_model = TimedEps(EpsModelFromDenoiser(den, process), timer)
+                diffusers_sample(scheduler, eps_model, x0.clone(), sigma_space, steps)
+
+            contenders.append(("diffusers", label, run, timer))
+    except ImportError:
+        pass
+
+    samples = {(lib, name): ([], [], []) for lib, name, _, _ in contenders}
+    for _ in range(repeats):  # interleaved, so slow phases of a shared machine hit everyone alike
+        for library, name, fn, timer in contenders:
+            counted = Counted(denoiser)
+            if timer is not None:
+                timer.seconds = 0.0
+            start = time.perf_counter()
+            with torch.no_grad():
+                fn(counted)
+            wall = time.perf_counter() - start
+            total, model, wrapper = samples[(library, name)]
+            total.append(wall / counted.calls)
+            model.append(counted.seconds / counted.calls)
+            wrapper.append((timer.seconds if timer is not None else counted.seconds) / counted.calls)
+    rows = []
+    for library, name, _, _ in contenders:
+        total, model, wrapper = samples[(library, name)]
+        per_eval = [t - m for t, m in zip(total, model)]
+        scheduler_only = [t - w for t, w in zip(total, wrapper)]
+        rows.append(
+            (
+                library,
+                name,
+                statistics.median(total) * 1e3,
+                statistics.median(model) * 1e3,
+                statistics.median(per_eval) * 1e6,
+                statistics.median(scheduler_only) * 1e6,
+            )
+        )
+    return rows
+
+
+class TimedEps(nn.Module):
+    """Times a whole eps-model call (denoiser + the eps/VP conversions) for diffusers' scheduler-only cost."""
+
+    def __init__(self, eps_model, timer):
+        super().__init__()
+        self.eps_model, self.timer, self.process = eps_model, timer, eps_model.process
+
+    def forward(self, sample, timestep, cond=None, return_dict=True):
+        start = time.perf_counter()
+        out = self.eps_model(sample, timestep, cond, return_dict=return_dict)
+        self.timer.seconds += time.perf_counter() - start
+        return out
+
+
+def overhead_table(rows, n_points, evals, repeats) -> str:
+    lines = [
+        f"Per denoiser evaluation, {evals} evaluations, {n_points} 2D points, float32, median of {repeats} "
+        "interleaved repeats. Overhead = wall time minus time inside the denoiser (`EDMPrecond(MLP(dim=2, "
+        "width=64, depth=2))`). For "
+        "diffusers the eps-model wrapper (t -> sigma lookup, VP scaling, eps = (x - D) / sigma) is part "
+        "of the overhead; the last column subtracts it too (scheduler code only).",
+        "",
+        "| library | sampler | wall ms/eval | denoiser ms/eval | overhead µs/eval | scheduler-only µs/eval |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for library, name, total, model, per_eval, scheduler_only in rows:
+        lines.append(
+            f"| {library} | {name} | {total:.2f} | {model:.2f} | {per_eval:.0f} | "
+            + (f"{scheduler_only:.0f}" if library == "diffusers" else "same")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. training throughput
+
+
+def our_unet(channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(6,)):
+    from diffguide.config import RunConfig
+    from diffguide.nets.unet import build_unet
+
+    cfg = RunConfig()
+    cfg.model.arch = "unet"
+    cfg.model.channels = channels
+    cfg.model.channel_mult = list(channel_mult)
+    cfg.model.num_blocks = num_blocks
+    cfg.model.attn_resolutions = list(attn_resolutions)
+    return build_unet(cfg, SimpleNamespace(shape=(3, 24, 24), num_classes=0))
+
+
+def parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def training(steps: int = 10, warmup: int = 2, batch: int = 32, seed: int = 0):
+    from diffguide.denoiser import ProcessPrecond
+    from diffguide.losses import DenoisingLoss, LossConfig
+    from diffguide.processes import DDPM
+
+    torch.manual_seed(seed)
+    unet = our_unet()
+    ours_params = parameters(unet)
+    process = DDPM()
+    denoiser = ProcessPrecond(unet, process, "eps")
+    loss_fn = DenoisingLoss(LossConfig(target="eps", noise_sampling="uniform-t"), process)
+    generator = torch.Generator().manual_seed(seed)
+
+    def our_step(opt, data):
+        loss = loss_fn(denoiser, data * 2 - 1, None, generator).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    contenders = [
+        ("diffguide", "build_unet (channels 32, mult 1,2,2, 2 blocks, attn at 6x6)", unet, our_step)
+    ]
+    try:
+        dd = ddpm_pytorch()
+        dims = range(8, 129, 8)
+        dim = min(dims, key=lambda d: abs(parameters(dd.Unet(dim=d, dim_mults=(1, 2, 2))) - ours_params))
+        theirs = dd.Unet(dim=dim, dim_mults=(1, 2, 2), channels=3)
+        diffusion = dd.GaussianDiffusion(theirs, image_size=24, timesteps=1000, objective="pred_noise")
+
+        def their_step(opt, data):
+            loss = diffusion(data)  # their forward normalises [0, 1] data to [-1, 1] itself
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        contenders.append(
+            (
+                "denoising-diffusion-pytorch",
+                f"Unet (dim {dim}, mults 1,2,2, default attention)",
+                theirs,
+                their_step,
+            )
+        )
+    except ImportError as e:
+        contenders.append(("denoising-diffusion-pytorch", f"not available: {e}", None, None))
+
+    times = {label: [] for _, label, _, _ in contenders}
+    opts = {
+        label: torch.optim.Adam(m.parameters(), lr=2e-4) for _, label, m, _ in contenders if m is not None
+    }
+    data = torch.rand(batch, 3, 24, 24, generator=torch.Generator().manual_seed(seed))
+    for i in range(warmup + steps):  # interleaved step by step
+        for _, label, module, step in contenders:
+            if module is None:
+                continue
+            module.train()
+            start = time.perf_counter()
+            step(opts[label], data)
+            if i >= warmup:
+                times[label].append(time.perf_counter() - start)
+    rows = []
+    for library, label, module, _ in contenders:
+        if module is None:
+            rows.append((library, label, 0, math.nan, math.nan))
+            continue
+        median = statistics.median(times[label])
+        rows.append((library, label, parameters(module), batch / median, median * 1e3))
+    return rows
+
+
+def training_table(rows, steps, batch) -> str:
+    lines = [
+        f"24x24 RGB, batch {batch}, eps-prediction DDPM loss, Adam, float32 on the CPU; median of {steps} "
+        "interleaved steps after warm-up (forward + backward + optimizer step).",
+        "",
+        "| library | network | parameters | samples/s | ms/step |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for library, label, params, rate, ms in rows:
+        lines.append(f"| {library} | {label} | {params:,} | {rate:.1f} | {ms:.0f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer points and repeats (a smoke run)")
+    parser.add_argument("--parts", default="accuracy,overhead,training")
+    parser.add_argument("--out", default=str(RESULTS), help="markdown file to write ('' for none)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every part (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    quick = args.quick
+    sections = [
+        "# Peer benchmarks",
+        "",
+        f"Generated by `benchmarks/bench_peers.py` on {platform.machine()} / {platform.system()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, diffusers {version('diffusers')}, "
+        f"k-diffusion {version('k-diffusion')}, denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}. "
+        "See the module docstring for exactly how the same denoiser is fed to each library.",
+    ]
+    if "accuracy" in parts:
+        n_points, ref_steps = (300, 256) if quick else (2000, 1024)
+        start = time.perf_counter()
+        rows, ref_error = accuracy(n_points, ref_steps)
+        sections += [
+            "",
+            "## 1. Accuracy per cost (tree mixture, exact denoiser)",
+            "",
+            accuracy_table(rows, ref_error, n_points, ref_steps),
+        ]
+        print(f"accuracy: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if "overhead" in parts:
+        n_points, repeats = (2000, 3) if quick else (10_000, 15)
+        start = time.perf_counter()
+        rows = overhead(n_points, 32, repeats)
+        sections += ["", "## 2. Sampler overhead", "", overhead_table(rows, n_points, 32, repeats)]
+        print(f"overhead: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if "training" in parts:
+        steps = 3 if quick else 10
+        start = time.perf_counter()
+        try:
+            rows = training(steps=steps)
+            table = training_table(rows, steps, 32)
+        except ImportError as e:
+            table = f"not run: {e}"
+        sections += ["", "## 3. Training throughput (U-Net, 24x24 RGB)", "", table]
+        print(f"training: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    text = "\n".join(sections) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,1 @@
+"""Adapters between diffguide denoisers and other libraries' models (diffusers)."""

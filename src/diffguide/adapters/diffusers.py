@@ -1,0 +1,229 @@
+"""diffusers interop: a diffusers UNet and its scheduler config as a diffguide denoiser, and back.
+
+A diffusers UNet trained under a discrete DDPM schedule sees x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
+eps and the integer timestep t, and predicts eps, v or x0 (the scheduler's `prediction_type`). That
+is a diffguide `ProcessPrecond` around a `DDPM.from_alpha_bar(scheduler.alphas_cumprod)` process, so
+every diffguide sampler, guidance combinator and metric runs on it. The reverse direction,
+`EpsModelFromDenoiser`, lets diffusers' schedulers drive any diffguide denoiser (parity tests and
+peer benchmarks use it). diffusers is imported lazily: this module imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..denoiser import ProcessPrecond, append_dims, batch_sigma
+from ..errors import CheckpointError, ConfigError, lookup
+from ..processes import DDPM
+
+# diffusers' prediction_type -> diffguide's ProcessPrecond target
+PREDICTION_TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+def _require_diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise ConfigError(
+            "the diffusers adapter needs the `diffusers` package: pip install diffusers"
+        ) from None
+    return diffusers
+
+
+def process_from_scheduler_config(config: dict) -> DDPM:
+    """The DDPM process of a diffusers scheduler config (any beta_schedule or trained_betas).
+
+    The alpha_bar table is computed by diffusers' own DDPMScheduler from the config, so every beta
+    schedule diffusers knows (linear, scaled_linear, squaredcos_cap_v2, sigmoid, trained_betas,
+    rescale_betas_zero_snr) gives exactly the scheduler's float32 table, promoted to float64.
+    """
+    diffusers = _require_diffusers()
+    keys = (
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "rescale_betas_zero_snr",
+    )
+    kwargs = {k: config[k] for k in keys if k in config and config[k] is not None}
+    try:
+        scheduler = diffusers.DDPMScheduler(**kwargs)
+    except (NotImplementedError, ValueError) as e:
+        raise ConfigError(f"cannot build the noise schedule of scheduler config {kwargs}: {e}") from None
+    alpha_bar = scheduler.alphas_cumprod.to(torch.float64)
+    if len(alpha_bar) >= 3 and float(alpha_bar[-1]) <= 0:
+        # zero terminal SNR (Lin et al. 2023): alpha_bar = 0 is sigma = inf, which scale-free coordinates
+        # cannot hold; extrapolate log alpha_bar linearly from the two previous steps instead (finite,
+        # still decreasing; diffusers' Euler scheduler uses 2**-24, which breaks monotonicity here).
+        alpha_bar[-1] = alpha_bar[-2] ** 2 / alpha_bar[-3]
+    return DDPM.from_alpha_bar(alpha_bar)
+
+
+def prediction_target(config: dict) -> str:
+    """The ProcessPrecond target of a scheduler config's prediction_type (default epsilon)."""
+    return lookup("diffusers prediction_type", config.get("prediction_type", "epsilon"), PREDICTION_TARGETS)
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers UNet2DModel / UNet2DConditionModel as a diffguide network F(x_t, t, cond).
+
+    cond: None; a float tensor [N, L, D] (encoder_hidden_states, e.g. text embeddings); an integer
+    tensor [N] (class_labels of a class-conditional UNet2DModel); or a dict of keyword arguments
+    passed to the UNet as is ({"encoder_hidden_states": ..., "class_labels": ...}).
+    """
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        # the UNet's parameter dtype; an analytic model without parameters (tests) keeps x's dtype
+        dtype = next((p.dtype for p in self.unet.parameters()), x.dtype)
+        kwargs = condition_kwargs(cond, x.shape[0])
+        t = t.reshape(-1).expand(x.shape[0]).to(dtype)
+        out = self.unet(x.to(dtype), t, **kwargs, return_dict=False)[0]
+        if out.shape[1] == 2 * x.shape[1]:  # learned variance (variance_type "learned_range"): keep the mean
+            out = out[:, : x.shape[1]]
+        return out.to(x.dtype)
+
+
+def condition_kwargs(cond, n: int) -> dict:
+    """The UNet keyword arguments for a diffguide condition (see DiffusersUNet)."""
+    if cond is None:
+        return {}
+    if isinstance(cond, dict):
+        return dict(cond)
+    cond = torch.as_tensor(cond)
+    if cond.is_floating_point():
+        return {"encoder_hidden_states": cond}
+    return {"class_labels": cond.reshape(-1).expand(n)}
+
+
+def diffusers_denoiser(unet: nn.Module, scheduler_config: dict) -> ProcessPrecond:
+    """Wrap a diffusers UNet and its scheduler config (betas, prediction_type) into a denoiser."""
+    config = dict(scheduler_config)
+    return ProcessPrecond(
+        DiffusersUNet(unet), process_from_scheduler_config(config), prediction_target(config)
+    )
+
+
+@dataclass
+class DiffusersModel:
+    """A loaded diffusers model folder: its denoiser, process, sample shape and scheduler settings."""
+
+    denoiser: ProcessPrecond
+    process: DDPM
+    shape: tuple[int, ...]
+    target: str
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    scheduler_config: dict = field(default_factory=dict)
+    unet_class: str = "UNet2DModel"
+
+
+def _find_parts(path: Path) -> tuple[Path, Path]:
+    """(unet folder, scheduler_config.json) of a pipeline folder (unet/, scheduler/) or a flat folder."""
+    if not path.is_dir():
+        raise CheckpointError(f"diffusers model folder {str(path)!r} does not exist or is not a folder")
+    unet_dirs = [path / "unet", path]
+    scheduler_files = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
+    unet_dir = next((d for d in unet_dirs if (d / "config.json").is_file()), None)
+    scheduler_file = next((f for f in scheduler_files if f.is_file()), None)
+    if unet_dir is None or scheduler_file is None:
+        looked = [str(d / "config.json") for d in unet_dirs] + [str(f) for f in scheduler_files]
+        missing = "a UNet config.json" if unet_dir is None else "a scheduler_config.json"
+        raise CheckpointError(
+            f"{str(path)!r} is not a diffusers model folder: found no {missing}; looked for {', '.join(looked)}"
+        )
+    return unet_dir, scheduler_file
+
+
+def load_diffusers(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> DiffusersModel:
+    """Load a local diffusers UNet2DModel / UNet2DConditionModel folder with its scheduler config.
+
+    Accepts a pipeline folder (model_index.json, unet/, scheduler/) or a flat folder holding both the
+    UNet's config.json + weights and a scheduler_config.json. Never downloads anything.
+    """
+    diffusers = _require_diffusers()
+    unet_dir, scheduler_file = _find_parts(Path(path))
+    try:
+        unet_config = json.loads((unet_dir / "config.json").read_text())
+        scheduler_config = json.loads(scheduler_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"unreadable diffusers config in {str(path)!r}: {e}") from None
+    classes = {"UNet2DModel": diffusers.UNet2DModel, "UNet2DConditionModel": diffusers.UNet2DConditionModel}
+    name = unet_config.get("_class_name", "UNet2DModel")
+    unet_cls = lookup("diffusers UNet class", name, classes)
+    try:
+        unet = unet_cls.from_pretrained(
+            str(unet_dir), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False
+        )
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load the {name} weights in {str(unet_dir)!r}: {e}") from None
+    unet = unet.to(device).eval()
+    denoiser = diffusers_denoiser(unet, scheduler_config)
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return DiffusersModel(
+        denoiser=denoiser,
+        process=denoiser.process,
+        shape=(int(unet.config.in_channels), *map(int, size)),
+        target=denoiser.target,
+        timestep_spacing=scheduler_config.get("timestep_spacing", "leading"),
+        steps_offset=int(scheduler_config.get("steps_offset", 0) or 0),
+        scheduler_config=scheduler_config,
+        unet_class=name,
+    )
+
+
+def load_diffusers_denoiser(path: str | Path, device: str | torch.device = "cpu") -> ProcessPrecond:
+    """The denoiser of a local diffusers model folder (see `load_diffusers`)."""
+    return load_diffusers(path, device).denoiser
+
+
+class EpsModelFromDenoiser(nn.Module):
+    """A diffguide denoiser as a diffusers-style eps-prediction UNet for a discrete DDPM schedule.
+
+    Called like a UNet2DModel, model(x_t, t, return_dict=False)[0], with x_t in the VP coordinates of
+    `process` (x_t = x / sqrt(1 + sigma^2)) and a (possibly fractional) timestep t; it returns
+    eps = (x - D(x, sigma(t))) / sigma(t). Lets diffusers' schedulers drive any diffguide denoiser.
+    """
+
+    def __init__(self, denoiser, process: DDPM):
+        super().__init__()
+        self.denoiser = denoiser
+        self.process = process
+
+    def forward(self, sample: torch.Tensor, timestep, cond=None, return_dict: bool = True):
+        t = torch.as_tensor(timestep, dtype=torch.float64).reshape(-1).expand(sample.shape[0])
+        sigma = self.process.sigma(t).to(sample.dtype)  # [N]
+        s = append_dims(sigma, sample.ndim)
+        x = sample * (1 + s**2).sqrt()
+        eps = (x - self.denoiser(x, batch_sigma(sigma, x), cond)) / s
+        return _UNetOutput(eps) if return_dict else (eps,)
+
+
+@dataclass
+class _UNetOutput:
+    sample: torch.Tensor
+
+
+__all__ = [
+    "DiffusersModel",
+    "DiffusersUNet",
+    "EpsModelFromDenoiser",
+    "PREDICTION_TARGETS",
+    "diffusers_denoiser",
+    "load_diffusers",
+    "load_diffusers_denoiser",
+    "process_from_scheduler_config",
+    "prediction_target",
+]

@@ -1,0 +1,104 @@
+"""`diffguide train-classifier | eval`: the feature-space image metrics (see metrics_images.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train-classifier", help="train the small classifier an image dataset's metrics use")
+    p.add_argument(
+        "--data", required=True, help="dataset name: digits, mnist, fashion-mnist, cryptopunks, ..."
+    )
+    p.add_argument("--data-path", default="", help="data.path for file-based sets (mnist IDX folder, ...)")
+    p.add_argument("--out", help="output folder (default: runs/classifier-DATA)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--feature-dim", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser(
+        "eval", help="feature-space FID/KID/precision/recall and conditional accuracy of a run"
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--classifier", help="classifier folder (default: runs/classifier-DATA)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
+    p.add_argument("--n", type=int, default=2000, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", help="sampler name (default: the run's)")
+    p.add_argument("--steps", type=int, help="number of steps (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
+    p.add_argument(
+        "--inception", action="store_true", help="also standard Inception FID (needs local weights)"
+    )
+    p.add_argument("--out", help="JSON file for the results (default: RUN/eval.json)")
+    p.add_argument("--samples", help="also write the samples as a PNG grid here")
+    from . import guidance_args
+
+    guidance_args.add_sample_args(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def default_classifier_dir(data_name: str) -> Path:
+    return Path("runs") / f"classifier-{data_name}"
+
+
+def cmd_train_classifier(args) -> int:
+    from ..data.registry import DataConfig
+    from ..image_classifier import train_classifier
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    out = Path(args.out) if args.out else default_classifier_dir(args.data)
+    train_classifier(
+        DataConfig(name=args.data, path=args.data_path, conditional=True),
+        out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        width=args.width,
+        feature_dim=args.feature_dim,
+        seed=args.seed,
+    )
+    print(f"classifier written to {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..metrics_images import evaluate_images
+    from ..runs import load_run
+    from . import guidance_args
+
+    if args.n < 2:
+        raise ConfigError(f"--n must be >= 2, got {args.n}")
+    run = load_run(args.run, args.checkpoint)
+    if run.dataset.kind != "images":
+        raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
+    clf = Path(args.classifier) if args.classifier else default_classifier_dir(run.config.data.name)
+    denoiser = guidance_args.guided_denoiser(args, run)
+    result, x = evaluate_images(
+        run, denoiser, clf, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        batch_size=args.batch_size, k=args.k, inception=args.inception,
+    )  # fmt: skip
+    result["guidance"] = {
+        k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval")
+    }
+    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        if isinstance(value, float):
+            print(f"{key:28s} {value:.4f}")
+    print(f"wrote {out}")
+    if args.samples:
+        from ..image_figures import save_grid
+
+        save_grid(args.samples, x[:100])
+    return 0

@@ -1,0 +1,322 @@
+"""What the Generate and Compare pages compute, as plain functions (no Streamlit here).
+
+A guidance choice becomes one denoiser through diffguide.guidance's combinators, a condition choice
+becomes the condition the run's network takes, and the samples become PNG bytes for the browser.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import guidance
+from ..conditioning import null_condition
+from ..errors import ConfigError
+from ..sampling import generate, sigma_grid
+
+# what the guidance select shows -> internal kind
+GUIDANCE_KINDS = {
+    "none": "No guidance",
+    "cfg": "Classifier-free guidance (CFG)",
+    "auto": "Autoguidance (a weaker run as guide)",
+    "classifier": "Classifier guidance",
+}
+ALL_CLASSES = "all classes"
+NO_CLASS = "none (unconditional)"
+EXACT_CLASSIFIER = "exact Bayes classifier of the ground-truth mixture"
+
+
+@dataclass
+class GuidanceChoice:
+    """kind: none | cfg | auto | classifier; w: the weight (1 = no guidance), or the classifier scale."""
+
+    kind: str = "none"
+    w: float = 1.0
+    interval: tuple[float, float] | None = None
+    guide: object | None = None  # the guide Run for autoguidance
+    classifier: Callable | None = None  # classifier(x, sigma) -> logits for classifier guidance
+
+    def label(self) -> str:
+        if self.kind == "none":
+            return "no guidance"
+        name = {"cfg": "CFG", "auto": "autoguidance", "classifier": "classifier scale"}[self.kind]
+        sep = " " if self.kind == "classifier" else " w="
+        text = f"{name}{sep}{self.w:g}"
+        if self.interval is not None:
+            text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
+        return text
+
+
+def guided_denoiser(run, choice: GuidanceChoice):
+    """The denoiser to sample with: the run's own, or a guidance combinator around it."""
+    if choice.kind == "none":
+        return run.denoiser
+    interval = guidance.check_interval(choice.interval)
+    if choice.kind == "cfg":
+        if not run.num_classes:
+            raise ConfigError(
+                f"run {run.config.name!r} is unconditional: classifier-free guidance needs a class-conditional "
+                "run (trained with label dropout, train.p_uncond > 0)"
+            )
+        return guidance.classifier_free_guidance(run.denoiser, choice.w, run.num_classes, interval=interval)
+    if choice.kind == "auto":
+        if choice.guide is None:
+            raise ConfigError("autoguidance needs a guide run: choose a weaker run trained on the same data")
+        from ..guidance_runs import check_compatible
+
+        check_compatible(run, choice.guide)
+        return guidance.autoguidance(run.denoiser, choice.guide.denoiser, choice.w, interval=interval)
+    if choice.kind == "classifier":
+        if choice.classifier is None:
+            raise ConfigError("classifier guidance needs a classifier: none is available for this run")
+        record = getattr(choice.classifier, "record", None)
+        if record is not None and run.num_classes and record.num_classes != run.num_classes:
+            raise ConfigError(
+                f"the classifier has {record.num_classes} classes but the run has {run.num_classes}"
+            )
+        # the textbook setting (Dhariwal & Nichol 2021): an unconditional model steered by the classifier;
+        # a class-conditional run is used with its null label
+        main = guidance.NullConditioned(run.denoiser, run.num_classes) if run.num_classes else run.denoiser
+        return guidance.classifier_guidance(main, choice.classifier, choice.w, interval=interval)
+    raise ConfigError(f"unknown guidance kind {choice.kind!r}; choices: {', '.join(GUIDANCE_KINDS)}")
+
+
+def exact_classifier(run):
+    """The Bayes classifier of a run's ground-truth mixture, or None when the data has no exact density."""
+    mixture = getattr(run.dataset, "mixture", None)
+    if mixture is None or mixture.num_classes < 2:
+        return None
+    from ..classifier2d import ExactClassifier
+
+    return ExactClassifier(mixture)
+
+
+# ---------------------------------------------------------------------------------------------
+# conditions
+
+
+def class_names(run) -> list[str]:
+    """Names of the run's classes (empty for unconditional runs)."""
+    if not run.num_classes:
+        return []
+    names = list(getattr(run.dataset, "class_names", []) or [])
+    return names if len(names) == run.num_classes else [str(i) for i in range(run.num_classes)]
+
+
+def attribute_spec(run):
+    """The run's multi-attribute spec (CryptoPunks type + accessories), or None."""
+    return getattr(run.dataset, "attributes", None) if run.num_classes else None
+
+
+def class_condition(run, choice: str, n: int):
+    """Condition for n samples from a class choice: a class name, ALL_CLASSES or NO_CLASS.
+
+    Returns (cond, labels): labels [n] are the classes used for colouring and per-class metrics, or None.
+    """
+    names = class_names(run)
+    if not names:
+        return None, None
+    if choice == NO_CLASS:
+        return null_condition(torch.zeros(n, dtype=torch.long), run.num_classes), None
+    if choice == ALL_CLASSES:
+        mixture = getattr(run.dataset, "mixture", None)
+        if mixture is not None and mixture.num_classes == run.num_classes:
+            from ..metrics2d import class_labels
+
+            labels = class_labels(mixture, n)
+        else:
+            labels = torch.arange(n) % run.num_classes
+        return labels, labels
+    if choice not in names:
+        raise ConfigError(f"unknown class {choice!r}; choices: {', '.join([ALL_CLASSES, NO_CLASS, *names])}")
+    y = names.index(choice)
+    labels = torch.full((n,), y, dtype=torch.long)
+    return labels, labels
+
+
+def attribute_condition(spec, n: int, type_name: str | None, accessories: list[str] | None):
+    """(condition dict, warnings) for a type (None = any) and accessories (None or [] = any)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cond = spec.condition(n, type_name, list(accessories) if accessories else None)
+    return cond, [str(w.message) for w in caught]
+
+
+def random_combination(spec, seed: int | None = None) -> tuple[str, list[str]]:
+    """A (type, accessories) pair that occurs in the training data: those of a random training example."""
+    if spec.type_labels is None or len(spec.type_labels) == 0:
+        raise ConfigError("this dataset does not record its examples' attributes; cannot pick a combination")
+    rng = np.random.default_rng(seed)
+    i = int(rng.integers(len(spec.type_labels)))
+    kind = spec.types[int(spec.type_labels[i])]
+    acc = [spec.accessories[j] for j in np.flatnonzero(spec.accessory_labels[i])]
+    return kind, acc
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def sample(
+    run,
+    denoiser,
+    n: int,
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    cond=None,
+    on_progress: Callable[[float], None] | None = None,
+    recorder: Callable | None = None,
+) -> torch.Tensor:
+    """n samples [n, *shape] with the run's sigma grid; on_progress(fraction) after each sampler step."""
+    if n < 1:
+        raise ConfigError(f"number of samples must be >= 1, got {n}")
+    if steps < 1:
+        raise ConfigError(f"number of steps must be >= 1, got {steps}")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    total_steps = len(sigmas) - 1
+    batch = 8192 if run.dataset.kind == "points" else 64
+
+    def callback(info):
+        if recorder is not None:
+            recorder(info)
+        if on_progress is not None:
+            b = info["x"].shape[0]
+            done = info.get("start", 0) + b * (info["i"] + 1) / total_steps
+            on_progress(min(1.0, done / n))
+
+    with torch.no_grad():
+        return generate(
+            denoiser,
+            n,
+            run.dataset.shape,
+            sigmas=sigmas,
+            sampler=sampler,
+            seed=seed,
+            cond=cond,
+            batch_size=batch,
+            callback=callback,
+        )
+
+
+def is_2d(run) -> bool:
+    return run.dataset.kind == "points" and tuple(run.dataset.shape) == (2,)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures as PNG bytes
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+_DENSITY_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def density_background(mixture, lim: float, res: int = 160) -> np.ndarray:
+    """exp(log-density) of the mixture on a res x res grid over [-lim, lim]^2, computed once per (mixture, lim)."""
+    from ..figures import density_image
+
+    key = (id(mixture), round(lim, 6), res)
+    if key not in _DENSITY_CACHE:
+        if len(_DENSITY_CACHE) > 16:
+            _DENSITY_CACHE.clear()
+        _DENSITY_CACHE[key] = np.exp(density_image(mixture, lim, res=res))
+    return _DENSITY_CACHE[key]
+
+
+def scatter_png(points: torch.Tensor, run, title: str = "", labels=None, lim: float | None = None) -> bytes:
+    """2D samples over the run's ground-truth density (when the data has one), coloured by class."""
+    import matplotlib.pyplot as plt
+
+    from ..figures import scatter_2d
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    color = "C0" if labels is None else [f"C{int(c) % 10}" for c in np.asarray(labels)]
+    lim = lim or plot_limit(run, points)
+    mixture = getattr(run.dataset, "mixture", None)
+    if mixture is not None:  # the same background as figures.scatter_2d draws, cached across plots
+        ax.imshow(
+            density_background(mixture, lim),
+            extent=(-lim, lim, -lim, lim),
+            origin="lower",
+            cmap="Greys",
+            alpha=0.6,
+        )
+    scatter_2d(ax, points, title, lim=lim, color=color, s=2.0)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_limit(run, points=None) -> float:
+    """Axis half-width for a run's 2D plots: the ground truth's extent, widened (up to 3x) to show
+    99.5% of the points, so samples off the data are visible rather than clipped."""
+    mixture = getattr(run.dataset, "mixture", None)
+    truth = float(mixture.means.abs().max()) * 1.15 + 0.1 if mixture is not None else 0.0
+    if points is None:
+        return truth or 1.0
+    pts = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
+    pts = pts[np.isfinite(pts).all(1)]
+    spread = float(np.quantile(np.abs(pts), 0.995) * 1.1) if len(pts) else 1.0
+    if not truth:
+        return spread if spread > 0 else 1.0
+    return max(truth, min(spread, 3 * truth))
+
+
+def grid_png(x: torch.Tensor, nrow: int | None = None) -> bytes:
+    """Images [N, C, H, W] in [-1, 1] tiled into one PNG."""
+    from ..image_figures import grid_image
+
+    buf = io.BytesIO()
+    grid_image(x, nrow).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Progression:
+    """Sampler callback keeping x and x0_hat of the first `keep` samples at every step (first batch)."""
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self.frames: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+
+    def __call__(self, info: dict) -> None:
+        if info.get("start", 0) != 0:
+            return
+        k = self.keep
+        self.frames.append((info["x"][:k].cpu(), info["denoised"][:k].cpu(), float(info["sigma"])))
+
+    def png(self, rows: int = 6) -> tuple[bytes, list[float]]:
+        """One PNG: for `rows` steps spread over the run, x_t / max(1, sigma) above x0_hat; and their sigmas."""
+        if not self.frames:
+            raise ConfigError("no sampler steps were recorded")
+        pick = sorted({round(i) for i in np.linspace(0, len(self.frames) - 1, min(rows, len(self.frames)))})
+        tiles, sigmas = [], []
+        for i in pick:
+            x, denoised, sigma = self.frames[i]
+            tiles += [x / max(1.0, sigma), denoised]
+            sigmas.append(sigma)
+        k = self.frames[0][0].shape[0]
+        return grid_png(torch.cat(tiles), nrow=k), sigmas
+
+
+def npz_bytes(x: torch.Tensor, labels=None) -> bytes:
+    """Samples (and labels) as the bytes of an .npz file, like `diffguide sample --out x.npz`."""
+    buf = io.BytesIO()
+    arrays = {"samples": x.numpy()}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels)
+    np.savez(buf, **arrays)
+    return buf.getvalue()

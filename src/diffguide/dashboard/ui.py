@@ -1,0 +1,119 @@
+"""Streamlit helpers shared by the pages: the runs folder, readable errors, cached run loading."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import traceback
+from pathlib import Path
+
+import streamlit as st
+
+from ..errors import DiffguideError
+from .safety import RunsFolder, UnsafePath, check_name
+
+ENV_RUNS = "DIFFGUIDE_DASHBOARD_RUNS"  # set by `diffguide dashboard --runs DIR`
+DEFAULT_RUNS = "runs"
+
+log = logging.getLogger("diffguide.dashboard")
+
+try:  # st.rerun / st.stop work by raising these; they must pass through readable_errors
+    from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
+except ImportError:  # pragma: no cover - older Streamlit
+    from streamlit.runtime.scriptrunner.exceptions import ScriptControlException  # type: ignore
+
+
+def runs_folder() -> RunsFolder:
+    return RunsFolder(os.environ.get(ENV_RUNS) or DEFAULT_RUNS)
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user typed it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def readable_errors(what: str = ""):
+    """Show errors as a red message box, never a stack trace (the trace goes to the server's log)."""
+    prefix = f"{what}: " if what else ""
+    try:
+        yield
+    except ScriptControlException:
+        raise
+    except DiffguideError as e:
+        st.error(prefix + str(e))
+    except Exception as e:  # noqa: BLE001 - a dashboard must keep working and say what failed
+        log.error("dashboard error:\n%s", traceback.format_exc())
+        st.error(f"{prefix}unexpected error {type(e).__name__}: {e}")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the run ...")
+def _load_run(run_dir: str, checkpoint: str | None, stamp: float):
+    from ..runs import load_run
+
+    return load_run(run_dir, checkpoint)
+
+
+def load_run(folder: RunsFolder, run_id: str, checkpoint: str | None = None):
+    """A run's model (EMA weights), cached by folder, checkpoint and the checkpoint's modification time."""
+    run_dir = folder.run_dir(run_id)
+    ckpt_dir = run_dir / "checkpoints"
+    if checkpoint is not None:
+        path = folder.file(run_id, "checkpoints", check_name(checkpoint, "checkpoint name"))
+        if not path.is_file():
+            raise UnsafePath(f"run {run_id!r} has no checkpoint {checkpoint!r}")
+        stamp = path.stat().st_mtime
+    else:
+        latest = ckpt_dir / "latest"
+        stamp = latest.stat().st_mtime if latest.is_file() else 0.0
+    return _load_run(str(run_dir), None if checkpoint is None else str(path), stamp)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_classifier(path: str, stamp: float):
+    from ..classifier2d import load_classifier
+
+    return load_classifier(path)
+
+
+def load_classifier(path: Path):
+    weights = path / "classifier.safetensors"
+    return _load_classifier(str(path), weights.stat().st_mtime if weights.is_file() else 0.0)
+
+
+def query_choice(key: str, options: list[str], default: str | None = None) -> int:
+    """Index of the option named by ?key=... in the page's URL (checked), else of `default`, else 0.
+
+    A name in the URL that is not an option (a typo, or a path such as ../x) is shown as an error.
+    """
+    wanted = st.query_params.get(key)
+    if wanted is not None and wanted in options:
+        return options.index(wanted)
+    if wanted is not None:
+        with readable_errors():
+            if key == "run":
+                check_name_path(wanted)
+            raise DiffguideError(f"no {key} named {wanted!r} here; choose one below")
+    return options.index(default) if default in options else 0
+
+
+def check_name_path(run_id: str) -> None:
+    from .safety import split_run_id
+
+    split_run_id(run_id)
+
+
+def run_picker(folder: RunsFolder, label: str = "Run", key: str = "run", runs: list[str] | None = None):
+    """A select of run ids (preselected by ?run=...); None with a hint when the folder holds no run."""
+    runs = folder.run_ids() if runs is None else runs
+    if not runs:
+        st.info(
+            f"No runs in {str(folder.root)!r} yet. Train one on the Train page, or start the dashboard on "
+            "another folder: `diffguide dashboard --runs out/demo` (after `make demo`)."
+        )
+        return None
+    return st.selectbox(label, runs, index=query_choice("run", runs), key=key)

@@ -1,0 +1,243 @@
+"""Generate page: run and checkpoint, sampler, guidance, condition; 2D scatter over the truth or image grid."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from diffguide.dashboard import catalog, generation, ui
+from diffguide.dashboard.generation import ALL_CLASSES, EXACT_CLASSIFIER, NO_CLASS, GuidanceChoice
+from diffguide.samplers import SAMPLERS
+
+
+def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoice:
+    """Widgets for the guidance kind, weight, interval and guide; returns the choice (guide loaded)."""
+    kinds = list(generation.GUIDANCE_KINDS)
+    kind = st.selectbox(
+        "Guidance",
+        kinds,
+        index=ui.query_choice("guidance", kinds, "none"),
+        format_func=generation.GUIDANCE_KINDS.get,
+        key=f"{prefix}-guidance",
+    )
+    choice = GuidanceChoice(kind)
+    if kind == "none":
+        return choice
+    if kind == "classifier":
+        options = ([EXACT_CLASSIFIER] if generation.exact_classifier(run) is not None else []) + (
+            catalog.classifier_candidates(folder, run_id)
+        )
+        if not options:
+            st.warning(
+                "No classifier for this run: classifier guidance needs a 2D run on an exact mixture (Bayes "
+                "classifier) or a classifier folder (classifier.json) inside the run folder."
+            )
+            return choice
+        which = st.selectbox("Classifier", options, key=f"{prefix}-classifier")
+        choice.classifier = (
+            generation.exact_classifier(run)
+            if which == EXACT_CLASSIFIER
+            else ui.load_classifier(catalog.classifier_dir(folder, which))
+        )
+        choice.w = st.slider("Classifier scale", 0.0, 10.0, 1.0, 0.1, key=f"{prefix}-scale")
+    else:
+        choice.w = st.slider(
+            "Guidance weight w (1 = no guidance)",
+            0.0,
+            10.0,
+            2.0,
+            0.1,
+            key=f"{prefix}-w",
+            help="D = guide + w (main - guide). Ho & Salimans' w' is w - 1; diffusers' guidance_scale is w.",
+        )
+    if kind == "auto":
+        guides = catalog.guide_candidates(folder, run_id)
+        if not guides:
+            st.warning(
+                "Autoguidance needs a guide: a weaker run on the same data (fewer steps or smaller width)."
+            )
+        else:
+            guide_id = st.selectbox(
+                "Guide run (the weaker model)",
+                guides,
+                key=f"{prefix}-guide",
+                help="a smaller and/or shorter-trained run on the same data; run@ckpt-N is this run's "
+                "own earlier checkpoint",
+            )
+            choice.guide = ui.load_run(folder, *catalog.split_guide(guide_id))
+    if st.checkbox(
+        "Guide only on a sigma interval",
+        key=f"{prefix}-use-interval",
+        help="Kynkäänniemi et al. 2024: guidance only for sigma in [lo, hi]",
+    ):
+        a, b = st.columns(2)
+        lo = a.number_input("sigma lo", min_value=0.0, value=0.3, format="%g", key=f"{prefix}-lo")
+        hi = b.number_input("sigma hi", min_value=0.0, value=5.0, format="%g", key=f"{prefix}-hi")
+        choice.interval = (float(lo), float(hi))
+    return choice
+
+
+def _random_punk(spec, prefix: str) -> None:
+    """Random button callback: a type and accessories of a real training example."""
+    import random
+
+    kind, accessories = generation.random_combination(spec, random.randrange(2**31))
+    st.session_state[f"{prefix}-type"] = kind
+    st.session_state[f"{prefix}-accessories"] = accessories
+
+
+def pick_condition(run, n: int, prefix: str = "gen"):
+    """Widgets for the condition; returns (cond, labels, description)."""
+    spec = generation.attribute_spec(run)
+    if spec is not None:
+        types = ["any", *spec.types]
+        st.selectbox("Type", types, key=f"{prefix}-type")
+        st.multiselect("Accessories (none selected = any)", spec.accessories, key=f"{prefix}-accessories")
+        st.button(
+            "Random",
+            key=f"{prefix}-random",
+            on_click=_random_punk,
+            args=(spec, prefix),
+            help="a type and accessories that occur together in the training data",
+        )
+        type_name = st.session_state.get(f"{prefix}-type", "any")
+        accessories = st.session_state.get(f"{prefix}-accessories") or []
+        cond, warns = generation.attribute_condition(
+            spec, n, None if type_name == "any" else type_name, accessories
+        )
+        for w in warns:
+            st.warning(w)
+        return cond, None, ", ".join([type_name, *accessories])
+    names = generation.class_names(run)
+    if not names:
+        st.caption("Unconditional run: no class to choose.")
+        return None, None, ""
+    options = [ALL_CLASSES, *names, NO_CLASS]
+    choice = st.selectbox(
+        "Class", options, index=ui.query_choice("class", options, ALL_CLASSES), key=f"{prefix}-class"
+    )
+    cond, labels = generation.class_condition(run, choice, n)
+    return cond, labels, choice
+
+
+def settings_panel(folder) -> dict | None:
+    """The left column's widgets; the chosen settings, or None when nothing can be generated."""
+    run_id = ui.run_picker(folder)
+    if run_id is None:
+        return None
+    summary = catalog.summarize(folder, run_id)
+    if not summary.checkpoints:
+        st.error(f"run {run_id!r} has no checkpoint yet; wait for training to write one")
+        return None
+    checkpoint = st.selectbox("Checkpoint", ["latest", *reversed(summary.checkpoints)], key=f"ckpt-{run_id}")
+    run = ui.load_run(folder, run_id, None if checkpoint == "latest" else checkpoint)
+    s = run.config.sample
+    samplers = list(SAMPLERS)
+    two_d = generation.is_2d(run)
+    a, b = st.columns(2)
+    sampler = a.selectbox(
+        "Sampler",
+        samplers,
+        index=samplers.index(s.sampler) if s.sampler in samplers else 0,
+        key=f"gen-sampler-{run_id}",
+    )
+    steps = b.number_input("Steps", min_value=1, max_value=1000, value=s.steps, key=f"gen-steps-{run_id}")
+    c, d = st.columns(2)
+    seed = c.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="gen-seed")
+    n = d.number_input(
+        "Samples",
+        min_value=1,
+        max_value=20_000 if two_d else 256,
+        value=2000 if two_d else 16,
+        key=f"gen-n-{'2d' if two_d else 'img'}",
+    )
+    cond, labels, cond_text = pick_condition(run, int(n))
+    choice = pick_guidance(folder, run_id, run)
+    progression = (not two_d) and st.checkbox("Show the denoising progression", key="gen-progression")
+    return {
+        "run_id": run_id,
+        "run": run,
+        "two_d": two_d,
+        "sampler": sampler,
+        "steps": int(steps),
+        "seed": int(seed),
+        "n": int(n),
+        "cond": cond,
+        "labels": labels,
+        "cond_text": cond_text,
+        "choice": choice,
+        "progression": progression,
+    }
+
+
+def run_generation(p: dict) -> dict:
+    """Sample with a progress bar; the result (PNG bytes, caption, downloads) for the session state."""
+    run, choice = p["run"], p["choice"]
+    denoiser = generation.guided_denoiser(run, choice)
+    bar = st.progress(0.0, text="sampling ...")
+    recorder = generation.Progression() if p["progression"] else None
+    x = generation.sample(
+        run,
+        denoiser,
+        p["n"],
+        sampler=p["sampler"],
+        steps=p["steps"],
+        seed=p["seed"],
+        cond=p["cond"],
+        on_progress=lambda f: bar.progress(f, text=f"sampling ... {f:.0%}"),
+        recorder=recorder,
+    )
+    bar.empty()
+    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps, {choice.label()}"
+    if p["cond_text"]:
+        title += f", {p['cond_text']}"
+    result = {"run": p["run_id"], "title": title, "two_d": p["two_d"], "seed": p["seed"]}
+    if p["two_d"]:
+        result["png"] = generation.scatter_png(x, run, title="", labels=p["labels"])
+        result["npz"] = generation.npz_bytes(x, p["labels"])
+    else:
+        nrow = run.num_classes if p["labels"] is not None and p["cond_text"] == ALL_CLASSES else None
+        result["png"] = generation.grid_png(x, nrow)
+        if recorder is not None:
+            result["progression"] = recorder.png()
+    return result
+
+
+def show_result(result: dict) -> None:
+    st.image(result["png"], caption=result["title"], width=560 if result["two_d"] else "content")
+    stem = f"{result['run'].replace('/', '-')}-seed{result['seed']}"
+    st.download_button("Download PNG", result["png"], file_name=f"{stem}.png", mime="image/png", key="dl-png")
+    if result.get("npz"):
+        st.download_button("Download samples (.npz)", result["npz"], file_name=f"{stem}.npz", key="dl-npz")
+    if result.get("progression"):
+        png, sigmas = result["progression"]
+        st.subheader("Denoising progression")
+        st.image(
+            png,
+            caption="rows in pairs: x at sigma = "
+            + ", ".join(f"{s:.3g}" for s in sigmas)
+            + " (scaled by 1/max(1, sigma)) above the denoiser's estimate x0_hat",
+        )
+
+
+def main() -> None:
+    folder = ui.runs_folder()
+    st.title("Generate")
+    controls, output = st.columns([1, 2])
+    settings, clicked = None, False
+    with controls, ui.readable_errors():
+        settings = settings_panel(folder)
+        if settings is not None:
+            clicked = st.button("Generate", type="primary", key="generate")
+    with output:
+        if clicked:
+            st.session_state.pop("gen-result", None)
+            with ui.readable_errors("cannot generate"):
+                st.session_state["gen-result"] = run_generation(settings)
+        result = st.session_state.get("gen-result")
+        if result is None:
+            st.info("Choose the settings on the left and press Generate.")
+        else:
+            show_result(result)
+
+
+main()

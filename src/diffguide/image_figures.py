@@ -1,0 +1,149 @@
+"""Figures for image runs: PNG grids, per-sample PNGs and a GIF of the denoising progression."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+def to_pil(x: torch.Tensor, scale: int = 1):
+    """One image [C, H, W] in [-1, 1] as a Pillow image (nearest-neighbour upscaled by `scale`)."""
+    from PIL import Image
+
+    from .data.images import to_uint8
+
+    arr = to_uint8(x).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int | None = None):
+    """Images [N, C, H, W] in [-1, 1] tiled into one Pillow image, nrow per row, `pad` px apart."""
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    canvas = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)  # white in [-1, 1] units
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top : top + h, left : left + w] = x[i].float()
+    scale = scale or max(1, 256 // max(h, w) // 2)
+    return to_pil(canvas, scale)
+
+
+def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> Path:
+    path = Path(path)
+    try:
+        grid_image(x, nrow).save(path)
+    except OSError as e:
+        raise ConfigError(f"cannot write {str(path)!r}: {e}") from None
+    return path
+
+
+class ProgressRecorder:
+    """A sampler callback keeping, every few steps, the current x and x0_hat of the first `keep` samples."""
+
+    def __init__(self, keep: int = 16):
+        self.keep = keep
+        self.frames: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+
+    def __call__(self, info: dict) -> None:
+        if info.get("start", 0) != 0:
+            return  # only the first batch holds the first samples
+        k = self.keep
+        self.frames.append(
+            (info["x"][:k].detach().cpu(), info["denoised"][:k].detach().cpu(), float(info["sigma"]))
+        )
+
+
+def save_progress_gif(
+    path: str | Path, recorder: ProgressRecorder, final: torch.Tensor, ms: int = 120
+) -> Path:
+    """GIF of the denoising: each frame shows x_t (top) and the current x0_hat (bottom) of the first samples."""
+    if not recorder.frames:
+        raise ConfigError("no sampler steps were recorded for the GIF")
+    frames = []
+    for x, denoised, sigma in recorder.frames:
+        scale = max(1.0, sigma)  # keep noisy frames visible: x_t / max(1, sigma)
+        frames.append(grid_image(torch.cat([x / scale, denoised]), nrow=len(x)))
+    last = final[: len(recorder.frames[0][0])]
+    frames.append(grid_image(torch.cat([last, last]), nrow=len(last)))
+    path = Path(path)
+    frames[0].save(path, save_all=True, append_images=frames[1:] + [frames[-1]] * 5, duration=ms, loop=0)
+    return path
+
+
+def write_image_samples(out: Path, x: torch.Tensor, run, args) -> None:
+    """`diffguide sample` output for image runs: out (.png grid), out_stem/ per-sample PNGs, out .gif."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"image samples are written as a .png grid; got --out {str(out)!r}")
+    written = [save_grid(out, x)]
+    if getattr(args, "per_sample", False):
+        folder = out.with_suffix("")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(x):
+            to_pil(img).save(folder / f"{i:05d}.png")
+        written.append(folder)
+    recorder = getattr(args, "progress_recorder", None)
+    if getattr(args, "gif", False) and recorder is not None:
+        written.append(save_progress_gif(out.with_suffix(".gif"), recorder, x))
+    print("wrote " + ", ".join(str(w) for w in written))
+
+
+def example_conditions(run, n: int):
+    """Conditions for a figure of n samples: classes cycling 0..K-1, or held-out punks' attributes."""
+    if not run.num_classes:
+        return None
+    ds = run.dataset
+    if getattr(ds, "attributes", None) is not None:
+        idx = ds.test_index[torch.arange(n) % len(ds.test_index)]
+        return ds.condition_of(idx)
+    return torch.arange(n) % run.num_classes
+
+
+def write_run_grid(run, path: Path, seed: int = 0, n: int | None = None) -> Path:
+    """samples.png for a finished image run: n samples (one column per class for class-conditional runs)."""
+    from .sampling import sample_run
+
+    n = n or min(run.config.sample.n, 100)
+    cond = example_conditions(run, n)
+    nrow = run.num_classes if torch.is_tensor(cond) else None  # one column per class
+    with torch.no_grad():
+        x = sample_run(run, n, seed=seed, cond=cond, batch_size=256)
+    return save_grid(path, x, nrow)
+
+
+def save_w_sweep_plot(path: str | Path, rows: list[dict], keys: list[str], title: str = "") -> Path:
+    """Line plots of metrics against the guidance weight w (one panel per metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), dpi=110)
+    axes = np.atleast_1d(axes)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("guidance", ""), []).append(r)
+    for ax, key in zip(axes, keys):
+        for name, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r["w"])
+            ax.plot([r["w"] for r in rs], [r[key] for r in rs], "o-", label=name)
+        ax.set_xlabel("w")
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,267 @@
+"""A small U-Net for images: the DDPM / ADM family (Ho et al. 2020; Dhariwal & Nichol 2021).
+
+Residual blocks with GroupNorm and an adaptive scale-shift from the embedding, self-attention at
+chosen resolutions, dropout, `num_blocks` blocks per resolution and a channel multiplier per level.
+The embedding is the noise level (sinusoidal or Fourier) plus the condition:
+
+- class labels: an `nn.Embedding` with one extra row, index `num_classes`, the null class (label
+  dropout and classifier-free guidance feed it);
+- attributes (CryptoPunks): a dict {"type": [N] long, "accessories": [N, A] multi-hot}; type -1 and
+  an accessory row of -1 mean "null". The type goes through an embedding with a null row, the
+  multi-hot vector through a learned linear projection, and a null accessory row uses its own learned
+  vector, so each part can be dropped independently (see data/attributes.py).
+
+Any spatial size works: a downsampling conv rounds up (7 -> 4) and each upsampling resizes to the
+skip connection's size, so 8x8 digits, 24x24 punks and 28x28 MNIST need no padding. Nothing here
+names a device; the code only uses reshape (never view) so channels-last inputs work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .embedding import make_embedding
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups of at least 4 channels (EDM's choice), dividing `channels`."""
+    groups = max(1, min(32, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv, plus skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = group_norm(cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions (heads of 32 channels, at least one)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.heads = max(1, channels // 32)
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x, emb=None):
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # q, k, v: [N, heads, head_dim, HW] -> attention over HW
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, size):
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+class ConditionEmbedding(nn.Module):
+    """Embeds a condition: class labels, or a {"type", "accessories"} attribute dict, into emb_dim."""
+
+    def __init__(self, emb_dim: int, num_classes: int = 0, num_types: int = 0, num_accessories: int = 0):
+        super().__init__()
+        self.num_classes, self.num_types, self.num_accessories = num_classes, num_types, num_accessories
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.type_emb = nn.Embedding(num_types + 1, emb_dim) if num_types else None
+        if num_accessories:
+            self.accessory_proj = nn.Linear(num_accessories, emb_dim)
+            self.accessory_null = nn.Parameter(torch.zeros(emb_dim))
+        else:
+            self.accessory_proj = None
+
+    def forward(self, cond, n: int, device) -> torch.Tensor | None:
+        if isinstance(cond, dict) or (cond is None and self.type_emb is not None):
+            return self._attributes(cond or {}, n, device)
+        if self.class_emb is None:
+            return None
+        if cond is None:
+            cond = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        labels = torch.as_tensor(cond, device=device).long().reshape(-1).expand(n)
+        return self.class_emb(labels)
+
+    def _attributes(self, cond: dict, n: int, device) -> torch.Tensor:
+        if self.type_emb is None:
+            raise ValueError("this network was built for class labels, not an attribute dict")
+        unknown_keys = set(cond) - {"type", "accessories"}
+        if unknown_keys:
+            raise ValueError(f"unknown condition keys {sorted(unknown_keys)}; expected 'type', 'accessories'")
+        kind = cond.get("type")
+        kind = torch.full((n,), -1, device=device) if kind is None else torch.as_tensor(kind, device=device)
+        kind = kind.long().reshape(-1).expand(n)
+        emb = self.type_emb(torch.where(kind < 0, torch.full_like(kind, self.num_types), kind))
+        acc = cond.get("accessories")
+        if acc is None:
+            acc = torch.full((n, self.num_accessories), -1.0, device=device)
+        acc = torch.as_tensor(acc, device=device).float().reshape(-1, self.num_accessories).expand(n, -1)
+        null = (acc < 0).all(dim=1, keepdim=True)
+        projected = self.accessory_proj(acc.clamp(min=0))
+        return emb + torch.where(
+            null, self.accessory_null.to(projected.dtype).expand_as(projected), projected
+        )
+
+
+class UNet(nn.Module):
+    """F(x_in, c_noise, cond) -> [N, C, H, W]: the U-Net described in this module's docstring."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        resolution: int = 8,
+        channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2),
+        num_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (),
+        dropout: float = 0.0,
+        emb_dim: int = 128,
+        embedding: str = "positional",
+        num_classes: int = 0,
+        num_types: int = 0,
+        num_accessories: int = 0,
+    ):
+        super().__init__()
+        if not channel_mult:
+            raise ValueError("channel_mult must name at least one level, e.g. [1, 2]")
+        self.noise_emb = nn.Sequential(
+            make_embedding(embedding, channels),
+            nn.Linear(channels, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
+        self.cond_emb = ConditionEmbedding(emb_dim, num_classes, num_types, num_accessories)
+        attn = set(int(r) for r in attn_resolutions)
+
+        self.conv_in = nn.Conv2d(in_channels, channels * channel_mult[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [channels * channel_mult[0]]
+        c, res = channels * channel_mult[0], resolution
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_blocks):
+                layer = nn.ModuleList([ResBlock(c, channels * mult, emb_dim, dropout)])
+                c = channels * mult
+                if res in attn:
+                    layer.append(Attention(c))
+                self.down.append(layer)
+                skips.append(c)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([Downsample(c)]))
+                skips.append(c)
+                res = (res + 1) // 2
+        self.mid = nn.ModuleList(
+            [ResBlock(c, c, emb_dim, dropout), Attention(c), ResBlock(c, c, emb_dim, dropout)]
+        )
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_blocks + 1):
+                layer = nn.ModuleList([ResBlock(c + skips.pop(), channels * mult, emb_dim, dropout)])
+                c = channels * mult
+                if res in attn:
+                    layer.append(Attention(c))
+                self.up.append(layer)
+            if level > 0:
+                self.up.append(nn.ModuleList([Upsample(c)]))
+                res = res * 2
+        self.norm_out = group_norm(c)
+        self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
+        n = x.shape[0]
+        emb = self.noise_emb(torch.as_tensor(c_noise, device=x.device).reshape(-1).expand(n))
+        extra = self.cond_emb(cond, n, x.device)
+        if extra is not None:
+            emb = emb + extra
+        emb = F.silu(emb)
+        h = self.conv_in(x.float())
+        hs = [h]
+        for layer in self.down:
+            for module in layer:
+                h = module(h, emb)
+            hs.append(h)
+        for module in self.mid:
+            h = module(h, emb)
+        for layer in self.up:
+            if isinstance(layer[0], Upsample):
+                h = layer[0](h, hs[-1].shape[-2:])
+                continue
+            h = torch.cat([h, hs.pop()], dim=1)
+            for module in layer:
+                h = module(h, emb)
+        return self.conv_out(F.silu(self.norm_out(h))).to(x.dtype)
+
+
+def build_unet(cfg, dataset) -> UNet:
+    """The U-Net for a RunConfig and dataset (shape (C, H, W); labels from the dataset if conditional)."""
+    from ..errors import ConfigError
+
+    if len(dataset.shape) != 3:
+        raise ConfigError(
+            f"model.arch='unet' needs image data of shape (C, H, W); dataset {cfg.data.name!r} has "
+            f"shape {tuple(dataset.shape)} (use model.arch='mlp')"
+        )
+    m = cfg.model
+    num_classes = num_types = num_accessories = 0
+    if cfg.data.conditional:
+        attrs = getattr(dataset, "attributes", None)
+        if attrs is not None:
+            num_types, num_accessories = len(attrs.types), len(attrs.accessories)
+        else:
+            num_classes = dataset.num_classes
+    if m.channels < 1 or m.num_blocks < 1 or not m.channel_mult:
+        raise ConfigError(
+            "U-Net needs model.channels >= 1, model.num_blocks >= 1 and a non-empty model.channel_mult; "
+            f"got {m.channels}, {m.num_blocks}, {m.channel_mult}"
+        )
+    return UNet(
+        in_channels=dataset.shape[0],
+        resolution=dataset.shape[1],
+        channels=m.channels,
+        channel_mult=tuple(int(v) for v in m.channel_mult),
+        num_blocks=m.num_blocks,
+        attn_resolutions=tuple(int(v) for v in m.attn_resolutions),
+        dropout=m.dropout,
+        emb_dim=m.emb_dim,
+        embedding=m.embedding,
+        num_classes=num_classes,
+        num_types=num_types,
+        num_accessories=num_accessories,
+    )

@@ -1,0 +1,490 @@
+"""The guidance study behind `diffguide demo`: no guidance vs CFG vs autoguidance on the tree mixture.
+
+1. Train the expert (class-conditional with label dropout, so it is also its own CFG guide) and the
+   amateur (narrower and shorter, Karras et al. 2024) on the two-class tree mixture.
+2. Sample the same per-sample seeds and labels with no guidance, CFG and autoguidance over a sweep of
+   weights (and once with both guides), and score every set with the exact metrics of metrics2d.
+3. On the S-curve of seed 000, train one net for `scurve_steps` steps and use its snapshot at
+   `scurve_amateur_steps` as the amateur; draw the expert, amateur and difference fields.
+4. Write report.md, metrics.json and the figures; return the metrics.
+
+Every step is a library function; cli/demo.py only parses options and calls `run_study`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import apply_overrides, load_preset
+from .guidance import autoguidance, cfg_and_autoguidance, classifier_free_guidance
+from .guidance_runs import amateur_config, write_guidance_note
+from .metrics2d import METRICS, MixtureMetrics, class_labels
+from .noise import PerSampleNoise
+from .runs import load_run
+from .samplers import get_sampler
+from .sampling import generate, sigma_grid
+
+SELECTION_RULE = (
+    "for each method, the w of the sweep with the highest precision among those whose coverage is at "
+    "least the unguided coverage minus {tol} (quality gained without giving up more than {tol} of variety); "
+    "w = 1 (no guidance) when no such w beats the unguided precision"
+)
+
+
+@dataclass
+class StudySettings:
+    """Sizes of the study. `fast()` shrinks it for tests; the defaults are the README demo."""
+
+    seed: int = 0
+    expert_preset: str = "demo-expert"
+    expert_overrides: list = field(default_factory=list)
+    amateur_width: int = 32
+    amateur_steps: int = 1000
+    n_samples: int = 2000
+    sampler: str = "heun"
+    sampler_steps: int = 24
+    sigma_max: float = 10.0
+    cfg_weights: tuple = (1.5, 2.0, 3.0, 4.0)
+    auto_weights: tuple = (1.25, 1.5, 2.0, 2.5, 3.0)
+    # CFG limited to a guidance interval (Kynkaanniemi et al. 2024): sigma range and weights
+    cfg_interval: tuple = (0.05, 0.5)
+    cfg_interval_weights: tuple = (2.0, 3.0)
+    both_weights: tuple = (1.5, 1.5)  # (w_auto, w_cfg) of the two-guide sample set
+    coverage_tolerance: float = 0.05
+    n_reference: int = 30_000
+    field_sigma: float = 0.05
+    field_res: int = 90
+    scurve_preset: str = "demo-scurve"
+    scurve_steps: int = 5000
+    scurve_amateur_steps: int = 1000
+    scurve_n: int = 2000
+    scurve_w: float = 2.0
+    progress: bool = True
+    # torch intra-op threads while the study runs: the nets are tiny, and on 2 cores a second thread
+    # cost up to 6x the CPU time of one (measured: 300 training steps took 50 s of CPU with 2 threads,
+    # 8 s with 1, on a busy machine); 0 keeps torch's default
+    threads: int = 1
+
+    @classmethod
+    def fast(cls, seed: int = 0) -> StudySettings:
+        """~20-30 s on 2 CPU cores: tiny training, few samples, two weights per method."""
+        return cls(
+            seed=seed,
+            expert_overrides=["train.steps=300", "train.batch_size=256", "sample.n=200"],
+            amateur_width=16,
+            amateur_steps=60,
+            n_samples=600,
+            sampler_steps=12,
+            cfg_weights=(2.0, 3.0),
+            auto_weights=(2.0, 3.0),
+            cfg_interval_weights=(3.0,),
+            n_reference=8000,
+            field_res=40,
+            scurve_steps=400,
+            scurve_amateur_steps=100,
+            scurve_n=500,
+            progress=False,
+        )
+
+
+class Timer:
+    """Wall-clock seconds per named phase."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Phase()
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train_pair(settings: StudySettings, runs_dir: Path, log=print):
+    """Train (or reuse, when finished) the tree expert and its amateur; returns (expert, amateur) runs."""
+    from .train import train
+
+    cfg = apply_overrides(
+        load_preset(settings.expert_preset), [f"train.seed={settings.seed}", *settings.expert_overrides]
+    )
+    acfg = amateur_config(cfg, settings.amateur_width, settings.amateur_steps)
+    expert_dir, amateur_dir = runs_dir / cfg.name, runs_dir / acfg.name
+    for c, d in ((cfg, expert_dir), (acfg, amateur_dir)):
+        log(f"training {c.name}: width {c.model.width}, depth {c.model.depth}, {c.train.steps} steps")
+        train(c, d, resume=True, progress=settings.progress)
+    write_guidance_note(expert_dir, amateur=amateur_dir)
+    return load_run(expert_dir), load_run(amateur_dir)
+
+
+def train_scurve(settings: StudySettings, runs_dir: Path, log=print):
+    """One S-curve net; returns (expert at the last step, amateur = its snapshot at the earlier step)."""
+    from .train import train
+    from .train.checkpoint import checkpoint_name
+
+    every = settings.scurve_amateur_steps
+    cfg = apply_overrides(
+        load_preset(settings.scurve_preset),
+        [
+            f"train.seed={settings.seed}",
+            f"train.steps={settings.scurve_steps}",
+            f"train.ckpt_every={every}",
+            f"train.keep_last={math.ceil(settings.scurve_steps / every) + 1}",
+            f"train.log_every={max(1, min(every, 100))}",
+            "sample.n=300",
+        ],
+    )
+    run_dir = runs_dir / cfg.name
+    log(f"training {cfg.name}: {cfg.train.steps} steps (amateur = its snapshot at step {every})")
+    train(cfg, run_dir, resume=True, progress=settings.progress)
+    expert = load_run(run_dir)
+    amateur = load_run(run_dir, checkpoint=checkpoint_name(every))
+    return expert, amateur
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling and the sweep
+
+
+def guided_sets(expert, amateur, settings: StudySettings) -> list[tuple[str, float, object]]:
+    """(method, w, denoiser) for every sample set of the sweep, no guidance first."""
+    d1, d0, k = expert.denoiser, amateur.denoiser, expert.num_classes
+    sets = [("none", 1.0, d1)]
+    sets += [("cfg", w, classifier_free_guidance(d1, w, k)) for w in settings.cfg_weights]
+    sets += [
+        ("cfg-interval", w, classifier_free_guidance(d1, w, k, interval=settings.cfg_interval))
+        for w in settings.cfg_interval_weights
+    ]
+    sets += [("autoguidance", w, autoguidance(d1, d0, w)) for w in settings.auto_weights]
+    if settings.both_weights:
+        wa, wc = settings.both_weights
+        sets.append(("cfg+autoguidance", wa, cfg_and_autoguidance(d1, d0, wa, wc, k)))
+    return sets
+
+
+def choose_weight(rows: list[dict], none: dict, tolerance: float) -> dict:
+    """The SELECTION_RULE: highest precision with coverage >= coverage(none) - tolerance, if it beats
+    the unguided precision; else w = 1 (the unguided numbers)."""
+    ok = [r for r in rows if r["coverage"] >= none["coverage"] - tolerance]
+    best = max(ok, key=lambda r: (r["precision"], r["coverage"])) if ok else None
+    if best is None or best["precision"] <= none["precision"]:
+        return {**none, "method": rows[0].get("method", "none") if rows else "none", "w": 1.0}
+    return best
+
+
+def summarize(metrics: dict) -> dict:
+    """The headline numbers of one evaluation (overall metrics, rounded)."""
+    return {k: round(float(metrics[k]), 5) for k in METRICS}
+
+
+def run_sweep(expert, amateur, settings: StudySettings, evaluator: MixtureMetrics, timer: Timer, log=print):
+    """Sample every set with the same seeds and labels; returns (samples, labels, evaluations list)."""
+    labels = class_labels(expert.dataset.mixture, settings.n_samples, seed=settings.seed)
+    sigmas = sigma_grid("karras", settings.sampler_steps, expert.process, sigma_max=settings.sigma_max)
+    results, samples = [], {}
+    for method, w, denoiser in guided_sets(expert, amateur, settings):
+        with timer("sampling"):
+            x = generate(
+                denoiser,
+                settings.n_samples,
+                expert.dataset.shape,
+                sigmas=sigmas,
+                sampler=settings.sampler,
+                seed=settings.seed,
+                cond=labels,
+            )
+        with timer("metrics"):
+            m = evaluator.evaluate(x, labels)
+        samples[(method, w)] = x
+        results.append({"method": method, "w": float(w), **m})
+        log(
+            f"  {method:17s} w={w:<4g} precision {m['precision']:.3f}  coverage {m['coverage']:.3f}  "
+            f"mean_logp {m['mean_logp']:8.2f}  sliced_w2 {m['sliced_w2']:.4f}"
+        )
+    return samples, labels, results
+
+
+# ---------------------------------------------------------------------------------------------
+# fields and trajectories for the figures
+
+
+def zoom_window(mixture, cls: int = 0, half: float = 0.3) -> tuple[tuple[float, float], float]:
+    """A window on the outer branches of one class: the component mean (beyond half the class's
+    radius) whose square window of half-size `half` holds the most component means."""
+    means = mixture.means[mixture.classes == cls].numpy()
+    dist = np.linalg.norm(means, axis=1)  # the tree grows from the origin
+    far = means[dist > 0.5 * dist.max()]
+    counts = [(np.abs(means - c).max(1) < half * 0.8).sum() for c in far]
+    c = far[int(np.argmax(counts))]
+    return (float(c[0]), float(c[1])), half
+
+
+def model_fields(main, guide, center, half, sigma: float, cond: int, res: int) -> dict:
+    """Scores of both models on a zoom grid, their integrated log-densities and a coarse arrow grid."""
+    from .study_plots import grid_points, integrate_score, score_on
+
+    xs, ys, pts = grid_points(center, half, res)
+    h = xs[1] - xs[0]
+    s_main, s_guide = score_on(main, pts, sigma, cond), score_on(guide, pts, sigma, cond)
+    ax, ay, at = grid_points(center, half * 0.92, 15)
+    return {
+        "sigma": sigma,
+        "xs": xs,
+        "ys": ys,
+        "phi_main": integrate_score(s_main, res, h),
+        "phi_guide": integrate_score(s_guide, res, h),
+        "arrow_at": at.numpy(),
+        "score_main": score_on(main, at, sigma, cond),
+        "score_guide": score_on(guide, at, sigma, cond),
+    }
+
+
+def zoomed_trajectories(denoiser, mixture, center, half, cond: int, settings: StudySettings, n: int = 60):
+    """Paths [T, n, 2] of Heun sampling from sigma = 4 * field_sigma, started at blurred ground-truth
+    points inside the window (as in Karras et al. 2024, Fig. 1), recorded with the sampler callback."""
+    g = torch.Generator().manual_seed(settings.seed + 7)
+    start_sigma = 4 * settings.field_sigma
+    pts = []
+    while sum(len(p) for p in pts) < n:
+        x, _ = mixture.sample(4000, sigma=start_sigma, cond=torch.full((4000,), cond), generator=g)
+        pts.append(x[(x - torch.tensor(center)).abs().max(1).values < 0.8 * half])
+    x = torch.cat(pts)[:n].float()
+    sigmas = sigma_grid("karras", 12, sigma_min=0.002, sigma_max=start_sigma)
+    path = [x.clone()]
+    get_sampler("heun")(
+        denoiser,
+        x,
+        sigmas,
+        cond=torch.full((n,), cond, dtype=torch.long),
+        generator=PerSampleNoise.from_seed(settings.seed, n),
+        callback=lambda info: path.append(info["x"].clone()),
+    )
+    return torch.stack(path).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# the study
+
+
+def run_study(out_dir: str | Path, settings: StudySettings | None = None, log=print) -> dict:
+    """Run the whole study into out_dir; returns the metrics dict also written to metrics.json."""
+
+    settings = settings or StudySettings()
+    previous_threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run_study(out_dir, settings, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_study(out_dir, settings: StudySettings, log) -> dict:
+    from . import study_plots, study_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_dir = out / "runs"
+    timer = Timer()
+    t_start = time.perf_counter()
+
+    with timer("training (tree expert + amateur)"):
+        expert, amateur = train_pair(settings, runs_dir, log)
+    mixture = expert.dataset.mixture
+    with timer("metrics"):
+        evaluator = MixtureMetrics(mixture, n_reference=settings.n_reference, seed=settings.seed + 12345)
+    log("sampling and scoring (same seeds and labels for every method):")
+    samples, labels, results = run_sweep(expert, amateur, settings, evaluator, timer, log)
+
+    with timer("metrics"):
+        g = torch.Generator().manual_seed(settings.seed + 99)
+        truth_x, comp = mixture.sample(settings.n_samples, generator=g)
+        truth = evaluator.evaluate(truth_x, mixture.classes[comp])
+    none = next(r for r in results if r["method"] == "none")
+    chosen = {}
+    for method in ("cfg", "cfg-interval", "autoguidance"):
+        rows = [r for r in results if r["method"] == method]
+        if rows:
+            chosen[method] = choose_weight(rows, none, settings.coverage_tolerance)
+    both = [r for r in results if r["method"] == "cfg+autoguidance"]
+    if both:  # one fixed pair of weights, reported as measured
+        chosen["cfg+autoguidance"] = both[0]
+
+    with timer("figures"):
+        zc, zh = zoom_window(mixture, 0)
+        # panels show the chosen w; when guidance did not help (w = 1), the sweep's largest w
+        w_auto_show = (
+            chosen["autoguidance"]["w"] if chosen["autoguidance"]["w"] != 1.0 else settings.auto_weights[-1]
+        )
+        w_cfg_show = chosen["cfg"]["w"] if chosen["cfg"]["w"] != 1.0 else settings.cfg_weights[-1]
+        fields = model_fields(
+            expert.denoiser, amateur.denoiser, zc, zh, settings.field_sigma, 0, settings.field_res
+        )
+        traj = {
+            "none": zoomed_trajectories(expert.denoiser, mixture, zc, zh, 0, settings),
+            "autoguidance": zoomed_trajectories(
+                autoguidance(expert.denoiser, amateur.denoiser, w_auto_show), mixture, zc, zh, 0, settings
+            ),
+        }
+        lim = float(np.quantile(np.abs(truth_x.numpy()), 0.998)) * 1.08
+        panel = study_plots.study_panel(
+            out / "study_panel.png",
+            {
+                "mixture": mixture,
+                "lim": lim,
+                "zoom_center": zc,
+                "zoom_half": zh,
+                "zoom_class": 0,
+                "ground_truth": truth_x.numpy(),
+                "ground_truth_labels": mixture.classes[comp].numpy(),
+                "labels": labels.numpy(),
+                "samples": {
+                    "none": samples[("none", 1.0)].numpy(),
+                    "autoguidance": samples[("autoguidance", w_auto_show)].numpy(),
+                    "cfg": samples[("cfg", w_cfg_show)].numpy(),
+                },
+                "titles": {
+                    "none": f"No guidance (precision {none['precision']:.2f}, coverage {none['coverage']:.2f})",
+                    "autoguidance": _title("Autoguidance", results, "autoguidance", w_auto_show),
+                    "cfg": _title("CFG", results, "cfg", w_cfg_show),
+                },
+                "fields": fields,
+                "trajectories": traj,
+                "w_auto": w_auto_show,
+                "suptitle": (
+                    f"Two-class tree, class colours; expert {expert.config.model.width}x{expert.config.model.depth} "
+                    f"{expert.step} steps, amateur {amateur.config.model.width}x{amateur.config.model.depth} "
+                    f"{amateur.step} steps; zoom panels: class A at sigma = {settings.field_sigma:g}"
+                ),
+            },
+        )
+        sweep_rows = [
+            {k: r[k] for k in ("method", "w", "precision", "coverage", "mean_logp", "sliced_w2")}
+            for r in results
+            if r["method"] != "none"
+        ]
+        sweep_png = study_plots.sweep_figure(out / "weight_sweep.png", sweep_rows, none, truth, chosen)
+
+    with timer("S-curve (training, sampling, figure)"):
+        scurve = scurve_study(settings, runs_dir, out / "scurve_autoguidance.png", log)
+
+    total = time.perf_counter() - t_start
+    metrics = {
+        "none": {**summarize(none), "w": 1.0},
+        "cfg": {**summarize(chosen["cfg"]), "w": chosen["cfg"]["w"]},
+        "autoguidance": {**summarize(chosen["autoguidance"]), "w": chosen["autoguidance"]["w"]},
+        "cfg_interval": {
+            **summarize(chosen["cfg-interval"]),
+            "w": chosen["cfg-interval"]["w"],
+            "interval": list(settings.cfg_interval),
+        }
+        if "cfg-interval" in chosen
+        else None,
+        "cfg+autoguidance": {
+            **summarize(chosen["cfg+autoguidance"]),
+            "w": chosen["cfg+autoguidance"]["w"],
+            "w_cfg": settings.both_weights[1] if settings.both_weights else None,
+        }
+        if "cfg+autoguidance" in chosen
+        else None,
+        "ground_truth": {**summarize(truth), "w": None},
+        "per_class": {r["method"] + f"@{r['w']:g}": r.get("per_class", {}) for r in results},
+        "sweep": sweep_rows,
+        "selection_rule": SELECTION_RULE.format(tol=settings.coverage_tolerance),
+        "scurve": scurve["metrics"],
+        "timings_s": {**{k: round(v, 1) for k, v in timer.times.items()}, "total": round(total, 1)},
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+        "runs": {"expert": str(expert.path), "amateur": str(amateur.path)},
+        "figures": {"study_panel": panel.name, "weight_sweep": sweep_png.name, "scurve": scurve["figure"]},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    report = study_report.write_report(out / "report.md", metrics, settings, expert, amateur)
+    metrics["report"] = str(report)
+    return metrics
+
+
+def _title(name: str, results: list[dict], method: str, w: float) -> str:
+    r = next(r for r in results if r["method"] == method and r["w"] == w)
+    return f"{name}, w={w:g} (precision {r['precision']:.2f}, coverage {r['coverage']:.2f})"
+
+
+def scurve_study(settings: StudySettings, runs_dir: Path, png: Path, log=print) -> dict:
+    """Seed 000's experiment: expert vs earlier snapshot on the S-curve, fields and samples."""
+    from .metrics2d import sliced_w2
+    from .study_plots import grid_points, scurve_figure
+
+    expert, amateur = train_scurve(settings, runs_dir, log)
+    s = expert.config.sample
+    sigmas = sigma_grid(s.grid, s.steps, expert.process, s.sigma_min, s.sigma_max, s.rho)
+    data = torch.as_tensor(expert.dataset.points)
+    common = dict(sigmas=sigmas, sampler=s.sampler, seed=settings.seed)
+    x_none = generate(expert.denoiser, settings.scurve_n, (2,), **common)
+    guided = autoguidance(expert.denoiser, amateur.denoiser, settings.scurve_w)
+    x_auto = generate(guided, settings.scurve_n, (2,), **common)
+    sigma = 0.3
+    lim = float(data.abs().max()) * 1.15
+    _, _, at = grid_points((0.0, 0.0), lim * 0.9, 17)
+    with torch.no_grad():
+        sig = torch.full((len(at),), sigma)
+        d1, d0 = expert.denoiser(at, sig), amateur.denoiser(at, sig)
+    fields = {"expert": (d1 - at).numpy(), "amateur": (d0 - at).numpy(), "difference": (d1 - d0).numpy()}
+    ref = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: 4 * settings.scurve_n]]
+
+    def distance_to_data(x):  # mean distance to the nearest data point: how far off the curve
+        return round(float(torch.cdist(x.float(), ref.float()).min(1).values.mean()), 5)
+
+    metrics = {
+        "expert_steps": expert.step,
+        "amateur_steps": amateur.step,
+        "w": settings.scurve_w,
+        "sliced_w2_none": round(sliced_w2(x_none, ref), 5),
+        "sliced_w2_autoguidance": round(sliced_w2(x_auto, ref), 5),
+        "distance_to_data_none": distance_to_data(x_none),
+        "distance_to_data_autoguidance": distance_to_data(x_auto),
+        "sampler": f"{s.sampler}, {s.steps} steps ({s.grid} grid)",
+    }
+    log(
+        f"S-curve, without -> with autoguidance w={settings.scurve_w:g}: mean distance to the data "
+        f"{metrics['distance_to_data_none']:.4f} -> {metrics['distance_to_data_autoguidance']:.4f}, "
+        f"sliced W2 {metrics['sliced_w2_none']:.4f} -> {metrics['sliced_w2_autoguidance']:.4f}"
+    )
+    scurve_figure(
+        png,
+        {
+            "lim": lim,
+            "data": data[:6000].numpy(),
+            "arrow_at": at.numpy(),
+            "fields": fields,
+            "sigma": sigma,
+            "expert_steps": expert.step,
+            "amateur_steps": amateur.step,
+            "w": settings.scurve_w,
+            "samples": {"none": x_none.numpy(), "autoguidance": x_auto.numpy()},
+            "suptitle": (
+                f"S-curve (seed 000): expert = {expert.step} steps, amateur = the same net's snapshot at "
+                f"{amateur.step} steps\nwith autoguidance: mean distance to the data "
+                f"{metrics['distance_to_data_none']:.3f} -> {metrics['distance_to_data_autoguidance']:.3f}, "
+                f"sliced W2 {metrics['sliced_w2_none']:.3f} -> {metrics['sliced_w2_autoguidance']:.3f}"
+            ),
+        },
+    )
+    return {"metrics": metrics, "figure": png.name}
+
+
+__all__ = ["SELECTION_RULE", "StudySettings", "choose_weight", "run_study"]

@@ -1,0 +1,221 @@
+"""The diffusers adapter: a saved diffusers model folder loads as a diffguide denoiser.
+
+Each check compares against diffusers itself: the scheduler's own x0 prediction, the scheduler's own
+alpha_bar table, or a diffusers sampling loop on the same tiny randomly initialised UNet.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers is needed for the adapter tests")
+
+from diffguide.adapters.diffusers import (  # noqa: E402
+    EpsModelFromDenoiser,
+    diffusers_denoiser,
+    load_diffusers,
+    load_diffusers_denoiser,
+    process_from_scheduler_config,
+)
+from diffguide.errors import CheckpointError, ConfigError  # noqa: E402
+from diffguide.grids import spaced_sigmas  # noqa: E402
+from diffguide.mixtures import eight_gaussians  # noqa: E402
+from diffguide.samplers import sample_ddim  # noqa: E402
+from diffguide.sampling import generate, sigma_grid  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+def tiny_unet(**kwargs):
+    torch.manual_seed(0)
+    config = dict(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    config.update(kwargs)
+    return diffusers.UNet2DModel(**config).eval()
+
+
+def tiny_condition_unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+    ).eval()
+
+
+def save_pipeline(folder, unet, scheduler, flat=False):
+    if flat:  # UNet config.json + weights and scheduler_config.json side by side
+        unet.save_pretrained(folder)
+        scheduler.save_pretrained(folder)
+    else:  # the layout of a saved pipeline
+        unet.save_pretrained(folder / "unet")
+        scheduler.save_pretrained(folder / "scheduler")
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_loaded_denoiser_matches_scheduler_x0(tmp_path, unet, prediction_type, flat):
+    scheduler = diffusers.DDPMScheduler(
+        prediction_type=prediction_type,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+    )
+    model = load_diffusers(save_pipeline(tmp_path, unet, scheduler, flat))
+    assert model.shape == (3, 8, 8)
+    assert model.target == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction_type]
+    x_t = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in (0, 17, 500, 999):
+        with torch.no_grad():
+            reference = scheduler.step(unet(x_t, t).sample, t, x_t).pred_original_sample
+            abar = scheduler.alphas_cumprod[t].double()
+            sigma = ((1 - abar) / abar).sqrt()
+            ours = model.denoiser(x_t.double() / abar.sqrt(), sigma)  # scale-free x = x_t / sqrt(abar)
+        scale = reference.abs().max()
+        assert (ours - reference).abs().max() < 1e-5 * max(1.0, float(scale)), (prediction_type, t)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(beta_schedule="linear"),
+        dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        dict(beta_schedule="squaredcos_cap_v2"),
+        dict(num_train_timesteps=50, trained_betas=torch.linspace(1e-3, 0.2, 50).tolist()),
+    ],
+)
+def test_process_matches_scheduler_table(config):
+    scheduler = diffusers.DDPMScheduler(**config)
+    process = process_from_scheduler_config(dict(scheduler.config))
+    abar = scheduler.alphas_cumprod.double()
+    assert len(abar) == process.T
+    assert torch.allclose(process.sigmas, ((1 - abar) / abar).sqrt(), rtol=1e-12, atol=0)
+    t = torch.arange(process.T, dtype=torch.float64)
+    assert torch.allclose(process.t_of_sigma(process.sigmas), t, atol=1e-6)
+
+
+def test_zero_terminal_snr_is_clipped_to_a_finite_sigma():
+    scheduler = diffusers.DDPMScheduler(rescale_betas_zero_snr=True)
+    assert float(scheduler.alphas_cumprod[-1]) == 0
+    process = process_from_scheduler_config(dict(scheduler.config))
+    assert torch.isfinite(process.sigmas).all() and (process.sigmas[1:] > process.sigmas[:-1]).all()
+    abar = scheduler.alphas_cumprod[:-1].double()
+    assert torch.allclose(process.sigmas[:-1], ((1 - abar) / abar).sqrt(), rtol=1e-12, atol=0)
+
+
+def test_sampling_the_loaded_unet_matches_diffusers_ddim(tmp_path, unet):
+    scheduler = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    model = load_diffusers(save_pipeline(tmp_path, unet, scheduler))
+    assert model.timestep_spacing == "trailing"
+    n = 10
+    scheduler.set_timesteps(n)
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    x = z.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    sigmas = spaced_sigmas(n, model.process, model.timestep_spacing, model.steps_offset)
+    ours = sample_ddim(model.denoiser, z.double() * (1 + sigmas[0] ** 2).sqrt(), sigmas)
+    assert (ours.float() - x).abs().max() < 1e-4 * max(1.0, float(x.abs().max()))
+
+
+def test_generate_runs_on_a_loaded_model(tmp_path, unet):
+    scheduler = diffusers.DDPMScheduler()
+    model = load_diffusers(save_pipeline(tmp_path, unet, scheduler))
+    sigmas = sigma_grid("karras", 4, model.process)
+    x = generate(model.denoiser, 3, model.shape, sigmas=sigmas, sampler="heun", seed=1)
+    assert x.shape == (3, 3, 8, 8) and torch.isfinite(x).all()
+    # per-sample seeds: sample 2 does not depend on the batch it is drawn in
+    alone = generate(model.denoiser, 3, model.shape, sigmas=sigmas, sampler="heun", seed=1, batch_size=1)
+    assert torch.allclose(alone, x, rtol=1e-4, atol=1e-4)
+
+
+def test_condition_unet_receives_encoder_hidden_states(tmp_path):
+    unet = tiny_condition_unet()
+    denoiser = load_diffusers_denoiser(save_pipeline(tmp_path, unet, diffusers.DDPMScheduler()))
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 3, 8, 8, generator=g)
+    text = torch.randn(2, 5, 8, generator=g)
+    t = 400
+    abar = diffusers.DDPMScheduler().alphas_cumprod[t].double()
+    sigma = ((1 - abar) / abar).sqrt()
+    with torch.no_grad():
+        eps = unet(x_t, t, encoder_hidden_states=text).sample.double()
+        expected = (x_t.double() - (1 - abar).sqrt() * eps) / abar.sqrt()
+        ours = denoiser(x_t.double() / abar.sqrt(), sigma, text)
+        as_dict = denoiser(x_t.double() / abar.sqrt(), sigma, {"encoder_hidden_states": text})
+        other = denoiser(x_t.double() / abar.sqrt(), sigma, torch.zeros_like(text))
+    assert (ours - expected).abs().max() < 1e-4
+    assert torch.equal(ours, as_dict)
+    assert (ours - other).abs().max() > 1e-3  # the condition reaches the network
+
+
+def test_class_conditional_unet_receives_labels(tmp_path):
+    unet = tiny_unet(num_class_embeds=3)
+    denoiser = load_diffusers_denoiser(save_pipeline(tmp_path, unet, diffusers.DDPMScheduler()))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        a = denoiser(x, 2.0, torch.tensor([0, 0]))
+        b = denoiser(x, 2.0, torch.tensor([2, 2]))
+        t = denoiser.process.t_of_sigma(torch.tensor([2.0, 2.0], dtype=torch.float64)).float()
+        abar = 1 / (1 + 2.0**2)
+        eps = unet(x * abar**0.5, t, class_labels=torch.tensor([0, 0])).sample
+    assert (a - b).abs().max() > 1e-3
+    assert (a.float() - (x - 2.0 * eps)).abs().max() < 1e-4
+
+
+def test_learned_variance_output_keeps_the_mean_channels(tmp_path):
+    unet = tiny_unet(out_channels=6)
+    scheduler = diffusers.DDPMScheduler(variance_type="learned_range")
+    denoiser = load_diffusers_denoiser(save_pipeline(tmp_path, unet, scheduler))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert denoiser(x, 1.0).shape == x.shape
+
+
+def test_eps_model_round_trip_is_the_denoiser():
+    mixture = eight_gaussians(std=0.3)
+    config = dict(diffusers.DDPMScheduler().config)
+    process = process_from_scheduler_config(config)
+    denoiser = diffusers_denoiser(EpsModelFromDenoiser(mixture, process), config)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    for t in (0, 10, 500, 999):
+        sigma = process.sigmas[t]
+        assert torch.allclose(denoiser(x, sigma), mixture(x, sigma), atol=1e-10)
+
+
+def test_errors_name_the_problem(tmp_path, unet):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_diffusers(tmp_path / "missing")
+    unet.save_pretrained(tmp_path / "only-unet")
+    with pytest.raises(CheckpointError, match="scheduler_config.json"):
+        load_diffusers(tmp_path / "only-unet")
+    with pytest.raises(ConfigError, match="did you mean 'epsilon'"):
+        diffusers_denoiser(unet, {"prediction_type": "epsilom"})

@@ -1,0 +1,95 @@
+"""The `diffguide` command end to end (subprocesses on the tiny preset), plus its error exits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from diffguide.cli import main
+from diffguide.config import preset_names
+
+
+def test_presets_lists_every_preset():
+    result = run_cli("presets")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert listed == preset_names()
+
+
+def test_train_writes_the_run_folder(cli_run):
+    config = json.loads((cli_run / "config.json").read_text())
+    assert config["name"] == "tiny" and config["train"]["steps"] == 60
+    ckpts = sorted(p.name for p in (cli_run / "checkpoints").glob("ckpt-*.safetensors"))
+    assert ckpts == ["ckpt-00000030.safetensors", "ckpt-00000060.safetensors"]  # ckpt_every=30
+    assert (cli_run / "checkpoints" / "latest").read_text().strip() == "ckpt-00000060.safetensors"
+    steps = [json.loads(line)["step"] for line in (cli_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40, 50, 60]  # log_every=10
+    assert any((cli_run / "tb").glob("events.out.tfevents.*"))
+    assert (cli_run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_is_deterministic_across_runs_and_batch_sizes(cli_run, tmp_path):
+    a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    first = run_cli("sample", str(cli_run), "--out", str(a), "--n", "50", "--seed", "0")
+    assert first.returncode == 0, first.stderr
+    second = run_cli("sample", str(cli_run), "--out", str(b), "--n", "50", "--seed", "0", "--batch-size", "7")
+    assert second.returncode == 0, second.stderr
+    assert a.with_suffix(".png").is_file() and b.with_suffix(".png").is_file()
+    # the same command again, in this process, and with another seed
+    assert main(["sample", str(cli_run), "--out", str(c), "--n", "50", "--seed", "0"]) == 0
+    samples = [np.load(p)["samples"] for p in (a, b, c)]
+    assert samples[0].shape == (50, 2) and np.isfinite(samples[0]).all()
+    assert np.array_equal(samples[0], samples[2]), "a second run changed the samples"
+    # Across batch sizes the noise streams are the same (tests/test_noise.py checks that bit for bit);
+    # the float32 MLP's matrix products round differently for 7 rows than for 50 (measured: up to
+    # 3e-7 apart), so here equality is to float32 rounding. A wrong noise stream moves samples by O(1).
+    np.testing.assert_allclose(samples[1], samples[0], rtol=0, atol=1e-5)
+    assert main(["sample", str(cli_run), "--out", str(c), "--n", "50", "--seed", "1"]) == 0
+    assert not np.array_equal(samples[0], np.load(c)["samples"])
+
+
+def test_sample_with_class_writes_labels(cli_run, tmp_path):
+    out = tmp_path / "cls.npz"
+    assert main(["sample", str(cli_run), "--out", str(out), "--n", "5", "--class", "1", "--steps", "4"]) == 0
+    assert np.load(out)["labels"].tolist() == [1] * 5
+
+
+def test_bad_inputs_exit_2_with_the_promised_message_subprocess(cli_run, tmp_path):
+    """Through the real entry point: exit code 2 and the message naming the closest choice."""
+    result = run_cli(
+        "sample", str(cli_run), "--out", str(tmp_path / "x.npz"), "--n", "5", "--sampler", "huen"
+    )
+    assert result.returncode == 2
+    assert "unknown sampler 'huen'; did you mean 'heun'?" in result.stderr
+    result = run_cli("train", "--preset", "tree-edn", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown preset 'tree-edn'; did you mean 'tree-edm'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--preset", "tiny", "--set", "trian.steps=5"],
+            "unknown config key 'trian.steps'; did you mean 'train.steps'",
+        ),
+        (["train", "--preset", "tiny", "--set", "train.steps=-1"], "train.steps must be >= 1, got -1"),
+        (["sample", "{run}", "--n", "-3"], "--n must be >= 1, got -3"),
+        (["sample", "{run}", "--n", "5", "--class", "2"], "--class must be in 0..1, got 2"),
+        (["sample", "{run}", "--n", "5", "--grid", "karas"], "did you mean 'karras'"),
+        (["sample", "{tmp}", "--n", "5"], "is not a run folder: it has no config.json"),
+    ],
+)
+def test_bad_inputs_exit_2_with_the_promised_message(argv, message, cli_run, tmp_path, capsys):
+    argv = [a.format(run=cli_run, tmp=tmp_path) for a in argv]
+    if argv[0] == "sample":
+        argv += ["--out", str(tmp_path / "x.npz")]
+    else:
+        argv += ["--out", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffguide {argv[0]}: error: ") and message in err, err
+    assert not (tmp_path / "runs").exists()  # nothing was written

@@ -1,0 +1,202 @@
+"""Config: typed overrides, errors that name the value and the closest keys, presets, a property test."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffguide.config import (
+    RunConfig,
+    all_keys,
+    apply_overrides,
+    from_dict,
+    load_config_file,
+    load_preset,
+    parse_override,
+    preset_names,
+    to_dict,
+)
+from diffguide.errors import ConfigError
+
+
+def base() -> RunConfig:
+    return load_preset("tiny")
+
+
+def test_overrides_parse_and_type_check():
+    cfg = apply_overrides(
+        base(),
+        [
+            "train.steps=123",
+            "train.lr=3e-4",
+            "train.compile=false",
+            "name=my run",  # not TOML: kept as a bare string
+            "model.channel_mult=[1, 2, 4]",
+            "diffusion.loss.sigma_data=1",  # an integer where a float is expected becomes a float
+            "data.options={std = 0.1}",
+        ],
+    )
+    assert cfg.train.steps == 123 and isinstance(cfg.train.steps, int)
+    assert cfg.train.lr == 3e-4 and cfg.train.compile is False and cfg.name == "my run"
+    assert cfg.model.channel_mult == [1, 2, 4]
+    assert cfg.diffusion.loss.sigma_data == 1.0 and isinstance(cfg.diffusion.loss.sigma_data, float)
+    assert cfg.data.options == {"std": 0.1}
+    assert base().train.steps == 60  # the original is not modified
+    assert parse_override(" train.seed = 7 ") == ("train.seed", 7)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.steps=1.5", "train.steps: expected an integer, got 1.5"),
+        ("train.compile=1", "train.compile: expected true or false, got 1"),
+        ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+        ("model.channel_mult=3", "model.channel_mult: expected a list, got 3"),
+        ("train.steps", "must look like key=value"),
+    ],
+)
+def test_type_errors_name_key_and_value(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(base(), [override])
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_names_the_closest_first():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(base(), ["trian.steps=5"])
+    message = str(err.value)
+    assert message.startswith("unknown config key 'trian.steps'; did you mean 'train.steps'")
+    choices = message.split("choices: ")[1].split(", ")
+    assert choices[0] == "train.steps" and set(choices) == set(all_keys())  # closest first, then all
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        apply_overrides(base(), ["train.batchsize=5"])
+
+
+def test_unknown_preset_names_the_closest_first():
+    with pytest.raises(ConfigError) as err:
+        load_preset("tinny")
+    message = str(err.value)
+    assert "unknown preset 'tinny'; did you mean 'tiny'" in message
+    assert message.split("choices: ")[1].split(", ")[0] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["train.steps=-5"], "train.steps must be >= 1, got -5"),
+        (["train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
+        (["train.p_uncond=1.5"], "train.p_uncond must be in [0, 1], got 1.5"),
+        (["train.p_uncond=-0.1"], "train.p_uncond must be in [0, 1], got -0.1"),
+        (["train.lr=0"], "train.lr must be > 0, got 0"),
+        (["train.ema_decay=1.0"], "train.ema_decay must be in [0, 1), got 1.0"),
+        (["sample.sigma_min=2.0", "sample.sigma_max=1.0"], "got 2.0 and 1.0"),
+        (["diffusion.process.sigma_min=100.0"], "sigma_min=100.0, sigma_max=80.0"),  # the EDM process
+        (
+            [
+                "diffusion.process.name=ve",
+                "diffusion.process.sigma_min=60.0",
+                "diffusion.process.sigma_max=50.0",
+            ],
+            "sigma_min=60.0",
+        ),
+        (["diffusion.process.name=ddpm", "diffusion.process.T=1"], "T=1"),
+        (["diffusion.process.name=vpsde"], "did you mean 'vp'"),
+        (["train.optimizer=adamm"], "did you mean 'adam'"),
+        (["train.accum_steps=3"], "divide train.batch_size=256, got 3"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_value(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(base(), overrides)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_loads_and_round_trips(name, tmp_path):
+    cfg = load_preset(name)
+    assert cfg.name == name and cfg.description
+    again = from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg))))  # as saved in a run folder
+    assert again == cfg
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(to_dict(cfg)))
+    assert load_config_file(path) == cfg
+
+
+def test_shipped_presets():
+    assert {"tiny", "tree-edm", "tree-ddpm", "moons-vp", "scurve-ve", "8gaussians-edm"} <= set(preset_names())
+    ddpm = load_preset("tree-ddpm")
+    assert ddpm.diffusion.process.name == "ddpm" and ddpm.diffusion.loss.target == "eps"
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 1")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config_file(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[train]\nstesp = 1\n")
+    with pytest.raises(ConfigError, match="did you mean 'train.steps'"):
+        load_config_file(unknown)
+
+
+# ---------------------------------------------------------------------------------------------
+# property: any override strings give a valid config or a ConfigError, never another exception
+
+KEYS = sorted(all_keys())
+TOML_VALUES = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "nan",
+            "inf",
+            "-inf",
+            "[]",
+            "[1, 2]",
+            "{}",
+            "{a = 1}",
+            '"x"',
+            "'",
+            "[",
+            "1979-05-27",
+        ]
+    ),
+    st.sampled_from(
+        ["heun", "ddpm", "vp", "ve", "ve-seed", "edm", "eps", "v", "x0", "score", "cosine", "bf16"]
+    ),
+    st.text(alphabet=string.printable, max_size=12),
+)
+OVERRIDE = st.one_of(
+    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), TOML_VALUES),
+    st.builds(
+        lambda k, v: f"{k}={v}", st.text(alphabet=string.ascii_lowercase + "._", max_size=15), TOML_VALUES
+    ),
+    st.text(alphabet=string.printable, max_size=25),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(OVERRIDE, max_size=3))
+def test_arbitrary_overrides_give_config_or_config_error(overrides):
+    try:
+        cfg = apply_overrides(base(), overrides)
+    except ConfigError:
+        return
+    assert isinstance(cfg, RunConfig)
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg or _has_nan(to_dict(cfg))
+
+
+def _has_nan(value) -> bool:
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    return isinstance(value, float) and value != value

@@ -1,0 +1,209 @@
+"""Training: bit-equal resume (RNG, optimizer, EMA restored), checkpoint fallback and errors, logs,
+and the loss identities that make every target a weighted x0-space error."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from diffguide.config import apply_overrides, load_preset
+from diffguide.denoiser import ProcessPrecond
+from diffguide.errors import CheckpointError
+from diffguide.losses import DenoisingLoss, LossConfig
+from diffguide.processes import PROCESSES
+from diffguide.runs import load_run
+from diffguide.train import train
+from diffguide.train.checkpoint import list_checkpoints, read_checkpoint
+from diffguide.train.loop import lr_at
+
+# Conditional tree data with label dropout (p_uncond) and dropout in the MLP: the training generator
+# (data, noise, label dropout) must be restored from the checkpoint and the dropout masks reproduced
+# (the loop reseeds the global RNG from (seed, step) each step) for a resumed run to be bit-equal.
+SETS = [
+    "train.steps=40",
+    "train.ckpt_every=10",
+    "train.keep_last=2",
+    "train.log_every=10",
+    "train.p_uncond=0.3",
+    "model.dropout=0.1",
+    "train.device=cpu",
+]
+
+
+def tiny_config(extra=()):
+    cfg = apply_overrides(load_preset("tiny"), [*SETS, *extra])
+    assert cfg.data.conditional and cfg.train.p_uncond > 0 and cfg.model.dropout > 0
+    return cfg
+
+
+def final_tensors(run_dir) -> dict[str, torch.Tensor]:
+    tensors, meta = read_checkpoint(run_dir / "checkpoints" / "ckpt-00000040.safetensors")
+    assert meta["step"] == "40"
+    return tensors
+
+
+def assert_bit_equal(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    groups = {k.split(".")[0] for k in a}
+    assert {"model", "ema", "optim", "rng"} <= groups  # weights, EMA, optimizer moments, RNG state
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:8]}"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 40-step run."""
+    run_dir = tmp_path_factory.mktemp("train") / "reference"
+    train(tiny_config(), run_dir, progress=False)
+    return run_dir
+
+
+def test_resume_is_bit_equal(reference_run, tmp_path):
+    cfg = tiny_config()
+    run_dir = tmp_path / "resumed"
+    train(cfg, run_dir, progress=False, stop_after=20)
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
+        "ckpt-00000010.safetensors",
+        "ckpt-00000020.safetensors",
+    ]
+    perturbed = tmp_path / "perturbed"
+    shutil.copytree(run_dir, perturbed)
+    train(cfg, run_dir, progress=False, resume=True)
+    assert_bit_equal(final_tensors(run_dir), final_tensors(reference_run))
+
+    # The comparison has teeth: resuming with another state of the training generator (data, noise
+    # levels, noise, label dropout) changes the result, so that state really is restored on resume.
+    path = perturbed / "checkpoints" / "ckpt-00000020.safetensors"
+    tensors, meta = read_checkpoint(path)
+    tensors["rng.generator"] = torch.Generator().manual_seed(999).get_state()
+    save_file(tensors, str(path), metadata=meta)
+    train(cfg, perturbed, progress=False, resume=True)
+    assert not torch.equal(
+        final_tensors(perturbed)["model.inp.weight"], final_tensors(reference_run)["model.inp.weight"]
+    )
+
+
+@pytest.mark.slow
+def test_truncated_latest_checkpoint_falls_back(reference_run, tmp_path):
+    """A half-written newest checkpoint is skipped with a warning naming it; training resumes from the
+    previous one (step 10) and still ends bit-equal to the uninterrupted run."""
+    cfg = tiny_config()
+    run_dir = tmp_path / "truncated"
+    train(cfg, run_dir, progress=False, stop_after=20)
+    latest = run_dir / "checkpoints" / "ckpt-00000020.safetensors"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, run_dir, progress=False, resume=True)
+    messages = [str(w.message) for w in caught]
+    assert any("ckpt-00000020.safetensors" in m and "truncated" in m for m in messages), messages
+    assert_bit_equal(final_tensors(run_dir), final_tensors(reference_run))
+
+
+def test_checkpoint_into_other_architecture_names_tensors(reference_run, tmp_path):
+    run_dir = tmp_path / "changed"
+    shutil.copytree(reference_run, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["width"] = 16
+    config["model"]["depth"] = 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        load_run(run_dir)
+    message = str(err.value)
+    # names the tensors with both shapes (width 32 in the file, 16 in the config) ...
+    assert "shape mismatch" in message and "blocks.0.fc2.bias: file (32,) vs model (16,)" in message
+    assert "missing" in message and "blocks.1.fc1.bias" in message  # ... and the 2nd block's absent ones
+
+
+def test_logs_checkpoints_and_pointer(reference_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ckpts = reference_run / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpts)] == [
+        "ckpt-00000030.safetensors",
+        "ckpt-00000040.safetensors",
+    ]
+    assert (ckpts / "latest").read_text().strip() == "ckpt-00000040.safetensors"  # keep_last=2 honoured
+    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in records)
+    events = EventAccumulator(str(reference_run / "tb"))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [s.step for s in scalars] == [10, 20, 30, 40]
+    for s, r in zip(scalars, records):
+        assert s.value == pytest.approx(r["loss"], rel=1e-6)  # TensorBoard stores float32
+    saved = json.loads((reference_run / "config.json").read_text())
+    assert saved["train"]["steps"] == 40 and saved["model"]["dropout"] == 0.1
+    assert (reference_run / "samples.png").stat().st_size > 1000
+    run = load_run(reference_run)  # the model rebuilds from the folder alone
+    assert run.step == 40 and run.checkpoint.name == "ckpt-00000040.safetensors"
+
+
+def test_fresh_train_refuses_a_used_folder(reference_run):
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(tiny_config(), reference_run, progress=False)
+    with pytest.raises(CheckpointError, match="differs"):
+        train(tiny_config(["train.lr=0.5"]), reference_run, progress=False, resume=True)
+
+
+def test_learning_rate_schedule():
+    """Linear warm-up to lr, then cosine decay to min_lr_ratio * lr at the last step."""
+    cfg = apply_overrides(load_preset("tiny"), ["train.steps=100", "train.warmup_steps=10", "train.lr=0.01"])
+    assert lr_at(0, cfg) == pytest.approx(0.001) and lr_at(9, cfg) == pytest.approx(0.01)
+    assert lr_at(10, cfg) == pytest.approx(0.01)
+    floor = cfg.train.min_lr_ratio * 0.01
+    assert lr_at(55, cfg) == pytest.approx(floor + (0.01 - floor) * 0.5)  # half way: cos = 0
+    assert lr_at(100, cfg) == pytest.approx(floor)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses: each target's MSE, written in x0 space
+
+
+class FixedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2).double()
+
+    def forward(self, x_t, c_noise, cond=None):
+        return self.lin(torch.cat([x_t, c_noise[:, None].to(x_t.dtype)], 1))
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v", "score"])
+@pytest.mark.parametrize("process_name", ["vp", "ddpm", "ve"])
+def test_native_loss_is_the_targets_mse(process_name, target):
+    """With weighting 'native' the loss equals the plain MSE between the network output and its target
+    (eps, x0, v = alpha eps - sigma_t x0 for VP, or std * score = -eps), computed from x0 and eps here."""
+    torch.manual_seed(0)
+    process = PROCESSES[process_name]()
+    net = FixedNet()
+    denoiser = ProcessPrecond(net, process, target)
+    loss_fn = DenoisingLoss(
+        LossConfig(target=target, weighting="native", noise_sampling="uniform-t"), process
+    )
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    sigma, eps = loss_fn.draw_noise(x0, gen)
+    loss = loss_fn(denoiser, x0, noise=(sigma, eps))
+    s = sigma[:, None]
+    alpha = 1 / (1 + s**2).sqrt() if process_name != "ve" else torch.ones_like(s)
+    x_t = alpha * (x0 + s * eps)
+    out = net(x_t, process.c_noise(process.t_of_sigma(sigma)))
+    sigma_t = alpha * s
+    wanted = {
+        "eps": eps,
+        "x0": x0,
+        "v": (alpha * eps - sigma_t * x0) / (alpha**2 + sigma_t**2).sqrt(),
+        "score": -eps,
+    }[target]
+    # the loss squares its x0-space error in float32 (bf16-safe), hence the float32-level tolerance
+    torch.testing.assert_close(loss.double(), ((out - wanted) ** 2).mean(1), rtol=1e-4, atol=1e-7)
