@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -219,3 +220,68 @@ def test_errors_name_the_problem(tmp_path, unet):
         load_diffusers(tmp_path / "only-unet")
     with pytest.raises(ConfigError, match="did you mean 'epsilon'"):
         diffusers_denoiser(unet, {"prediction_type": "epsilom"})
+
+
+def test_cli_samples_a_diffusers_folder_like_the_library(tmp_path, unet, capsys):
+    """`diffguide sample --diffusers DIR` equals generate(load_diffusers(DIR).denoiser, ...), same seed."""
+    from diffguide.cli import main
+
+    folder = save_pipeline(tmp_path / "model", unet, diffusers.DDPMScheduler(), flat=True)
+    out = tmp_path / "samples" / "s.npz"
+    args = ["sample", "--diffusers", str(folder), "--n", "3", "--steps", "5", "--sampler", "unipc"]
+    assert main([*args, "--seed", "4", "--batch-size", "2", "--out", str(out)]) == 0
+    samples = np.load(out)["samples"]
+    assert samples.shape == (3, 3, 8, 8) and np.isfinite(samples).all()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the grid next to it
+    model = load_diffusers(folder)
+    expected = generate(
+        model.denoiser,
+        3,
+        model.shape,
+        sigmas=sigma_grid("karras", 5, model.process),
+        sampler="unipc",
+        seed=4,
+        batch_size=2,
+    )
+    assert np.array_equal(samples, expected.numpy())
+    # another seed gives other samples; a .png --out writes only the grid
+    grid = tmp_path / "grid.png"
+    assert main([*args, "--seed", "5", "--out", str(grid)]) == 0
+    assert grid.is_file() and not grid.with_suffix(".npz").exists()
+
+
+def test_cli_diffusers_errors(tmp_path, unet, capsys):
+    from diffguide.cli import main
+
+    folder = save_pipeline(tmp_path / "model", unet, diffusers.DDPMScheduler())
+    out = str(tmp_path / "s.npz")
+    cases = [
+        (["sample", "runs/x", "--diffusers", str(folder)], "not both"),
+        (["sample"], "give a run folder, or --diffusers DIR"),
+        (["sample", "--diffusers", str(folder), "--class", "1"], "needs a class-conditional UNet2DModel"),
+        (["sample", "--diffusers", str(folder), "--guidance", "cfg"], "--guidance cfg is not available"),
+        (["sample", "--diffusers", str(folder), "--raw"], "--raw is not available with --diffusers"),
+        (["sample", "--diffusers", str(tmp_path / "missing")], "does not exist"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--n", "2", "--steps", "2", "--out", out]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert main(["sample", "--diffusers", str(folder), "--out", str(tmp_path / "s.txt")]) == 2
+    assert "written as .npz" in capsys.readouterr().err
+
+
+def test_cli_diffusers_class_labels_and_autoguidance(tmp_path, capsys):
+    from diffguide.cli import main
+
+    folder = save_pipeline(tmp_path / "cls", tiny_unet(num_class_embeds=3), diffusers.DDPMScheduler())
+    guide = save_pipeline(
+        tmp_path / "guide", tiny_unet(num_class_embeds=3, layers_per_block=2), diffusers.DDPMScheduler()
+    )
+    base = ["sample", "--diffusers", str(folder), "--n", "2", "--steps", "3", "--class", "2"]
+    plain, guided = tmp_path / "plain.npz", tmp_path / "guided.npz"
+    assert main([*base, "--out", str(plain)]) == 0
+    assert np.load(plain)["labels"].tolist() == [2, 2]
+    assert main([*base, "--guidance", "auto", "--guide", str(guide), "--w", "2", "--out", str(guided)]) == 0
+    assert not np.allclose(np.load(plain)["samples"], np.load(guided)["samples"])
+    assert main([*base[:-1], "7", "--out", str(plain)]) == 2
+    assert "--class must be in 0..2, got 7" in capsys.readouterr().err

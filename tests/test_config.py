@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import string
+import typing
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,7 @@ from diffguide.config import (
     from_dict,
     load_config_file,
     load_preset,
+    parse_config,
     parse_override,
     preset_names,
     to_dict,
@@ -37,14 +39,14 @@ def test_overrides_parse_and_type_check():
             "name=my run",  # not TOML: kept as a bare string
             "model.channel_mult=[1, 2, 4]",
             "diffusion.loss.sigma_data=1",  # an integer where a float is expected becomes a float
-            "data.options={std = 0.1}",
+            "data.options={depth = 3}",
         ],
     )
     assert cfg.train.steps == 123 and isinstance(cfg.train.steps, int)
     assert cfg.train.lr == 3e-4 and cfg.train.compile is False and cfg.name == "my run"
     assert cfg.model.channel_mult == [1, 2, 4]
     assert cfg.diffusion.loss.sigma_data == 1.0 and isinstance(cfg.diffusion.loss.sigma_data, float)
-    assert cfg.data.options == {"std": 0.1}
+    assert cfg.data.options == {"depth": 3}
     assert base().train.steps == 60  # the original is not modified
     assert parse_override(" train.seed = 7 ") == ("train.seed", 7)
 
@@ -200,3 +202,108 @@ def _has_nan(value) -> bool:
     if isinstance(value, list):
         return any(_has_nan(v) for v in value)
     return isinstance(value, float) and value != value
+
+
+# ---------------------------------------------------------------------------------------------
+# property: any TOML text (or JSON, the run-folder format) gives a valid config or a ConfigError,
+# never another exception and never a hang; a valid one round-trips through its saved JSON
+
+SECTION_KEYS: dict[str, list[str]] = {
+    "": ["name", "description"],
+    "trian": ["steps"],
+    "data.options": ["std"],
+}
+for _key in KEYS:
+    if "." in _key:
+        _section, _leaf = _key.rsplit(".", 1)
+        SECTION_KEYS.setdefault(_section, []).append(_leaf)
+LEAVES = sorted({leaf for leaves in SECTION_KEYS.values() for leaf in leaves})
+# well-formed TOML values (the broken literals of TOML_VALUES aside): most documents parse, so the
+# checks after parsing are what gets exercised
+TOML_LITERALS = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).lower()),
+    st.sampled_from(
+        ["true", "false", "nan", "inf", "-inf", "[]", "[1, 2]", "[7]", "{}", "{depth = 3}", "{a = 1}"]
+    ),
+    st.sampled_from(
+        ["heun", "euler", "ddpm", "vp", "ve", "ve-seed", "edm", "eps", "karras", "moons", "unet"]
+    ).map(json.dumps),
+    st.text(alphabet=string.printable, max_size=10).map(json.dumps),
+)
+
+
+# a value of the key's own type (often valid), by field type
+TYPED = {
+    int: st.integers(-3, 5000).map(str),
+    float: st.floats(-1, 100, allow_nan=False).map(repr),
+    bool: st.sampled_from(["true", "false"]),
+    str: st.sampled_from(
+        ["heun", "euler", "edm", "ve", "vp", "eps", "karras", "moons", "tree", "cosine", "x"]
+    ).map(json.dumps),
+    list: st.sampled_from(["[]", "[1, 2]", "[1]", "[0]", '["a"]']),
+    dict: st.sampled_from(["{}", "{depth = 3}", "{noise = 0.1}", "{pad = 2}", "{a = 1}"]),
+}
+FIELD_TYPE = {k.rsplit(".", 1)[-1]: tp for k, tp in all_keys().items()}
+
+
+def _line(key: str):
+    typed = TYPED.get(typing.get_origin(FIELD_TYPE.get(key)) or FIELD_TYPE.get(key))
+    return (st.one_of(typed, typed, TOML_LITERALS) if typed is not None else TOML_LITERALS).map(
+        lambda v: f"{key} = {v}"
+    )
+
+
+def _section(name: str):
+    own = st.sampled_from(SECTION_KEYS[name])
+    typo = st.one_of(st.sampled_from(LEAVES), st.text("abcdefgh_", min_size=1, max_size=6))
+    keys = st.one_of(own, own, own, typo)  # mostly the section's own keys, sometimes another's or a typo
+    lines = st.lists(keys, max_size=4, unique=True).flatmap(lambda ks: st.tuples(*(_line(k) for k in ks)))
+    return lines.map(lambda ls: (name, list(ls)))
+
+
+def _toml(sections) -> str:
+    sections = sorted(sections, key=lambda s: s[0] != "")  # top-level keys before any [table]
+    return "\n".join((f"[{name}]\n" if name else "") + "\n".join(lines) for name, lines in sections)
+
+
+TOML_TEXT = st.one_of(
+    st.lists(
+        st.sampled_from(sorted(SECTION_KEYS)).flatmap(_section), max_size=5, unique_by=lambda s: s[0]
+    ).map(_toml),
+    st.text(alphabet=string.printable, max_size=80),
+)
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(LEAVES + [s.split(".")[0] for s in SECTION_KEYS if s]), inner, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+def _valid_or_config_error(text: str, fmt: str) -> None:
+    from conftest import time_limit
+
+    with time_limit(10):
+        try:
+            cfg = parse_config(text, fmt)
+        except ConfigError:
+            return
+    assert isinstance(cfg, RunConfig)
+    assert parse_config(json.dumps(to_dict(cfg)), "json") == cfg  # as saved next to a checkpoint
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TOML_TEXT)
+def test_arbitrary_toml_gives_config_or_config_error(text):
+    _valid_or_config_error(text, "toml")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JSON_VALUE)
+def test_arbitrary_json_gives_config_or_config_error(value):
+    _valid_or_config_error(json.dumps(value), "json")

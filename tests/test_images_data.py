@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from diffguide.data import make_dataset
-from diffguide.data.idx import read_idx, write_idx
+from diffguide.data.idx import IDX_TYPES, read_idx, write_idx
 from diffguide.data.registry import DataConfig
 from diffguide.errors import ConfigError, DataError
 
@@ -154,3 +157,68 @@ def test_cryptopunks_from_package():
         warnings.simplefilter("always")
         a.condition(1, "ape", ["blonde bob"])
     assert any("never saw" in str(w.message) for w in caught)
+
+
+# ---------------------------------------------------------------------------------------------
+# property: any bytes (raw or gzip, plausible header or not) give the array the header describes or
+# a DataError; never another exception, never a hang, never an array of another size
+
+
+def _idx_bytes(code: int, dims: list[int], payload: bytes) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims) + payload
+
+
+def _flip(data: bytes, position: int, mask: int) -> bytes:
+    i = position % len(data)
+    return data[:i] + bytes([data[i] ^ mask]) + data[i + 1 :]
+
+
+DIM = st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1))
+IDX_FILES = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        _idx_bytes,
+        st.one_of(st.sampled_from(sorted(IDX_TYPES)), st.integers(0, 255)),
+        st.lists(DIM, max_size=5),
+        st.binary(max_size=300),
+    ),
+    # a well-formed file, then cut or padded
+    st.builds(
+        lambda dims, cut: (
+            _idx_bytes(0x08, dims, bytes(math.prod(dims)))[: cut if cut >= 0 else None]
+            + (b"\x00" * -cut if cut < -1 else b"")
+        ),
+        st.lists(st.integers(0, 5), max_size=3),
+        st.integers(-4, 40),
+    ),
+)
+IDX_OR_GZIP = st.one_of(
+    IDX_FILES,
+    IDX_FILES.map(gzip.compress),
+    st.builds(lambda data, cut: gzip.compress(data)[:cut], IDX_FILES, st.integers(0, 60)),  # cut stream
+    st.builds(_flip, IDX_FILES.map(gzip.compress), st.integers(0, 10**6), st.integers(1, 255)),  # bad bits
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(IDX_OR_GZIP)
+@example(_idx_bytes(0x08, [65536] * 4, b""))  # 2**64 elements: a 64-bit product would wrap to 0
+@example(_flip(gzip.compress(_idx_bytes(0x08, [3], b"abc")), 12, 0xFF))  # a corrupt deflate stream
+def test_read_idx_gives_the_described_array_or_data_error(tmp_path_factory, data):
+    from conftest import time_limit
+
+    path = tmp_path_factory.getbasetemp() / "property.idx"
+    path.write_bytes(data)
+    with time_limit(5):
+        try:
+            array = read_idx(path)
+        except DataError as e:
+            assert str(path) in str(e)  # the message names the file
+            return
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+    assert list(array.shape) == dims and array.dtype == np.dtype(IDX_TYPES[raw[2]]).newbyteorder("=")
+    assert (
+        array.tobytes()
+        == np.frombuffer(raw, IDX_TYPES[raw[2]], offset=4 + 4 * raw[3]).astype(array.dtype).tobytes()
+    )

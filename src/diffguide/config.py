@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .data.registry import DataConfig
-from .errors import ConfigError, unknown
-from .losses import LossConfig
-from .processes import ProcessConfig
+from .data.registry import DataConfig, check_data_config
+from .errors import ConfigError, lookup, unknown
+from .grids import GRIDS
+from .losses import DenoisingLoss, LossConfig
+from .processes import ProcessConfig, make_process
+from .samplers import SAMPLERS
 
 try:
     import tomllib
@@ -140,6 +143,8 @@ def _coerce(value, tp, key: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # no setting means anything at NaN or infinity
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -218,8 +223,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range checks that types alone cannot express; each error names the value and the valid range."""
-    t = cfg.train
+    """Range and name checks that types alone cannot express, all at config time (before any folder is
+    written or any step is trained); each error names the value and what would be right."""
+    t, m, s = cfg.train, cfg.model, cfg.sample
     checks = [
         (t.steps >= 1, f"train.steps must be >= 1, got {t.steps}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
@@ -231,9 +237,37 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.ckpt_every >= 1, f"train.ckpt_every must be >= 1, got {t.ckpt_every}"),
         (t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}"),
         (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
-        (cfg.sample.steps >= 1, f"sample.steps must be >= 1, got {cfg.sample.steps}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (
+            0 <= t.beta1 < 1 and 0 <= t.beta2 < 1,
+            f"train.beta1 and train.beta2 must be in [0, 1), got {t.beta1}, {t.beta2}",
+        ),
+        (0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}"),
+        (s.steps >= 1, f"sample.steps must be >= 1, got {s.steps}"),
+        (s.n >= 1, f"sample.n must be >= 1, got {s.n}"),
+        (s.rho > 0, f"sample.rho must be > 0, got {s.rho}"),
         (cfg.data.size >= 1, f"data.size must be >= 1, got {cfg.data.size}"),
-        (cfg.model.width >= 1 and cfg.model.depth >= 0, "model.width must be >= 1 and model.depth >= 0"),
+        (
+            m.width >= 1 and m.depth >= 0,
+            f"model.width must be >= 1 and model.depth >= 0, got {m.width}, {m.depth}",
+        ),
+        (
+            m.emb_dim >= 2 and m.emb_dim % 2 == 0,
+            f"model.emb_dim must be an even number >= 2, got {m.emb_dim}",
+        ),
+        (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
+        (
+            m.channels >= 1 and m.num_blocks >= 1,
+            f"model.channels and model.num_blocks must be >= 1, got {m.channels}, {m.num_blocks}",
+        ),
+        (
+            bool(m.channel_mult) and all(_positive_int(c) for c in m.channel_mult),
+            f"model.channel_mult must be a non-empty list of integers >= 1, got {m.channel_mult}",
+        ),
+        (
+            all(_positive_int(r) for r in m.attn_resolutions),
+            f"model.attn_resolutions must be a list of integers >= 1, got {m.attn_resolutions}",
+        ),
         (
             cfg.diffusion.loss.sigma_data > 0,
             f"diffusion.loss.sigma_data must be > 0, got {cfg.diffusion.loss.sigma_data}",
@@ -242,13 +276,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    s = cfg.sample
-    if s.sigma_min and s.sigma_max and not 0 < s.sigma_min < s.sigma_max:
-        raise ConfigError(
-            f"need 0 < sample.sigma_min < sample.sigma_max, got {s.sigma_min} and {s.sigma_max}"
-        )
-    from .errors import lookup
-
     lookup("optimizer", t.optimizer, {"adam": 0, "adamw": 0})
     lookup("precision", t.precision, {"fp32": 0, "bf16": 0})
     lookup("on_nan policy", t.on_nan, {"stop": 0, "skip": 0})
@@ -257,11 +284,39 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"train.accum_steps must be >= 1 and divide train.batch_size={t.batch_size}, got {t.accum_steps}"
         )
     lookup("learning-rate decay", t.decay, {"none": 0, "cosine": 0, "linear": 0, "inv-sqrt": 0})
-    lookup("architecture", cfg.model.arch, {"mlp": 0, "unet": 0})
-    from .processes import make_process
-
-    make_process(cfg.diffusion.process)  # checks the process name and its parameters
+    lookup("architecture", m.arch, {"mlp": 0, "unet": 0})
+    lookup("noise embedding", m.embedding, {"positional": 0, "fourier": 0})
+    if m.arch == "unet" and m.channels % 2:
+        raise ConfigError(
+            f"model.channels must be even for the U-Net (its noise embedding), got {m.channels}"
+        )
+    process = make_process(cfg.diffusion.process)  # checks the process name and its parameters
+    DenoisingLoss(cfg.diffusion.loss, process)  # checks the target, weighting and noise sampling names
+    lookup("sampler", s.sampler, SAMPLERS)
+    lookup("sigma grid", s.grid, dict.fromkeys(GRIDS))
+    # sampling bounds: 0 means the process's own; the resolved range must be 0 < min < max
+    if not (s.sigma_min >= 0 and s.sigma_max >= 0):
+        raise ConfigError(
+            f"sample.sigma_min and sample.sigma_max must be >= 0 (0 = the process's own), got "
+            f"{s.sigma_min} and {s.sigma_max}"
+        )
+    lo, hi = s.sigma_min or process.sigma_min, s.sigma_max or process.sigma_max
+    if not lo < hi:
+        raise ConfigError(
+            f"need 0 < sample.sigma_min < sample.sigma_max, got {s.sigma_min} and {s.sigma_max}"
+            + (
+                ""
+                if s.sigma_min and s.sigma_max
+                else f" (0 = the {process.name} process's own bound; its range is "
+                f"{process.sigma_min:g} .. {process.sigma_max:g})"
+            )
+        )
+    check_data_config(cfg.data)  # the dataset name and its options (no data files are read)
     return cfg
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,11 +347,21 @@ def load_config_file(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from None
+    return parse_config(text, "json" if path.suffix == ".json" else "toml", source=str(path))
+
+
+def parse_config(text: str, fmt: str = "toml", source: str = "config") -> RunConfig:
+    """A validated RunConfig from TOML or JSON text; any problem is a ConfigError naming it."""
+    try:
+        data = json.loads(text) if fmt == "json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot parse {path}: {e}") from None
+        raise ConfigError(f"cannot parse {source}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse {source}: nested too deeply") from None
     return validate(from_dict(RunConfig, data))
 
 

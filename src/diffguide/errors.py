@@ -32,14 +32,16 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return close
 
 
-def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
-    """Build the standard 'unknown X' error: the bad name, the closest names, all choices."""
+def unknown(kind: str, name: str, choices: Iterable[str], where: str = "") -> ConfigError:
+    """Build the standard 'unknown X' error: the bad name, the closest names, all choices.
+
+    where: optional context after the name, e.g. " for dataset 'moons'"."""
     choices = sorted(choices)
     near = closest(name, choices)
-    hint = f"; did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+    hint = f"; did you mean {' or '.join(repr(c) for c in near)}?" if near else ";"
     rest = [c for c in choices if c not in near]
     ordered = near + rest
-    return ConfigError(f"unknown {kind} {name!r}{hint} choices: {', '.join(ordered)}")
+    return ConfigError(f"unknown {kind} {name!r}{where}{hint} choices: {', '.join(ordered)}")
 
 
 def lookup(kind: str, name: str, table: dict):
@@ -48,3 +50,16 @@ def lookup(kind: str, name: str, table: dict):
         return table[name]
     except KeyError:
         raise unknown(kind, name, table.keys()) from None
+
+
+def output_error(path, error: OSError) -> ConfigError:
+    """The error for an output file or folder that cannot be written: the path, and why in words."""
+    from pathlib import Path
+
+    path = Path(path)
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None and (blocker != path or isinstance(error, (FileExistsError, NotADirectoryError))):
+        why = f"{str(blocker)!r} is a file, not a folder"
+    else:
+        why = error.strerror or str(error)
+    return ConfigError(f"cannot write {str(path)!r}: {why}; choose another output path (--out)")

@@ -13,8 +13,10 @@ from .errors import ConfigError, lookup
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:
     if int(n) < 1:
         raise ConfigError(f"number of steps must be >= 1, got {n}")
-    if not 0 < sigma_min < sigma_max:
-        raise ConfigError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ConfigError(
+            f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}"
+        )
 
 
 def karras_sigmas(
@@ -22,6 +24,8 @@ def karras_sigmas(
 ) -> torch.Tensor:
     """Karras et al. 2022, eq. 5: sigma_i = (max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho."""
     _check(n, sigma_min, sigma_max)
+    if not rho > 0:
+        raise ConfigError(f"the Karras grid needs rho > 0, got rho={rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .data import make_dataset
 from .data.registry import DataConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, output_error
 
 
 class ImageClassifier(nn.Module):
@@ -148,6 +148,11 @@ def train_classifier(
         raise CheckpointError(
             f"dataset {data.name!r} has no labels; a classifier needs classes or attributes"
         )
+    out_dir = Path(out_dir)
+    try:  # before training: an unwritable output folder fails at once
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out_dir, e) from None
     torch.manual_seed(seed)
     attrs = getattr(dataset, "attributes", None)
     sizes = {
@@ -181,8 +186,6 @@ def train_classifier(
             log(f"step {step + 1}/{steps}  loss {loss.item():.4f}")
     model.eval()
     acc = heldout_accuracy(model, dataset)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))

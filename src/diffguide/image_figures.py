@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, output_error
 
 
 def to_pil(x: torch.Tensor, scale: int = 1):
@@ -43,7 +43,7 @@ def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> Pat
     try:
         grid_image(x, nrow).save(path)
     except OSError as e:
-        raise ConfigError(f"cannot write {str(path)!r}: {e}") from None
+        raise output_error(path, e) from None
     return path
 
 
@@ -88,9 +88,12 @@ def write_image_samples(out: Path, x: torch.Tensor, run, args) -> None:
     written = [save_grid(out, x)]
     if getattr(args, "per_sample", False):
         folder = out.with_suffix("")
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(x):
-            to_pil(img).save(folder / f"{i:05d}.png")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, img in enumerate(x):
+                to_pil(img).save(folder / f"{i:05d}.png")
+        except OSError as e:
+            raise output_error(folder, e) from None
         written.append(folder)
     recorder = getattr(args, "progress_recorder", None)
     if getattr(args, "gif", False) and recorder is not None:

@@ -149,8 +149,8 @@ class VPSDE(NoiseProcess):
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_eps: float = 1e-3):
-        if not 0 <= beta_min < beta_max:
-            raise ConfigError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        if not 0 <= beta_min < beta_max < math.inf:
+            raise ConfigError(f"need 0 <= beta_min < beta_max (finite), got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_eps)
 
     def _log_alpha_bar(self, t):
@@ -181,9 +181,9 @@ class VESDE(NoiseProcess):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        if not 0 < sigma_min < sigma_max:
+        if not 0 < sigma_min < sigma_max < math.inf:
             raise ConfigError(
-                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+                f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
         self.s_min, self.s_max = float(sigma_min), float(sigma_max)
 
@@ -204,8 +204,8 @@ class VESDESeed(NoiseProcess):
     name = "ve-seed"
 
     def __init__(self, sigma: float = 25.0, t_eps: float = 1e-5):
-        if sigma <= 1:
-            raise ConfigError(f"the VE SDE dx = sigma^t dw needs sigma > 1, got sigma={sigma}")
+        if not 1 < sigma < math.inf:  # written so that NaN fails too
+            raise ConfigError(f"the VE SDE dx = sigma^t dw needs a finite sigma > 1, got sigma={sigma}")
         self.base, self.t_min = float(sigma), float(t_eps)
 
     def sigma(self, t):
@@ -227,9 +227,9 @@ class EDMProcess(NoiseProcess):
     name = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        if not 0 < sigma_min < sigma_max:
+        if not 0 < sigma_min < sigma_max < math.inf:
             raise ConfigError(
-                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+                f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 

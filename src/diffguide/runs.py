@@ -13,7 +13,7 @@ from .config import RunConfig, from_dict, validate
 from .data import make_dataset
 from .errors import CheckpointError
 from .processes import NoiseProcess, make_process
-from .train.checkpoint import latest_good_checkpoint, read_checkpoint
+from .train.checkpoint import latest_good_checkpoint, list_checkpoints, read_checkpoint
 from .train.loop import load_module_tensors
 
 
@@ -54,8 +54,16 @@ def load_run(
     if checkpoint is None:
         found = latest_good_checkpoint(run_dir / "checkpoints")
         if found is None:
+            bad = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
             raise CheckpointError(
-                f"run {str(run_dir)!r} has no readable checkpoint in {run_dir / 'checkpoints'}"
+                f"run {str(run_dir)!r} has no readable checkpoint in {str(run_dir / 'checkpoints')!r}"
+                + (
+                    f": {', '.join(bad)} "
+                    + ("is truncated or not a safetensors file" if len(bad) == 1 else "are all unreadable")
+                    + "; train the run again"
+                    if bad
+                    else " (was its training stopped before the first checkpoint?)"
+                )
             )
         path, tensors, meta = found
     else:
@@ -65,7 +73,7 @@ def load_run(
         tensors, meta = read_checkpoint(path)
     dataset = make_dataset(cfg.data)
     net = build_network(cfg, dataset)
-    load_module_tensors(net, tensors, "ema." if use_ema else "model.")
+    load_module_tensors(net, tensors, "ema." if use_ema else "model.", source=repr(str(path)))
     denoiser = build_denoiser(cfg, net).to(device).eval()
     return Run(
         run_dir, cfg, dataset, make_process(cfg.diffusion.process), denoiser, int(meta.get("step", 0)), path

@@ -206,6 +206,9 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
     return x
 
 
+# Order-3 multistep methods live in their own module, which uses _denoise and _report from above.
+from .samplers_multistep import sample_dpmpp_3m, sample_unipc, sample_unipc_3  # noqa: E402
+
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "heun": sample_heun,
@@ -214,6 +217,9 @@ SAMPLERS: dict[str, Callable] = {
     "euler-maruyama": sample_euler_maruyama,
     "pc": sample_pc,
     "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-3m": sample_dpmpp_3m,
+    "unipc": sample_unipc,
+    "unipc-3": sample_unipc_3,
 }
 
 # Denoiser evaluations per step (for budgets in benchmarks): Heun uses 2 except on the last step.

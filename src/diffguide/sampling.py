@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DiffguideError
 from .grids import make_sigmas
 from .noise import PerSampleNoise
 from .samplers import get_sampler
@@ -53,6 +53,8 @@ def generate(
     """n samples [n, *shape]; sample i starts from and draws noise from seed stream (seed, i) only."""
     if n < 1:
         raise ConfigError(f"number of samples must be >= 1, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     fn = sampler if callable(sampler) else get_sampler(sampler)  # a name, or a sampler function
     out = []
     sigmas = sigmas.to(device)
@@ -64,9 +66,14 @@ def generate(
         if torch.is_tensor(labels):
             labels = labels.to(device)
         cb = None if callback is None else (lambda info, start=start: callback({**info, "start": start}))
-        out.append(
-            fn(denoiser, x, sigmas, cond=labels, generator=noise, callback=cb, **(sampler_kwargs or {})).cpu()
-        )
+        try:
+            x = fn(denoiser, x, sigmas, cond=labels, generator=noise, callback=cb, **(sampler_kwargs or {}))
+        except torch.OutOfMemoryError:
+            raise DiffguideError(
+                f"out of memory on {torch.device(device)} sampling {b} at a time; try a smaller batch, e.g. "
+                f"--batch-size {max(1, b // 2)} (samples do not depend on the batch size)"
+            ) from None
+        out.append(x.cpu())
     return torch.cat(out)
 
 

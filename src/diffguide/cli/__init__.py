@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..errors import DiffguideError
 
@@ -24,11 +25,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"diffguide {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # our warnings (a skipped bad checkpoint, ...) as one line a user reads, not a source location
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.func(args) or 0)
     except DiffguideError as e:
-        print(f"diffguide {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prefix}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _out_of_memory(e):
+            raise
+        # the commands with their own advice (train, sample) raise DiffguideError instead
+        print(f"{prefix}: error: out of memory ({e}); try a smaller --batch-size or --n", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(e: Exception) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)

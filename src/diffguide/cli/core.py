@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..config import apply_overrides, load_config_file, load_preset, preset_summaries
-from ..errors import ConfigError
+from ..errors import ConfigError, output_error
 
 
 def add_parsers(sub) -> None:
@@ -29,8 +29,8 @@ def add_parsers(sub) -> None:
     add_train_extras(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="sample from a trained run")
-    p.add_argument("run", help="run folder")
+    p = sub.add_parser("sample", help="sample from a trained run (or a diffusers model: --diffusers DIR)")
+    p.add_argument("run", nargs="?", help="run folder (leave out with --diffusers DIR)")
     p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
     p.add_argument("--sampler", help="sampler name (default: the run's)")
@@ -52,8 +52,9 @@ def add_train_extras(p) -> None:
 
 
 def add_sample_extras(p) -> None:
-    from . import condition_args, guidance_args
+    from . import condition_args, diffusers_args, guidance_args
 
+    diffusers_args.add_sample_args(p)
     condition_args.add_sample_args(p)
     guidance_args.add_sample_args(p)
 
@@ -91,13 +92,17 @@ def cmd_sample(args) -> int:
     from ..sampling import generate, sigma_grid
     from . import condition_args, guidance_args
 
+    if getattr(args, "diffusers", None) is not None or args.run is None:
+        from .diffusers_args import cmd_sample_diffusers
+
+        return cmd_sample_diffusers(args)  # also refuses a run folder together with --diffusers
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
+    prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
     s = run.config.sample
-    sigmas = sigma_grid(
-        args.grid or s.grid, args.steps or s.steps, run.process, s.sigma_min, s.sigma_max, s.rho
-    )
+    steps = s.steps if args.steps is None else args.steps  # --steps 0 is an error, not the default
+    sigmas = sigma_grid(args.grid or s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
     cond = condition_args.build_condition(args, run, args.n)
     denoiser = guidance_args.guided_denoiser(args, run)
     sampler, callback = condition_args.sampler_and_callback(args, run, args.sampler or s.sampler)
@@ -117,14 +122,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
+def prepare_output(out: Path, run) -> None:
+    """Check --out before sampling (the suffix this kind of run is written as) and create its folder."""
+    if run.dataset.kind == "points" and out.suffix != ".npz":
+        raise ConfigError(f"2D samples are written as .npz; got --out {str(out)!r}")
+    if run.dataset.kind != "points" and out.suffix.lower() != ".png":
+        raise ConfigError(f"image samples are written as a .png grid; got --out {str(out)!r}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create output folder {str(out.parent)!r}: {e.strerror}") from None
+        raise output_error(out, e) from None
+
+
+def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
+    prepare_output(out, run)
     if run.dataset.kind == "points":
-        if out.suffix != ".npz":
-            raise ConfigError(f"2D samples are written as .npz; got --out {str(out)!r}")
         labels = None if cond is None else np.asarray(torch.as_tensor(cond).expand(len(x)))
         arrays = {"samples": x.numpy()}
         if labels is not None:
@@ -132,7 +144,7 @@ def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
         try:
             np.savez(out, **arrays)
         except OSError as e:
-            raise ConfigError(f"cannot write {str(out)!r}: {e.strerror}") from None
+            raise output_error(out, e) from None
         if x.shape[1] == 2:
             from ..figures import save_scatter
 

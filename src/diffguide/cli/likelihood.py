@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, output_error
 
 
 def add_parsers(sub) -> None:
@@ -80,6 +80,6 @@ def cmd_likelihood(args) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")
         except OSError as e:
-            raise ConfigError(f"cannot write {str(out)!r}: {e.strerror}") from None
+            raise output_error(out, e) from None
         print(f"wrote {out}")
     return 0

@@ -7,6 +7,8 @@ dimension as a big-endian uint32, then the data in row-major order.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read IDX file {str(path)!r}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
         raise DataError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex()})")
@@ -37,7 +39,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{str(path)!r} is truncated: its header names {ndim} dimensions")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(IDX_TYPES[raw[2]])
-    count = int(np.prod(dims)) if dims else 1
+    count = math.prod(dims)  # Python ints: a forged header cannot overflow it
     if len(raw) - header != count * dtype.itemsize:
         raise DataError(
             f"{str(path)!r} is truncated or padded: header says {dims} ({count * dtype.itemsize} bytes of "

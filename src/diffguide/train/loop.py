@@ -19,7 +19,7 @@ import torch
 from ..build import build_denoiser, build_network
 from ..config import RunConfig, to_dict, validate
 from ..data import make_dataset
-from ..errors import CheckpointError, ConfigError, DiffguideError
+from ..errors import CheckpointError, ConfigError, DiffguideError, output_error
 from ..losses import DenoisingLoss
 from ..processes import make_process
 from . import distributed
@@ -110,7 +110,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, json.dumps(to_dict(cfg), indent=2) + "\n")
     except OSError as e:
-        raise CheckpointError(f"cannot write to run folder {str(run_dir)!r}: {e.strerror}") from None
+        raise output_error(run_dir, e) from None
     return run_dir
 
 
@@ -137,15 +137,15 @@ def train(
     info = distributed.setup(resolve_device(t.device))
     device = distributed.local_device(resolve_device(t.device), info)
     run_dir = Path(run_dir)
-    if info.is_main:
-        prepare_run_dir(cfg, run_dir, resume)
-    distributed.barrier(info)
     if t.batch_size % (info.world_size * t.accum_steps):
         raise ConfigError(
             f"train.batch_size={t.batch_size} must be divisible by processes x accum_steps "
             f"= {info.world_size} x {t.accum_steps}"
         )
-    dataset = make_dataset(cfg.data)
+    dataset = make_dataset(cfg.data)  # before the run folder: missing data files leave nothing behind
+    if info.is_main:
+        prepare_run_dir(cfg, run_dir, resume)
+    distributed.barrier(info)
     torch.manual_seed(t.seed)
     net = build_network(cfg, dataset).to(device)
     if t.channels_last:
@@ -323,7 +323,9 @@ def load_training_state(tensors, meta, net, ema, optimizer, generator) -> int:
     return int(meta["step"])
 
 
-def load_module_tensors(module: torch.nn.Module, tensors: dict, prefix: str) -> None:
+def load_module_tensors(
+    module: torch.nn.Module, tensors: dict, prefix: str, source: str | None = None
+) -> None:
     """Load `prefix`-named tensors into a module; mismatches raise naming the tensors involved."""
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     own = module.state_dict()
@@ -346,6 +348,6 @@ def load_module_tensors(module: torch.nn.Module, tensors: dict, prefix: str) -> 
         raise CheckpointError(
             "checkpoint does not fit this architecture ("
             + "; ".join(parts)
-            + "); was it written by another config?"
+            + f"); was {source or 'it'} written by another config?"
         )
     module.load_state_dict(state)
