@@ -60,8 +60,13 @@ def accuracy_tables(n: int, ref_steps: int) -> str:
     truth, _ = tree.sample(100_000, generator=torch.Generator().manual_seed(123))
     truth_logp = float(tree.log_prob(truth).mean())
     exact_a, _ = tree.sample(n, generator=torch.Generator().manual_seed(1))
-    exact_b, _ = tree.sample(n, generator=torch.Generator().manual_seed(2))
-    floor = sliced_w2(exact_a, exact_b)
+    # the distance between two independent exact sets varies a lot from draw to draw (the far branch
+    # tips dominate the extreme quantiles), so the floor is the median and range over 11 other sets
+    floors = [
+        sliced_w2(exact_a, tree.sample(n, generator=torch.Generator().manual_seed(s))[0])
+        for s in range(2, 13)
+    ]
+    floor, floor_lo, floor_hi = statistics.median(floors), min(floors), max(floors)
 
     x = PerSampleNoise.from_seed(0, n).randn((2,), F64) * SIGMA_MAX
     ref = SAMPLERS["heun"](tree, x, karras_sigmas(ref_steps, SIGMA_MIN, SIGMA_MAX))
@@ -113,8 +118,9 @@ def accuracy_tables(n: int, ref_steps: int) -> str:
         list(SAMPLERS),
     )
     lines += table(
-        f"**Sliced W2 to {n} exact samples** (all samplers, 256 projections; two independent exact "
-        f"sets are {floor:.4f} apart, the floor; lower is better)",
+        f"**Sliced W2 to {n} exact samples** (all samplers, 256 projections; an independent exact set "
+        f"of the same size is {floor:.4f} away, median of 11 draws, range {floor_lo:.4f} .. {floor_hi:.4f}: "
+        f"the floor, and differences inside that range are noise; lower is better)",
         w2,
         list(SAMPLERS),
     )
