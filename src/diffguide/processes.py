@@ -175,16 +175,20 @@ class VPSDE(NoiseProcess):
         return 999 * _t(t)  # Song et al.'s DDPM-compatible convention
 
 
+def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
+    if not 0 < sigma_min < sigma_max < math.inf:  # written so that NaN fails too
+        raise ConfigError(
+            f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}"
+        )
+
+
 class VESDE(NoiseProcess):
     """Song et al. 2021 VE SDE, geometric form: sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
 
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        if not 0 < sigma_min < sigma_max < math.inf:
-            raise ConfigError(
-                f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
+        _check_sigma_range(sigma_min, sigma_max)
         self.s_min, self.s_max = float(sigma_min), float(sigma_max)
 
     def sigma(self, t):
@@ -227,10 +231,7 @@ class EDMProcess(NoiseProcess):
     name = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        if not 0 < sigma_min < sigma_max < math.inf:
-            raise ConfigError(
-                f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
+        _check_sigma_range(sigma_min, sigma_max)
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 
     def sigma(self, t):

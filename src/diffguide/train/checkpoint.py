@@ -22,15 +22,17 @@ from ..errors import CheckpointError
 FORMAT = "diffguide-checkpoint-1"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to `path` via a temporary file in the same folder, fsync, rename, fsync folder."""
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temporary file in path's folder, fsync it, rename it to path, fsync the folder.
+
+    A crash at any point leaves either the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -38,6 +40,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to `path` via a temporary file in the same folder, fsync, rename, fsync folder."""
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -59,19 +66,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """safetensors.save_file through a temporary file + rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
