@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from ..errors import DiffguideError
+from ..samplers import SAMPLERS
 from .safety import RunsFolder, UnsafePath, check_name
 
 ENV_RUNS = "DIFFGUIDE_DASHBOARD_RUNS"  # set by `diffguide dashboard --runs DIR`
@@ -117,3 +118,19 @@ def run_picker(folder: RunsFolder, label: str = "Run", key: str = "run", runs: l
         )
         return None
     return st.selectbox(label, runs, index=query_choice("run", runs), key=key)
+
+
+def sampler_inputs(sample_config, prefix: str, run_id: str) -> tuple[str, int]:
+    """Sampler and step-count widgets side by side, defaulting to the run's own sample config."""
+    samplers = list(SAMPLERS)
+    left, right = st.columns(2)
+    sampler = left.selectbox(
+        "Sampler",
+        samplers,
+        index=samplers.index(sample_config.sampler) if sample_config.sampler in samplers else 0,
+        key=f"{prefix}-sampler-{run_id}",
+    )
+    steps = right.number_input(
+        "Steps", min_value=1, max_value=1000, value=sample_config.steps, key=f"{prefix}-steps-{run_id}"
+    )
+    return sampler, steps

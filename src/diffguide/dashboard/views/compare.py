@@ -9,7 +9,6 @@ import torch
 
 from diffguide.dashboard import catalog, compare, generation, ui
 from diffguide.dashboard.generation import ALL_CLASSES, NO_CLASS
-from diffguide.samplers import SAMPLERS
 
 
 @st.cache_resource(max_entries=4, show_spinner="Preparing the metrics (reference samples) ...")
@@ -46,16 +45,7 @@ def settings_panel(folder) -> dict | None:
     n = d.number_input(
         "Samples", min_value=1, max_value=20_000 if two_d else 64, value=2000 if two_d else 16, key="cmp-n"
     )
-    s = run.config.sample
-    samplers = list(SAMPLERS)
-    e, f = st.columns(2)
-    sampler = e.selectbox(
-        "Sampler",
-        samplers,
-        index=samplers.index(s.sampler) if s.sampler in samplers else 0,
-        key=f"cmp-sampler-{run_id}",
-    )
-    steps = f.number_input("Steps", min_value=1, max_value=1000, value=s.steps, key=f"cmp-steps-{run_id}")
+    sampler, steps = ui.sampler_inputs(run.config.sample, "cmp", run_id)
     names = generation.class_names(run)
     cond, labels, cond_text = None, None, ""
     if names and generation.attribute_spec(run) is None:

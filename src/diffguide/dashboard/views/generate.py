@@ -6,7 +6,6 @@ import streamlit as st
 
 from diffguide.dashboard import catalog, generation, ui
 from diffguide.dashboard.generation import ALL_CLASSES, EXACT_CLASSIFIER, NO_CLASS, GuidanceChoice
-from diffguide.samplers import SAMPLERS
 
 
 def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoice:
@@ -130,17 +129,8 @@ def settings_panel(folder) -> dict | None:
         return None
     checkpoint = st.selectbox("Checkpoint", ["latest", *reversed(summary.checkpoints)], key=f"ckpt-{run_id}")
     run = ui.load_run(folder, run_id, None if checkpoint == "latest" else checkpoint)
-    s = run.config.sample
-    samplers = list(SAMPLERS)
     two_d = generation.is_2d(run)
-    a, b = st.columns(2)
-    sampler = a.selectbox(
-        "Sampler",
-        samplers,
-        index=samplers.index(s.sampler) if s.sampler in samplers else 0,
-        key=f"gen-sampler-{run_id}",
-    )
-    steps = b.number_input("Steps", min_value=1, max_value=1000, value=s.steps, key=f"gen-steps-{run_id}")
+    sampler, steps = ui.sampler_inputs(run.config.sample, "gen", run_id)
     c, d = st.columns(2)
     seed = c.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="gen-seed")
     n = d.number_input(
