@@ -207,7 +207,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
 
 
 # Order-3 multistep methods live in their own module, which uses _denoise and _report from above.
-from .samplers_multistep import sample_dpmpp_3m, sample_unipc, sample_unipc_3  # noqa: E402
+from .samplers_multistep import sample_dpmpp_3m, sample_ipndm, sample_unipc, sample_unipc_3  # noqa: E402
 
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
@@ -220,6 +220,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp-3m": sample_dpmpp_3m,
     "unipc": sample_unipc,
     "unipc-3": sample_unipc_3,
+    "ipndm": sample_ipndm,
 }
 
 # Denoiser evaluations per step (for budgets in benchmarks): Heun uses 2 except on the last step.
