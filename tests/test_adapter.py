@@ -229,6 +229,7 @@ def test_cli_samples_a_diffusers_folder_like_the_library(tmp_path, unet, capsys)
     folder = save_pipeline(tmp_path / "model", unet, diffusers.DDPMScheduler(), flat=True)
     out = tmp_path / "samples" / "s.npz"
     args = ["sample", "--diffusers", str(folder), "--n", "3", "--steps", "5", "--sampler", "unipc"]
+    args += ["--sampler-option", "order=3"]  # the sampler's own options reach it on this path too
     assert main([*args, "--seed", "4", "--batch-size", "2", "--out", str(out)]) == 0
     samples = np.load(out)["samples"]
     assert samples.shape == (3, 3, 8, 8) and np.isfinite(samples).all()
@@ -242,6 +243,7 @@ def test_cli_samples_a_diffusers_folder_like_the_library(tmp_path, unet, capsys)
         sampler="unipc",
         seed=4,
         batch_size=2,
+        sampler_kwargs={"order": 3},
     )
     assert np.array_equal(samples, expected.numpy())
     # another seed gives other samples; a .png --out writes only the grid

@@ -81,6 +81,22 @@ def test_bad_inputs_exit_2_with_the_promised_message_subprocess(cli_run, tmp_pat
         (["sample", "{run}", "--n", "5", "--class", "2"], "--class must be in 0..1, got 2"),
         (["sample", "{run}", "--n", "5", "--grid", "karas"], "did you mean 'karras'"),
         (["sample", "{tmp}", "--n", "5"], "is not a run folder: it has no config.json"),
+        (
+            ["sample", "{run}", "--n", "5", "--sampler", "ddim", "--sampler-option", "etaa=1"],
+            "unknown option 'etaa' for sampler 'ddim'; did you mean 'eta'? choices: eta",
+        ),
+        (
+            ["sample", "{run}", "--n", "5", "--sampler", "euler", "--sampler-option", "eta=1"],
+            "sampler 'euler' takes no options, got 'eta=1'",
+        ),
+        (
+            ["sample", "{run}", "--n", "5", "--sampler", "ipndm", "--sampler-option", "max_order=2.5"],
+            "option max_order of sampler 'ipndm' must be an integer >= 0 (default 4), got 2.5",
+        ),
+        (
+            ["sample", "{run}", "--n", "5", "--sampler", "ddim", "--sampler-option", "eta=-1"],
+            "option eta of sampler 'ddim' must be a number >= 0 (default 0.0), got -1",
+        ),
     ],
 )
 def test_bad_inputs_exit_2_with_the_promised_message(argv, message, cli_run, tmp_path, capsys):
@@ -93,3 +109,27 @@ def test_bad_inputs_exit_2_with_the_promised_message(argv, message, cli_run, tmp
     err = capsys.readouterr().err
     assert err.startswith(f"diffguide {argv[0]}: error: ") and message in err, err
     assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_sampler_options_reach_the_sampler(cli_run, tmp_path, capsys):
+    """--sampler-option eta=1 gives exactly the library's sample_ddim(..., eta=1), and differs from eta=0."""
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    run = load_run(cli_run)
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 8, run.process, s.sigma_min, s.sigma_max, s.rho)
+    common = dict(sigmas=sigmas, sampler="ddim", seed=3)
+    expected = {
+        eta: generate(run.denoiser, 40, run.dataset.shape, **common, sampler_kwargs={"eta": eta})
+        for eta in (0.0, 1.0)
+    }
+    for eta in (0.0, 1.0):
+        out = tmp_path / f"eta{eta}.npz"
+        argv = ["sample", str(cli_run), "--n", "40", "--seed", "3", "--steps", "8", "--sampler", "ddim"]
+        assert main([*argv, "--sampler-option", f"eta={eta}", "--out", str(out)]) == 0, (
+            capsys.readouterr().err
+        )
+        got = np.load(out)["samples"]
+        np.testing.assert_array_equal(got, expected[eta].numpy())
+    assert not np.allclose(expected[0.0].numpy(), expected[1.0].numpy())

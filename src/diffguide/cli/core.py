@@ -36,6 +36,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--sampler", help="sampler name (default: the run's)")
     p.add_argument("--steps", type=int, help="number of steps (default: the run's)")
     p.add_argument("--grid", help="sigma grid: karras, loglinear, uniform-t")
+    p.add_argument(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler's own option, repeatable: eta=0.5 (ddim), s_churn=40 (heun), snr=0.1 (pc), "
+        "max_order=3 (ipndm), ...",
+    )
     p.add_argument("--n", type=int, default=1000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4096)
@@ -89,6 +97,7 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from ..runs import load_run
+    from ..samplers import sampler_options
     from ..sampling import generate, sigma_grid
     from . import condition_args, guidance_args
 
@@ -105,6 +114,7 @@ def cmd_sample(args) -> int:
     sigmas = sigma_grid(args.grid or s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
     cond = condition_args.build_condition(args, run, args.n)
     denoiser = guidance_args.guided_denoiser(args, run)
+    options = sampler_options(args.sampler or s.sampler, args.sampler_option)
     sampler, callback = condition_args.sampler_and_callback(args, run, args.sampler or s.sampler)
     x = generate(
         denoiser,
@@ -116,6 +126,7 @@ def cmd_sample(args) -> int:
         cond=cond,
         batch_size=args.batch_size,
         callback=callback,
+        sampler_kwargs=options,
     )
     out = Path(args.out)
     write_samples(out, x, run, cond, args)

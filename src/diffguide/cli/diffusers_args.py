@@ -105,9 +105,11 @@ def guided_denoiser(args, model):
 def cmd_sample_diffusers(args) -> int:
     from ..adapters.diffusers import load_diffusers
     from ..image_figures import ProgressRecorder, write_image_samples
+    from ..samplers import sampler_options
     from ..sampling import generate, sigma_grid
 
     check_args(args)
+    options = sampler_options(args.sampler or DEFAULT_SAMPLER, getattr(args, "sampler_option", []))
     out = Path(args.out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,7 @@ def cmd_sample_diffusers(args) -> int:
         cond=cond,
         batch_size=args.batch_size,
         callback=callback,
+        sampler_kwargs=options,
     )  # [n, C, H, W], in the model's data range (usually [-1, 1])
     if out.suffix.lower() == ".npz":
         arrays = {"samples": x.numpy()}
