@@ -133,3 +133,21 @@ def test_sampler_options_reach_the_sampler(cli_run, tmp_path, capsys):
         got = np.load(out)["samples"]
         np.testing.assert_array_equal(got, expected[eta].numpy())
     assert not np.allclose(expected[0.0].numpy(), expected[1.0].numpy())
+
+
+def test_grid_options_reach_the_grid(cli_run, tmp_path, capsys):
+    """--sigma-min/--sigma-max/--rho give exactly the Karras grid with those values (eq. 5 of Karras et al.)."""
+    from diffguide.grids import karras_sigmas
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate
+
+    run = load_run(cli_run)
+    sigmas = karras_sigmas(6, 0.01, 20.0, 3.0)
+    expected = generate(run.denoiser, 30, run.dataset.shape, sigmas=sigmas, sampler="euler", seed=1)
+    out = tmp_path / "g.npz"
+    argv = ["sample", str(cli_run), "--n", "30", "--seed", "1", "--steps", "6", "--sampler", "euler"]
+    argv += ["--grid", "karras", "--sigma-min", "0.01", "--sigma-max", "20", "--rho", "3", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out)["samples"], expected.numpy())
+    assert main([*argv[:-2], "--rho", "0", "--out", str(out)]) == 2
+    assert "the Karras grid needs rho > 0, got rho=0.0" in capsys.readouterr().err

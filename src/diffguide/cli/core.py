@@ -36,6 +36,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--sampler", help="sampler name (default: the run's)")
     p.add_argument("--steps", type=int, help="number of steps (default: the run's)")
     p.add_argument("--grid", help="sigma grid: karras, loglinear, uniform-t")
+    p.add_argument("--sigma-min", type=float, help="lowest nonzero sigma of the grid (default: the run's)")
+    p.add_argument(
+        "--sigma-max", type=float, help="highest sigma, where sampling starts (default: the run's)"
+    )
+    p.add_argument("--rho", type=float, help="the Karras grid's rho (default: the run's, usually 7)")
     p.add_argument(
         "--sampler-option",
         action="append",
@@ -111,7 +116,7 @@ def cmd_sample(args) -> int:
     prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
     s = run.config.sample
     steps = s.steps if args.steps is None else args.steps  # --steps 0 is an error, not the default
-    sigmas = sigma_grid(args.grid or s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    sigmas = sigma_grid(args.grid or s.grid, steps, run.process, *grid_overrides(args, s))
     cond = condition_args.build_condition(args, run, args.n)
     denoiser = guidance_args.guided_denoiser(args, run)
     options = sampler_options(args.sampler or s.sampler, args.sampler_option)
@@ -131,6 +136,17 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     write_samples(out, x, run, cond, args)
     return 0
+
+
+def grid_overrides(args, sample_config=None) -> tuple:
+    """(sigma_min, sigma_max, rho) for sigma_grid: the command line's where given, else the run's."""
+    s = sample_config
+
+    def pick(name, default):
+        value = getattr(args, name, None)
+        return value if value is not None else (getattr(s, name) if s is not None else default)
+
+    return pick("sigma_min", None), pick("sigma_max", None), pick("rho", 7.0)
 
 
 def prepare_output(out: Path, run) -> None:

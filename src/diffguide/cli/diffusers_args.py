@@ -119,7 +119,9 @@ def cmd_sample_diffusers(args) -> int:
     denoiser = guided_denoiser(args, model)
     cond = class_condition(args, model, args.n)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
-    sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process)
+    from .core import grid_overrides
+
+    sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
     callback = None
     if getattr(args, "gif", False):
         callback = args.progress_recorder = ProgressRecorder(keep=min(16, args.n))
