@@ -151,3 +151,33 @@ def test_grid_options_reach_the_grid(cli_run, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(out)["samples"], expected.numpy())
     assert main([*argv[:-2], "--rho", "0", "--out", str(out)]) == 2
     assert "the Karras grid needs rho > 0, got rho=0.0" in capsys.readouterr().err
+
+
+def test_speed_flags_are_the_config_keys_they_name(tmp_path, capsys):
+    from diffguide.cli import build_parser
+    from diffguide.cli.core import resolve_config
+
+    parse = build_parser().parse_args
+    plain = resolve_config(parse(["train", "--preset", "tiny"]))
+    assert (plain.train.precision, plain.train.compile, plain.train.accum_steps) == ("fp32", False, 1)
+    fast = resolve_config(
+        parse(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--precision",
+                "bf16",
+                "--compile",
+                "--channels-last",
+                "--accum-steps",
+                "4",
+            ]
+        )
+    )
+    t = fast.train
+    assert (t.precision, t.compile, t.channels_last, t.accum_steps) == ("bf16", True, True, 4)
+    # the flags go through the same checks as --set: 3 does not divide the tiny preset's batch of 256
+    assert main(["train", "--preset", "tiny", "--accum-steps", "3", "--out", str(tmp_path / "runs")]) == 2
+    assert "train.accum_steps must be >= 1 and divide train.batch_size=256, got 3" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

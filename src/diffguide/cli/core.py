@@ -26,6 +26,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--name", help="run name (default: the preset's name)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest good checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    speed = p.add_argument_group("speed (shortcuts for --set train.*)")
+    speed.add_argument("--precision", choices=["fp32", "bf16"], help="train.precision: bf16 autocast")
+    speed.add_argument("--compile", action="store_true", help="train.compile=true: torch.compile the network")
+    speed.add_argument("--channels-last", action="store_true", help="train.channels_last=true (U-Net)")
+    speed.add_argument(
+        "--accum-steps", type=int, metavar="K", help="train.accum_steps: gradient accumulation"
+    )
     add_train_extras(p)
     p.set_defaults(func=cmd_train)
 
@@ -80,9 +87,23 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def speed_overrides(args) -> list[str]:
+    """The --set overrides that --precision, --compile, --channels-last and --accum-steps stand for."""
+    sets = []
+    if getattr(args, "precision", None):
+        sets.append(f'train.precision="{args.precision}"')
+    if getattr(args, "compile", False):
+        sets.append("train.compile=true")
+    if getattr(args, "channels_last", False):
+        sets.append("train.channels_last=true")
+    if getattr(args, "accum_steps", None) is not None:
+        sets.append(f"train.accum_steps={args.accum_steps}")
+    return sets
+
+
 def resolve_config(args):
     cfg = load_preset(args.preset) if args.preset else load_config_file(args.config)
-    cfg = apply_overrides(cfg, args.set)
+    cfg = apply_overrides(cfg, [*args.set, *speed_overrides(args)])
     if args.name:
         cfg.name = args.name
     return cfg
