@@ -365,6 +365,32 @@ def test_sample_guidance_errors(pair, cli_run, tmp_path, capsys):
     assert "--with-amateur" in msg and "--guide" in msg
     assert "is not a folder" in error(run, "--guidance", "auto", "--guide", str(tmp_path / "nope"))
     assert "bounds must be >= 0" in error(run, "--guidance", "auto", "--interval", "-1", "2")
+    assert "guidance rescale must be in [0, 1], got 1.5" in error(
+        run, "--guidance", "auto", "--rescale", "1.5"
+    )
+    assert "--rescale applies to --guidance cfg, auto or cfg+auto, not none" in error(run, "--rescale", "0.5")
+
+
+def test_sample_rescale_is_the_librarys(pair, tmp_path, capsys):
+    """--rescale PHI samples exactly like the library's combinator with rescale=PHI (and not like PHI = 0)."""
+    from diffguide import guidance as G
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    run = load_run(pair / "tiny")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 8, run.process, s.sigma_min, s.sigma_max, s.rho)
+    base = ["sample", str(pair / "tiny"), "--n", "40", "--seed", "2", "--class", "1", "--steps", "8"]
+    outs = {}
+    for phi in (0.0, 0.7):
+        path = tmp_path / f"r{phi}.npz"
+        argv = [*base, "--guidance", "cfg", "--w", "3", "--rescale", str(phi), "--out", str(path)]
+        assert main(argv) == 0, capsys.readouterr().err
+        outs[phi] = np.load(path)["samples"]
+        guided = G.classifier_free_guidance(run.denoiser, 3.0, run.num_classes, rescale=phi)
+        expected = generate(guided, 40, run.dataset.shape, sigmas=sigmas, sampler=s.sampler, seed=2, cond=1)
+        np.testing.assert_allclose(outs[phi], expected.numpy(), rtol=0, atol=1e-6)
+    assert np.abs(outs[0.7] - outs[0.0]).max() > 1e-3
 
 
 def test_amateur_config_defaults():

@@ -187,9 +187,11 @@ def classifier_free_guidance(
     return guidance(denoiser, NullConditioned(denoiser, num_classes), w, interval=interval, rescale=rescale)
 
 
-def autoguidance(main: Callable, amateur: Callable, w: float, *, interval: Interval = None):
+def autoguidance(
+    main: Callable, amateur: Callable, w: float, *, interval: Interval = None, rescale: float = 0.0
+):
     """Karras et al. 2024: guide a model by a bad version of itself, D0 + w (D1 - D0), same condition."""
-    return guidance(main, amateur, w, interval=interval)
+    return guidance(main, amateur, w, interval=interval, rescale=rescale)
 
 
 def cfg_and_autoguidance(
@@ -200,9 +202,11 @@ def cfg_and_autoguidance(
     num_classes: int,
     *,
     interval: Interval = None,
+    rescale: float = 0.0,
 ):
     """Two guides at once: D1 + (w_auto - 1)(D1 - D0) + (w_cfg - 1)(D1 - D1(null))."""
-    return Guided(main, [(amateur, w_auto), (NullConditioned(main, num_classes), w_cfg)], interval=interval)
+    guides = [(amateur, w_auto), (NullConditioned(main, num_classes), w_cfg)]
+    return Guided(main, guides, interval=interval, rescale=rescale)
 
 
 def classifier_guidance(denoiser: Callable, classifier: Callable, scale: float, *, interval: Interval = None):

@@ -84,7 +84,10 @@ def guided_denoiser(args, model):
     from ..adapters.diffusers import load_diffusers
 
     kind = getattr(args, "guidance", "none") or "none"
+    rescale = getattr(args, "rescale", 0.0) or 0.0
     if kind == "none":
+        if rescale:
+            raise ConfigError("--rescale applies to --guidance auto with --diffusers, not none")
         return model.denoiser
     if kind != "auto":
         raise ConfigError(
@@ -99,7 +102,8 @@ def guided_denoiser(args, model):
             f"the guide {args.guide!r} makes {guide.shape} samples but the model makes {model.shape}"
         )
     w = G.check_weight(args.w, "--w")
-    return G.autoguidance(model.denoiser, guide.denoiser, w, interval=G.check_interval(args.interval))
+    interval = G.check_interval(args.interval)
+    return G.autoguidance(model.denoiser, guide.denoiser, w, interval=interval, rescale=rescale)
 
 
 def cmd_sample_diffusers(args) -> int:

@@ -56,6 +56,13 @@ def add_sample_args(p) -> None:
         metavar=("LO", "HI"),
         help="guide only for sigma in [LO, HI] (Kynkaanniemi et al. 2024)",
     )
+    g.add_argument(
+        "--rescale",
+        type=float,
+        default=0.0,
+        metavar="PHI",
+        help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto (default: 0, off)",
+    )
 
 
 def after_train(args, cfg, run_dir) -> None:
@@ -87,6 +94,9 @@ def guided_denoiser(args, run):
     lookup("guidance kind", kind, KINDS)
     w = G.check_weight(getattr(args, "w", 1.0), "--w")
     interval = G.check_interval(getattr(args, "interval", None))
+    rescale = getattr(args, "rescale", 0.0) or 0.0
+    if rescale and kind in ("none", "classifier"):
+        raise ConfigError(f"--rescale applies to --guidance cfg, auto or cfg+auto, not {kind}")
     if kind == "none":
         return run.denoiser
     if kind in ("cfg", "classifier", "cfg+auto"):
@@ -105,7 +115,9 @@ def guided_denoiser(args, run):
             )
     use_ema = not getattr(args, "raw", False)
     if kind == "cfg":
-        return G.classifier_free_guidance(run.denoiser, w, run.num_classes, interval=interval)
+        return G.classifier_free_guidance(
+            run.denoiser, w, run.num_classes, interval=interval, rescale=rescale
+        )
     if kind == "classifier":
         from ..classifier2d import load_classifier
 
@@ -124,8 +136,8 @@ def guided_denoiser(args, run):
     amateur = load_run(find_guide(run.path, "amateur", getattr(args, "guide", None)), use_ema=use_ema)
     check_compatible(run, amateur)
     if kind == "auto":
-        return G.autoguidance(run.denoiser, amateur.denoiser, w, interval=interval)
+        return G.autoguidance(run.denoiser, amateur.denoiser, w, interval=interval, rescale=rescale)
     w_cfg = G.check_weight(args.w_cfg if getattr(args, "w_cfg", None) is not None else w, "--w-cfg")
     return G.cfg_and_autoguidance(
-        run.denoiser, amateur.denoiser, w, w_cfg, run.num_classes, interval=interval
+        run.denoiser, amateur.denoiser, w, w_cfg, run.num_classes, interval=interval, rescale=rescale
     )
