@@ -20,8 +20,8 @@
      diffusers' IPNDMScheduler is different: it lives on v-diffusion's cosine-angle schedule and
      takes its grid from `trained_betas`, so it gets each of our two grids directly, with a v-model
      made from the denoiser (`diffusers_ipndm`).
-   The figure docs/img/peers_accuracy.png plots error against NFE for each library's best sampler
-   and for ours.
+   The figure docs/img/peers_accuracy.png plots error against NFE: each library's best row at each
+   budget, and our main samplers.
 2. Sampler overhead: wall time minus denoiser time per denoiser evaluation, for a cheap denoiser
    (2D `MLP(width=64, depth=2)` in `EDMPrecond`, 10,000 points, float32, 32 evaluations): our samplers, diffusers'
    scheduler loop (set_timesteps, scale_model_input, step) and k-diffusion's samplers. Medians of
@@ -473,7 +473,7 @@ def best_rows(rows):
 
 
 def accuracy_plot(rows, path: Path) -> Path:
-    """Error against NFE (log-log): our samplers (each on its better grid) and each peer's best sampler."""
+    """Error against NFE (log-log): each library's best per budget, and our main samplers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,34 +482,46 @@ def accuracy_plot(rows, path: Path) -> Path:
 
     open_suffix = ", grid without the sigma_min step"
     fig, ax = plt.subplots(figsize=(10, 5.2), dpi=130)
-    # peers first, as wide pale bands, so that our lines stay visible where they coincide
-    peer_styles = {"k-diffusion": ("tab:gray", "s"), "diffusers": ("black", "^")}
-    for library, (name, cells) in best_rows(rows).items():
-        if library == "diffguide":
-            continue
-        color, marker = peer_styles.get(library, ("tab:brown", "d"))
-        ax.loglog(
-            BUDGETS,
-            [cells[b][1] for b in BUDGETS],
-            color=color,
-            marker=marker,
-            lw=7,
-            alpha=0.25,
-            markersize=13,
-            label=f"{library} best: {name.replace(open_suffix, ' (open grid)')}",
-        )
-    ours_best = {}  # sampler -> (score, row name, cells) on the grid with the lower geometric-mean error
+
+    def envelope(library):
+        """Per budget: (error, row name) of the library's most accurate row."""
+        lib_rows = [(name, cells) for lib, name, cells in rows if lib == library and cells]
+        return [min((cells[b][1], name) for name, cells in lib_rows) for b in BUDGETS] if lib_rows else None
+
+    # our main samplers, thin, each on the grid with the lower geometric-mean error (no option variants)
+    ours_best = {}
     for library, name, cells in rows:
-        if library != "diffguide" or not cells or name.startswith(("euler", "ddim")):
-            continue
         key = name.split(",")[0]
+        if library != "diffguide" or not cells or " " in key or key in ("euler", "ddim", "dpmpp-3m"):
+            continue
         score = sum(math.log(cells[b][1]) for b in BUDGETS)
         if key not in ours_best or score < ours_best[key][0]:
             ours_best[key] = (score, name, cells)
     colors = plt.get_cmap("tab10").colors
     for k, (_, name, cells) in enumerate(sorted(ours_best.values(), key=lambda v: v[1])):
         label = "diffguide " + name.replace(open_suffix, " (open grid)")
-        ax.loglog(BUDGETS, [cells[b][1] for b in BUDGETS], "o-", color=colors[k % 10], lw=1.6, label=label)
+        ax.loglog(
+            BUDGETS,
+            [cells[b][1] for b in BUDGETS],
+            "o-",
+            color=colors[k % 10],
+            lw=1,
+            ms=3.5,
+            alpha=0.6,
+            label=label,
+        )
+    # each library's best per budget: peers as wide pale bands, ours on top
+    for library, color, marker in (("k-diffusion", "tab:gray", "s"), ("diffusers", "black", "^")):
+        best = envelope(library)
+        if best:
+            ax.loglog(BUDGETS, [e for e, _ in best], color=color, marker=marker, lw=7, alpha=0.22, ms=13,
+                      label=f"{library}: best of its samplers at each budget")  # fmt: skip
+    best = envelope("diffguide")
+    ax.loglog(BUDGETS, [e for e, _ in best], "D-", color="tab:red", lw=2.4, ms=7,
+              label="diffguide: best of its samplers at each budget")  # fmt: skip
+    for b, (error, name) in zip(BUDGETS, best):
+        short = name.replace(open_suffix, "*").replace("extrapolate_final=True", "extrap.")
+        ax.annotate(short, (b, error), textcoords="offset points", xytext=(6, 6), fontsize=7, color="tab:red")
     ax.xaxis.set_major_locator(FixedLocator(BUDGETS))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(b) for b in BUDGETS]))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -525,8 +537,8 @@ def accuracy_plot(rows, path: Path) -> Path:
     fig.text(
         0.99,
         0.02,
-        "open grid: the Karras grid without its sigma_min level (last step from sigma_{n-1} to 0);\n"
-        "diffguide samplers on whichever grid gives the lower geometric-mean error; peers: their best row",
+        "* and (open grid): the Karras grid without its sigma_min level (last step from sigma_{n-1} to 0);\n"
+        "thin lines: diffguide's samplers with default options, each on whichever grid gives the lower error",
         ha="right",
         va="bottom",
         fontsize=7.5,
