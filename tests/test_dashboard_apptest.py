@@ -175,6 +175,47 @@ def test_generate_matches_the_library_and_guidance_identities(runs):
     assert not np.allclose(result_samples(at), page, atol=1e-3)
 
 
+def test_generate_sampler_options_and_rescale_match_the_library(runs):
+    from diffguide import guidance
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    run = load_run(runs / "tiny")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 6, run.process, s.sigma_min, s.sigma_max, s.rho)
+    at = open_page("generate", run="tiny")
+    at.selectbox(key="gen-sampler-tiny").set_value("ddim").run()
+    at.number_input(key="gen-steps-tiny").set_value(6)
+    at.number_input(key="gen-seed").set_value(3)
+    at.number_input(key="gen-n-2d").set_value(200)
+    at.selectbox(key="gen-class").set_value("A")
+    at.text_input(key="gen-options-tiny-ddim").set_value("eta=1").run()
+    at.button(key="generate").click().run()
+    assert_clean(at)
+    assert "ddim 6 steps, eta=1, no guidance" in at.image[0].captions[0]
+    expected = generate(
+        run.denoiser, 200, (2,), sigmas=sigmas, sampler="ddim", seed=3, cond=0, sampler_kwargs={"eta": 1.0}
+    )
+    np.testing.assert_allclose(result_samples(at), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    # CFG with rescale: the library's combinator with the same phi
+    at.text_input(key="gen-options-tiny-ddim").set_value("")
+    at.selectbox(key="gen-guidance").set_value("cfg").run()
+    at.slider(key="gen-w").set_value(3.0)
+    at.slider(key="gen-rescale").set_value(0.7).run()
+    at.button(key="generate").click().run()
+    assert_clean(at)
+    assert "CFG w=3, rescale 0.7" in at.image[0].captions[0]
+    guided = guidance.classifier_free_guidance(run.denoiser, 3.0, run.num_classes, rescale=0.7)
+    expected = generate(guided, 200, (2,), sigmas=sigmas, sampler="ddim", seed=3, cond=0)
+    np.testing.assert_allclose(result_samples(at), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    # a bad option is a readable message naming the closest option, and nothing is generated
+    at.text_input(key="gen-options-tiny-ddim").set_value("etaa=1").run()
+    assert not at.exception
+    assert any("unknown option 'etaa' for sampler 'ddim'; did you mean 'eta'?" in e for e in errors(at))
+
+
 def test_generate_classifier_guidance_and_interval(runs):
     at = open_page("generate", run="tiny", guidance="classifier")
     assert at.selectbox(key="gen-classifier").value.startswith("exact Bayes classifier")

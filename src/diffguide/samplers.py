@@ -240,6 +240,15 @@ def steps_for_evals(name: str, evals: int) -> int:
     return max(1, (evals + 1) // 2) if per == 2 and name == "heun" else max(1, evals // per)
 
 
+def sampler_option_defaults(name: str) -> dict:
+    """{option: default} of sampler `name`: its keyword arguments after cond, generator and callback."""
+    return {
+        p.name: p.default
+        for p in inspect.signature(get_sampler(name)).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("cond", "generator", "callback")
+    }
+
+
 def sampler_options(name: str, pairs: list[str]) -> dict:
     """Keyword options of sampler `name` from 'key=value' strings (values read as TOML: 0.5, 3, true).
 
@@ -249,12 +258,7 @@ def sampler_options(name: str, pairs: list[str]) -> dict:
     """
     from .config import parse_override  # config imports this module
 
-    fn = get_sampler(name)
-    options = {
-        p.name: p.default
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("cond", "generator", "callback")
-    }
+    options = sampler_option_defaults(name)
     chosen = {}
     for text in pairs:
         if "=" not in text:

@@ -39,6 +39,7 @@ class GuidanceChoice:
     w: float = 1.0
     interval: tuple[float, float] | None = None
     guide: object | None = None  # the guide Run for autoguidance
+    rescale: float = 0.0  # guidance rescale phi (Lin et al. 2024), CFG and autoguidance
     classifier: Callable | None = None  # classifier(x, sigma) -> logits for classifier guidance
 
     def label(self) -> str:
@@ -49,6 +50,8 @@ class GuidanceChoice:
         text = f"{name}{sep}{self.w:g}"
         if self.interval is not None:
             text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
+        if self.rescale:
+            text += f", rescale {self.rescale:g}"
         return text
 
 
@@ -63,14 +66,18 @@ def guided_denoiser(run, choice: GuidanceChoice):
                 f"run {run.config.name!r} is unconditional: classifier-free guidance needs a class-conditional "
                 "run (trained with label dropout, train.p_uncond > 0)"
             )
-        return guidance.classifier_free_guidance(run.denoiser, choice.w, run.num_classes, interval=interval)
+        return guidance.classifier_free_guidance(
+            run.denoiser, choice.w, run.num_classes, interval=interval, rescale=choice.rescale
+        )
     if choice.kind == "auto":
         if choice.guide is None:
             raise ConfigError("autoguidance needs a guide run: choose a weaker run trained on the same data")
         from ..guidance_runs import check_compatible
 
         check_compatible(run, choice.guide)
-        return guidance.autoguidance(run.denoiser, choice.guide.denoiser, choice.w, interval=interval)
+        return guidance.autoguidance(
+            run.denoiser, choice.guide.denoiser, choice.w, interval=interval, rescale=choice.rescale
+        )
     if choice.kind == "classifier":
         if choice.classifier is None:
             raise ConfigError("classifier guidance needs a classifier: none is available for this run")
@@ -173,6 +180,7 @@ def sample(
     cond=None,
     on_progress: Callable[[float], None] | None = None,
     recorder: Callable | None = None,
+    sampler_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """n samples [n, *shape] with the run's sigma grid; on_progress(fraction) after each sampler step."""
     if n < 1:
@@ -203,6 +211,7 @@ def sample(
             cond=cond,
             batch_size=batch,
             callback=callback,
+            sampler_kwargs=sampler_kwargs,
         )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from ..errors import DiffguideError
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLERS, sampler_option_defaults, sampler_options
 from .safety import RunsFolder, UnsafePath, check_name
 
 ENV_RUNS = "DIFFGUIDE_DASHBOARD_RUNS"  # set by `diffguide dashboard --runs DIR`
@@ -134,3 +134,19 @@ def sampler_inputs(sample_config, prefix: str, run_id: str) -> tuple[str, int]:
         "Steps", min_value=1, max_value=1000, value=sample_config.steps, key=f"{prefix}-steps-{run_id}"
     )
     return sampler, steps
+
+
+def sampler_option_inputs(sampler: str, prefix: str, run_id: str) -> dict:
+    """A text field for the sampler's own options ("eta=0.5, s_churn=40"), checked like --sampler-option."""
+    defaults = sampler_option_defaults(sampler)
+    if not defaults:
+        return {}
+    text = st.text_input(
+        "Sampler options",
+        value="",
+        placeholder=", ".join(f"{k}={v!r}".replace("'", '"') for k, v in defaults.items()),
+        key=f"{prefix}-options-{run_id}-{sampler}",
+        help="key=value pairs separated by commas; empty: the defaults shown",
+    )
+    pairs = [part.strip() for part in text.split(",") if part.strip()]
+    return sampler_options(sampler, pairs)

@@ -63,6 +63,16 @@ def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoi
                 "own earlier checkpoint",
             )
             choice.guide = ui.load_run(folder, *catalog.split_guide(guide_id))
+    if kind in ("cfg", "auto"):
+        choice.rescale = st.slider(
+            "Guidance rescale phi (0 = off)",
+            0.0,
+            1.0,
+            0.0,
+            0.05,
+            key=f"{prefix}-rescale",
+            help="Lin et al. 2024: pull the guided prediction's std back towards the main model's",
+        )
     if st.checkbox(
         "Guide only on a sigma interval",
         key=f"{prefix}-use-interval",
@@ -131,6 +141,7 @@ def settings_panel(folder) -> dict | None:
     run = ui.load_run(folder, run_id, None if checkpoint == "latest" else checkpoint)
     two_d = generation.is_2d(run)
     sampler, steps = ui.sampler_inputs(run.config.sample, "gen", run_id)
+    options = ui.sampler_option_inputs(sampler, "gen", run_id)
     c, d = st.columns(2)
     seed = c.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="gen-seed")
     n = d.number_input(
@@ -148,6 +159,7 @@ def settings_panel(folder) -> dict | None:
         "run": run,
         "two_d": two_d,
         "sampler": sampler,
+        "options": options,
         "steps": int(steps),
         "seed": int(seed),
         "n": int(n),
@@ -175,9 +187,13 @@ def run_generation(p: dict) -> dict:
         cond=p["cond"],
         on_progress=lambda f: bar.progress(f, text=f"sampling ... {f:.0%}"),
         recorder=recorder,
+        sampler_kwargs=p["options"],
     )
     bar.empty()
-    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps, {choice.label()}"
+    options = "".join(
+        f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in p["options"].items()
+    )
+    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps{options}, {choice.label()}"
     if p["cond_text"]:
         title += f", {p['cond_text']}"
     result = {"run": p["run_id"], "title": title, "two_d": p["two_d"], "seed": p["seed"]}
