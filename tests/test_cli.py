@@ -181,3 +181,25 @@ def test_speed_flags_are_the_config_keys_they_name(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--accum-steps", "3", "--out", str(tmp_path / "runs")]) == 2
     assert "train.accum_steps must be >= 1 and divide train.batch_size=256, got 3" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_version_and_help(capsys):
+    from diffguide import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"diffguide {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in (
+        "presets",
+        "train",
+        "sample",
+        "demo",
+        "train-classifier",
+        "eval",
+        "dashboard",
+        "likelihood",
+    ):
+        assert f"    {command}" in out, command

@@ -15,7 +15,14 @@ MODULES = ["core", "demo", "images", "dashboard", "likelihood"]
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="diffguide", description=__doc__)
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="diffguide",
+        description="Train, sample, guide and evaluate diffusion models. New here? Run `diffguide demo`, "
+        "then `diffguide dashboard --runs out/demo`; `diffguide COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffguide {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in MODULES:
         importlib.import_module(f"{__name__}.{name}").add_parsers(sub)
