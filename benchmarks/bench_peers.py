@@ -19,7 +19,7 @@
      also run with use_karras_sigmas=True, which gives them our Karras grid including sigma_min.
      diffusers' IPNDMScheduler is different: it lives on v-diffusion's cosine-angle schedule and
      takes its grid from `trained_betas`, so it gets each of our two grids directly, with a v-model
-     made from the denoiser (`diffusers_ipndm`).
+     made from the denoiser (`diffguide.adapters.diffusers.ipndm_scheduler_sample`).
    The figure docs/img/peers_accuracy.png plots error against NFE: each library's best row at each
    budget, and our main samplers.
 2. Sampler overhead: wall time minus denoiser time per denoiser evaluation, for a cheap denoiser
@@ -246,41 +246,12 @@ def diffusers_sample(scheduler, eps_model, x, sigma_space: bool, steps: int):
     return sample.to(x.dtype)
 
 
-@torch.no_grad()
-def diffusers_ipndm(denoiser, x, sigmas: torch.Tensor) -> torch.Tensor:
-    """diffusers' IPNDMScheduler loop through our sigma grid, from scale-free x at sigmas[0].
-
-    IPNDMScheduler lives on v-diffusion's cosine-angle schedule (VP coordinates, alpha = cos,
-    sigma_vp = sin, a v-prediction model) and takes its grid from `trained_betas`, which are the
-    sigma_vp of each grid point; the v-model maps a timestep back to its grid point by position.
-    """
-    import diffusers
-
-    sigmas = sigmas.to(torch.float64)
-    sigma_vp = sigmas / (1 + sigmas**2).sqrt()
-    scheduler = diffusers.IPNDMScheduler(trained_betas=sigma_vp.tolist())
-    scheduler.set_timesteps(len(sigmas) - 1)
-    scheduler.betas, scheduler.alphas = sigma_vp.clone(), (1 - sigma_vp**2).sqrt()  # float64 tables
-
-    def v_model(sample, t):
-        sigma = sigmas[int((scheduler.timesteps - t).abs().argmin())]
-        alpha = 1 / (1 + sigma**2).sqrt()
-        x_free = sample / alpha
-        denoised = denoiser(x_free, sigma.expand(len(x_free)))
-        return alpha * (x_free - denoised) / sigma - sigma * alpha * denoised  # alpha eps - sigma_vp x0
-
-    sample = x / (1 + sigmas[0] ** 2).sqrt()
-    for t in scheduler.timesteps:
-        sample = scheduler.step(v_model(sample, t), t, sample).prev_sample
-    return sample * (1 + sigmas[-1] ** 2).sqrt()
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. accuracy per cost
 
 
 def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
-    from diffguide.adapters.diffusers import EpsModelFromDenoiser
+    from diffguide.adapters.diffusers import EpsModelFromDenoiser, ipndm_scheduler_sample
     from diffguide.processes import DDPM
 
     mixture = tree_mixture()
@@ -383,7 +354,7 @@ def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
         for suffix, grid in grids.items():
 
             def run_ipndm(den, budget, grid=grid):
-                return diffusers_ipndm(den, x.clone(), grid(budget))
+                return ipndm_scheduler_sample(den, x.clone(), grid(budget))
 
             add("diffusers", "IPNDMScheduler (on our grid)" + suffix, run_ipndm)
     except ImportError as e:

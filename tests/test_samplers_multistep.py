@@ -82,43 +82,18 @@ def test_registered_unipc_names():
         sample_unipc(mixture, x, sigmas, order=4)
 
 
-def ipndm_with_diffusers(diffusers, denoiser, x, sigmas):
-    """diffusers' IPNDMScheduler driving `denoiser` through the grid `sigmas` (x: scale-free, at sigmas[0]).
-
-    The scheduler lives on the cosine-angle schedule of v-diffusion: VP coordinates with
-    alpha = cos, sigma_vp = sin, a v-prediction model, and its `trained_betas` are the sigma_vp of
-    each grid point (last included). The model maps a timestep back to its grid point by position,
-    so no float32 timestep rounding enters.
-    """
-    sigma_vp = sigmas / (1 + sigmas**2).sqrt()
-    scheduler = diffusers.IPNDMScheduler(trained_betas=sigma_vp.tolist())
-    scheduler.set_timesteps(len(sigmas) - 1)
-    scheduler.betas, scheduler.alphas = sigma_vp.clone(), (1 - sigma_vp**2).sqrt()  # float64 tables
-
-    def v_model(sample, t):
-        sigma = sigmas[int((scheduler.timesteps - t).abs().argmin())]
-        alpha = 1 / (1 + sigma**2).sqrt()
-        x_free = sample / alpha
-        denoised = denoiser(x_free, sigma.expand(len(x_free)))
-        return alpha * (x_free - denoised) / sigma - sigma * alpha * denoised  # v = alpha eps - sigma_vp x0
-
-    sample = x / (1 + sigmas[0] ** 2).sqrt()
-    for t in scheduler.timesteps:
-        sample = scheduler.step(v_model(sample, t), t, sample).prev_sample
-    return sample * (1 + sigmas[-1] ** 2).sqrt()
-
-
 @pytest.mark.parametrize("steps", [2, 5, 10, 40])
 @pytest.mark.parametrize("to_zero", [False, True], ids=["ends-at-sigma-min", "ends-at-0"])
 def test_ipndm_matches_diffusers_ipndm_scheduler(parity, steps, to_zero):
     # diffusers takes the Adams-Bashforth step to 0 too: ours with extrapolate_final=True; on a grid
     # ending at sigma_min there is no step to 0 and the default is the same method
-    diffusers, _ = parity
+    from diffguide.adapters.diffusers import ipndm_scheduler_sample
+
     mixture = eight_gaussians(std=0.3)
     sigmas = karras_sigmas(steps, 0.002, SIGMA_MAX)
     sigmas = sigmas if to_zero else sigmas[:-1]
     x = torch.randn(300, 2, dtype=F64, generator=torch.Generator().manual_seed(3)) * SIGMA_MAX
-    theirs = ipndm_with_diffusers(diffusers, mixture, x, sigmas)
+    theirs = ipndm_scheduler_sample(mixture, x, sigmas)
     ours = sample_ipndm(mixture, x, sigmas, extrapolate_final=to_zero)
     assert (theirs - ours).abs().max() < 1e-9  # measured 2.6e-13 (10 steps, tree mixture)
 
