@@ -203,3 +203,31 @@ def test_version_and_help(capsys):
         "likelihood",
     ):
         assert f"    {command}" in out, command
+
+
+def test_2d_samples_come_with_exact_metrics(cli_run, tmp_path, capsys):
+    """The metrics printed and saved are metrics2d's on the saved samples, against p(x | class)."""
+    from diffguide.metrics2d import MixtureMetrics
+    from diffguide.runs import load_run
+
+    out = tmp_path / "s.npz"
+    assert (
+        main(["sample", str(cli_run), "--n", "300", "--class", "1", "--steps", "8", "--out", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "s.metrics.json").read_text())
+    run = load_run(cli_run)
+    name = run.dataset.mixture.class_names[1]
+    saved = np.load(out)
+    expected = MixtureMetrics(run.dataset.mixture, n_reference=20_000).evaluate(
+        saved["samples"], saved["labels"]
+    )
+    assert record["against"] == f"p(x | {name})"
+    for key in ("precision", "coverage", "mean_logp", "sliced_w2"):
+        assert record[key] == pytest.approx(expected["per_class"][name][key], rel=1e-12, abs=1e-12), key
+        assert record["against_p(x)"][key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
+    assert f"exact metrics against p(x | {name}): precision {record['precision']:.3f}" in printed
+    # --no-metrics skips them
+    other = tmp_path / "t.npz"
+    assert main(["sample", str(cli_run), "--n", "50", "--no-metrics", "--out", str(other)]) == 0
+    assert not (tmp_path / "t.metrics.json").exists() and "exact metrics" not in capsys.readouterr().out

@@ -60,6 +60,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--out", required=True, help="output file (.npz for 2D)")
+    p.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="2D runs on an exact mixture: skip the exact metrics (precision, coverage, mean log p, "
+        "sliced W2) printed and written to OUT_STEM.metrics.json",
+    )
     add_sample_extras(p)
     p.set_defaults(func=cmd_sample)
 
@@ -159,6 +165,45 @@ def cmd_sample(args) -> int:
     return 0
 
 
+_METRICS_CACHE: dict = {}  # data config (JSON) -> MixtureMetrics: the reference is drawn once per process
+
+
+def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
+    """Exact metrics of 2D samples against the run's true mixture, printed and saved as OUT_STEM.metrics.json.
+
+    With one requested class (--class K) they are measured against p(x | K), otherwise against p(x).
+    """
+    import dataclasses
+    import json
+
+    from ..metrics2d import MixtureMetrics
+    from ..train.checkpoint import atomic_write_text
+
+    key = json.dumps(dataclasses.asdict(run.config.data), sort_keys=True)
+    if key not in _METRICS_CACHE:
+        _METRICS_CACHE[key] = MixtureMetrics(run.dataset.mixture, n_reference=20_000)
+    result = _METRICS_CACHE[key].evaluate(x, labels)
+    classes = set() if labels is None else {int(v) for v in np.unique(labels)}
+    if len(classes) == 1:
+        name = run.dataset.mixture.class_names[classes.pop()]
+        shown, against = result["per_class"][name], f"p(x | {name})"
+    else:
+        shown, against = result, "p(x)"
+    print(
+        f"exact metrics against {against}: precision {shown['precision']:.3f} (ideal 0.99), "
+        f"coverage {shown['coverage']:.3f}, mean log p {shown['mean_logp']:.2f}, sliced W2 {shown['sliced_w2']:.4f}"
+    )
+    path = out.with_name(out.stem + ".metrics.json")
+    try:
+        record = {"against": against, **shown}
+        if against != "p(x)":  # also the same samples against the whole mixture
+            record["against_p(x)"] = {k: v for k, v in result.items() if k != "per_class"}
+        atomic_write_text(path, json.dumps(record, indent=2))
+    except OSError as e:
+        raise output_error(path, e) from None
+    return result
+
+
 def grid_overrides(args, sample_config=None) -> tuple:
     """(sigma_min, sigma_max, rho) for sigma_grid: the command line's where given, else the run's."""
     s = sample_config
@@ -203,6 +248,8 @@ def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
             print(f"wrote {out} and {png}")
         else:
             print(f"wrote {out}")
+        if getattr(run.dataset, "mixture", None) is not None and not getattr(args, "no_metrics", False):
+            write_exact_metrics(out, x, run, labels)
         return
     from ..image_figures import write_image_samples
 
