@@ -201,10 +201,10 @@ def run_likelihood(
 ) -> dict:
     """NLL of a loaded run's model on n fresh data draws, in nats/dim (and bits/dim for images).
 
-    Data: run.dataset.sample_batch with a generator seeded away from the training stream. For
-    analytic and generated 2D sets every draw is new data; for fixed point clouds or image folders
-    sample_batch draws from the training set itself (there is no held-out split), so the number is
-    a training-set NLL. sigma_min/sigma_max default to the run's process range. For data with an
+    Data: for image sets, their held-out images (digits, MNIST, CryptoPunks, image folders: at most
+    all of them, without replacement); for 2D sets, run.dataset.sample_batch with a generator seeded
+    away from the training stream: new data for the analytic and generated sets, the training points
+    themselves for fixed point clouds (no split there, so the number is a training-set NLL). sigma_min/sigma_max default to the run's process range. For data with an
     exact mixture the exact NLL of the same points is reported too. options go to `log_likelihood`.
     """
     if n < 1:
@@ -215,7 +215,14 @@ def run_likelihood(
     sigma_max = sigma_max or run.process.sigma_max
     data_gen = torch.Generator().manual_seed(2**40 + int(seed))  # not the training stream (train.seed)
     probe_gen = torch.Generator().manual_seed(2**41 + int(seed))
-    x0, labels = run.dataset.sample_batch(n, data_gen)
+    heldout = len(getattr(run.dataset, "test_index", ())) > 0
+    if (
+        heldout
+    ):  # image sets with a held-out split: those images (at most all of them), never seen in training
+        x0, labels = run.dataset.heldout_batch(n, data_gen)
+        n = len(x0)
+    else:
+        x0, labels = run.dataset.sample_batch(n, data_gen)
     images = getattr(run.dataset, "kind", "points") == "images"
     if images:
         x0 = dequantize(x0, data_gen)
@@ -240,6 +247,7 @@ def run_likelihood(
     nats = -log_prob / d
     out = {
         "n": n,
+        "data": "held-out" if heldout else "fresh draws of the training distribution",
         "dim": d,
         "sigma_min": sigma_min,
         "sigma_max": sigma_max,

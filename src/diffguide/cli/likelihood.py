@@ -64,7 +64,7 @@ def cmd_likelihood(args) -> int:
     )
     print(
         f"{run.config.name}: NLL {result['nats_per_dim']:.4f} +- {result['nats_per_dim_stderr']:.4f} nats/dim"
-        f" on {result['n']} points (sigma {result['sigma_min']:.4g} .. {result['sigma_max']:.4g},"
+        f" on {result['n']} points, {result['data']} (sigma {result['sigma_min']:.4g} .. {result['sigma_max']:.4g},"
         f" {result['nfe']} ODE evaluations)"
     )
     if "bits_per_dim" in result:

@@ -114,6 +114,11 @@ class ImageDataset(Dataset):
             idx = idx[torch.randperm(len(idx), generator=g)[:n]]
         return to_unit(self.images[idx]), None if self.labels is None else self.labels[idx]
 
+    def heldout_batch(self, n: int, generator: torch.Generator):
+        """n held-out images in [-1, 1] (without replacement while they last) and their conditions."""
+        idx = self.test_index[torch.randperm(len(self.test_index), generator=generator)[:n]]
+        return to_unit(self.images[idx]), self.condition_of(idx)
+
     def train_images(self):
         return to_unit(self.images[self.train_index]), None if self.labels is None else self.labels[
             self.train_index
