@@ -439,3 +439,26 @@ def test_trained_classifier_is_accurate_and_round_trips_without_pickle(tmp_path)
         load_classifier(tmp_path / "other")
     with pytest.raises(CheckpointError, match="--with-classifier"):
         load_classifier(tmp_path / "missing")
+
+
+def test_guide_can_be_an_earlier_checkpoint_of_the_same_run(cli_run, tmp_path, capsys):
+    """Seed 000's amateur: the same run's earlier snapshot, given as --guide RUN/checkpoints/FILE."""
+    from diffguide import guidance as G
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    early = cli_run / "checkpoints" / "ckpt-00000030.safetensors"
+    run, amateur = load_run(cli_run), load_run(cli_run, str(early))
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 8, run.process, s.sigma_min, s.sigma_max, s.rho)
+    guided = G.autoguidance(run.denoiser, amateur.denoiser, 2.5)
+    expected = generate(guided, 40, run.dataset.shape, sigmas=sigmas, sampler=s.sampler, seed=6, cond=0)
+    out = tmp_path / "snap.npz"
+    argv = ["sample", str(cli_run), "--n", "40", "--seed", "6", "--class", "0", "--steps", "8"]
+    assert main([*argv, "--guidance", "auto", "--w", "2.5", "--guide", str(early), "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out)["samples"], expected.numpy(), rtol=0, atol=1e-6)
+    capsys.readouterr()
+    stray = tmp_path / "notes.txt"
+    stray.write_text("not a checkpoint")
+    assert main([*argv, "--guidance", "auto", "--guide", str(stray), "--out", str(out)]) == 2
+    assert "is a file but not a checkpoint inside a run folder" in capsys.readouterr().err

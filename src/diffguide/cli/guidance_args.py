@@ -88,7 +88,6 @@ def guided_denoiser(args, run):
     """The denoiser to sample with, built from --guidance, --w, --guide and --interval."""
     from .. import guidance as G
     from ..guidance_runs import check_compatible, find_guide
-    from ..runs import load_run
 
     kind = getattr(args, "guidance", "none") or "none"
     lookup("guidance kind", kind, KINDS)
@@ -133,7 +132,7 @@ def guided_denoiser(args, run):
             )
         main = G.NullConditioned(run.denoiser, run.num_classes)
         return G.classifier_guidance(main, clf, w, interval=interval)
-    amateur = load_run(find_guide(run.path, "amateur", getattr(args, "guide", None)), use_ema=use_ema)
+    amateur = load_amateur(run, getattr(args, "guide", None), use_ema)
     check_compatible(run, amateur)
     if kind == "auto":
         return G.autoguidance(run.denoiser, amateur.denoiser, w, interval=interval, rescale=rescale)
@@ -141,3 +140,24 @@ def guided_denoiser(args, run):
     return G.cfg_and_autoguidance(
         run.denoiser, amateur.denoiser, w, w_cfg, run.num_classes, interval=interval, rescale=rescale
     )
+
+
+def load_amateur(run, guide, use_ema: bool):
+    """The autoguidance guide: a run folder (--guide DIR, or the run's guidance.json), or one checkpoint
+    of a run (--guide RUN/checkpoints/ckpt-N.safetensors: e.g. the same run's earlier snapshot, seed
+    000's amateur)."""
+    from pathlib import Path
+
+    from ..guidance_runs import find_guide
+    from ..runs import load_run
+
+    if guide is not None and Path(guide).is_file():
+        checkpoint = Path(guide)
+        run_dir = checkpoint.parent.parent
+        if checkpoint.parent.name != "checkpoints" or not (run_dir / "config.json").is_file():
+            raise ConfigError(
+                f"--guide {str(guide)!r} is a file but not a checkpoint inside a run folder; "
+                "give a run folder or RUN/checkpoints/ckpt-N.safetensors"
+            )
+        return load_run(run_dir, str(checkpoint), use_ema=use_ema)
+    return load_run(find_guide(run.path, "amateur", guide), use_ema=use_ema)
