@@ -271,14 +271,3 @@ def test_stochastic_samplers_use_the_generator():
         _, noise_b = start_noise(1, 16)
         a, b = fn(mixture, x, sigmas, generator=noise_a), fn(mixture, x, sigmas, generator=noise_b)
         assert torch.equal(a, b) == (name not in STOCHASTIC), name
-
-
-def test_dpmpp_2m_sde_without_noise_is_dpmpp_2m(tree):
-    """eta = 0 removes the noise and the extra damping: DPM-Solver++(2M) exactly."""
-    x, _ = start_noise(4, 300)
-    sigmas = karras_sigmas(12, SIGMA_MIN, SIGMA_MAX)
-    ode = get_sampler("dpmpp-2m")(tree, x, sigmas)
-    sde = get_sampler("dpmpp-2m-sde")(tree, x, sigmas, eta=0.0, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(sde, ode, rtol=1e-12, atol=1e-12)
-    noisy = get_sampler("dpmpp-2m-sde")(tree, x, sigmas, generator=torch.Generator().manual_seed(0))
-    assert (noisy - ode).abs().max() > 1e-2

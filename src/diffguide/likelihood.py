@@ -204,8 +204,9 @@ def run_likelihood(
     Data: for image sets, their held-out images (digits, MNIST, CryptoPunks, image folders: at most
     all of them, without replacement); for 2D sets, run.dataset.sample_batch with a generator seeded
     away from the training stream: new data for the analytic and generated sets, the training points
-    themselves for fixed point clouds (no split there, so the number is a training-set NLL). sigma_min/sigma_max default to the run's process range. For data with an
-    exact mixture the exact NLL of the same points is reported too. options go to `log_likelihood`.
+    themselves for fixed point clouds (no split there, so the number is a training-set NLL).
+    sigma_min/sigma_max default to the run's process range. For data with an exact mixture the exact
+    NLL of the same points is reported too. options go to `log_likelihood`.
     """
     if n < 1:
         raise ConfigError(f"number of data points must be >= 1, got {n}")
@@ -215,10 +216,9 @@ def run_likelihood(
     sigma_max = sigma_max or run.process.sigma_max
     data_gen = torch.Generator().manual_seed(2**40 + int(seed))  # not the training stream (train.seed)
     probe_gen = torch.Generator().manual_seed(2**41 + int(seed))
+    # image sets with a held-out split: those images (at most all of them), never seen in training
     heldout = len(getattr(run.dataset, "test_index", ())) > 0
-    if (
-        heldout
-    ):  # image sets with a held-out split: those images (at most all of them), never seen in training
+    if heldout:
         x0, labels = run.dataset.heldout_batch(n, data_gen)
         n = len(x0)
     else:

@@ -181,30 +181,12 @@ def sample_pc(
     return x
 
 
-@torch.no_grad()
 def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in scale-free coordinates, lambda = -log sigma."""
-    old_denoised = None
-    h_last = None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = _denoise(denoiser, x, sigma, cond)
-        if float(sigma_next) == 0:
-            x = denoised
-        else:
-            t, t_next = -sigma.log(), -sigma_next.log()
-            h = t_next - t
-            ratio = (sigma_next / sigma).to(x.dtype)
-            if old_denoised is None:
-                d = denoised
-            else:
-                r = h_last / h
-                d = (1 + 1 / (2 * r)).to(x.dtype) * denoised - (1 / (2 * r)).to(x.dtype) * old_denoised
-            x = ratio * x - torch.expm1(-h).to(x.dtype) * d
-            h_last = h
-        old_denoised = denoised
-        _report(callback, i, x, sigma, sigma_next, denoised)
-    return x
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in scale-free coordinates, lambda = -log sigma.
+
+    The 2M SDE step below with eta = 0: x' = (sigma'/sigma) x + (1 - e^-h) (D + (D - D_prev) h / (2 h_prev)).
+    """
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, cond=cond, callback=callback, eta=0.0)
 
 
 @torch.no_grad()

@@ -146,8 +146,9 @@ def cmd_sample(args) -> int:
     sigmas = sigma_grid(args.grid or s.grid, steps, run.process, *grid_overrides(args, s))
     cond = condition_args.build_condition(args, run, args.n)
     denoiser = guidance_args.guided_denoiser(args, run)
-    options = sampler_options(args.sampler or s.sampler, args.sampler_option)
-    sampler, callback = condition_args.sampler_and_callback(args, run, args.sampler or s.sampler)
+    sampler_name = args.sampler or s.sampler
+    options = sampler_options(sampler_name, args.sampler_option)
+    sampler, callback = condition_args.sampler_and_callback(args, run, sampler_name)
     x = generate(
         denoiser,
         args.n,
@@ -177,7 +178,6 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     import json
 
     from ..metrics2d import MixtureMetrics
-    from ..train.checkpoint import atomic_write_text
 
     key = json.dumps(dataclasses.asdict(run.config.data), sort_keys=True)
     if key not in _METRICS_CACHE:
@@ -193,15 +193,32 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
         f"exact metrics against {against}: precision {shown['precision']:.3f} (ideal 0.99), "
         f"coverage {shown['coverage']:.3f}, mean log p {shown['mean_logp']:.2f}, sliced W2 {shown['sliced_w2']:.4f}"
     )
-    path = out.with_name(out.stem + ".metrics.json")
-    try:
-        record = {"against": against, **shown}
-        if against != "p(x)":  # also the same samples against the whole mixture
-            record["against_p(x)"] = {k: v for k, v in result.items() if k != "per_class"}
-        atomic_write_text(path, json.dumps(record, indent=2))
-    except OSError as e:
-        raise output_error(path, e) from None
+    record = {"against": against, **shown}
+    if against != "p(x)":  # also the same samples against the whole mixture
+        record["against_p(x)"] = {k: v for k, v in result.items() if k != "per_class"}
+    write_json(out.with_name(out.stem + ".metrics.json"), record)
     return result
+
+
+def make_output_folder(out: Path) -> None:
+    """Create the folder `out` goes in; an unwritable place is our error naming the path and why."""
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
+
+
+def write_json(out: Path, data) -> None:
+    """Write `data` as indented JSON to `out` (atomically), creating its folder."""
+    import json
+
+    from ..train.checkpoint import atomic_write_text
+
+    make_output_folder(out)
+    try:
+        atomic_write_text(Path(out), json.dumps(data, indent=2) + "\n")
+    except OSError as e:
+        raise output_error(out, e) from None
 
 
 def grid_overrides(args, sample_config=None) -> tuple:
@@ -221,10 +238,7 @@ def prepare_output(out: Path, run) -> None:
         raise ConfigError(f"2D samples are written as .npz; got --out {str(out)!r}")
     if run.dataset.kind != "points" and out.suffix.lower() != ".png":
         raise ConfigError(f"image samples are written as a .png grid; got --out {str(out)!r}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(out, e) from None
+    make_output_folder(out)
 
 
 def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:

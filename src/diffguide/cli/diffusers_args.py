@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, output_error
+from .core import grid_overrides, make_output_folder
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 32
@@ -115,16 +116,11 @@ def cmd_sample_diffusers(args) -> int:
     check_args(args)
     options = sampler_options(args.sampler or DEFAULT_SAMPLER, getattr(args, "sampler_option", []))
     out = Path(args.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(out, e) from None
+    make_output_folder(out)
     model = load_diffusers(args.diffusers)
     denoiser = guided_denoiser(args, model)
     cond = class_condition(args, model, args.n)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
-    from .core import grid_overrides
-
     sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
     callback = None
     if getattr(args, "gif", False):

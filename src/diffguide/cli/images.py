@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import ConfigError, output_error
+from ..errors import ConfigError
+from .core import write_json
 
 
 def add_parsers(sub) -> None:
@@ -91,11 +91,7 @@ def cmd_eval(args) -> int:
         k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval")
     }
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    except OSError as e:
-        raise output_error(out, e) from None
+    write_json(out, result)
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:28s} {value:.4f}")

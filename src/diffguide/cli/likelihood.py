@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import ConfigError, output_error
+from ..errors import ConfigError
+from .core import write_json
 
 
 def add_parsers(sub) -> None:
@@ -76,10 +76,6 @@ def cmd_likelihood(args) -> int:
         )
     if args.out:
         out = Path(args.out)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as e:
-            raise output_error(out, e) from None
+        write_json(out, result)
         print(f"wrote {out}")
     return 0
