@@ -293,7 +293,10 @@ def test_runs_and_compare_pages(server, browser, tmp_path):
     open_page(browser, f"{url}/?run={main_run}", ready_text="TensorBoard")  # Runs is the home page
     wait_until(browser, lambda d: by_css(d, '[data-testid="stDataFrame"]'), "the runs table")
     wait_until(browser, lambda d: images_in_main(d) >= 1, "the run's samples.png")
-    assert "tensorboard --logdir" in page_text(browser) and page_errors(browser) == []
+    # the command is an st.code block, whose highlighter Streamlit loads lazily: it can appear after
+    # the text around it (CI once read the page between the two)
+    wait_until(browser, lambda d: "tensorboard --logdir" in page_text(d), "the TensorBoard command")
+    assert page_errors(browser) == []
     screenshot(browser, tmp_path, "runs", 1100)
 
     open_page(browser, f"{url}/compare?run={main_run}", ready_button="Compare")
@@ -302,8 +305,8 @@ def test_runs_and_compare_pages(server, browser, tmp_path):
         type_into(browser, "Weights", "1, 3")
     click(browser, "Compare")
     wait_until(browser, lambda d: images_in_main(d) >= 3, "three panels side by side")
-    text = page_text(browser)
-    assert "no guidance" in text and "CFG w=2" in text and "autoguidance w=2" in text
+    captions = ("no guidance", "CFG w=2", "autoguidance w=2")
+    wait_until(browser, lambda d: all(c in page_text(d) for c in captions), f"the captions {captions}")
     click(browser, "Run sweep")
     wait_until(browser, lambda d: images_in_main(d) >= 4, "the weight-sweep plot")
     assert page_errors(browser) == []

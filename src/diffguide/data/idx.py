@@ -45,6 +45,10 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{str(path)!r} is truncated or padded: header says {dims} ({count * dtype.itemsize} bytes of "
             f"data) but the file holds {len(raw) - header}"
         )
+    # numpy refuses a shape whose nonzero sides multiply past its limit even when another side is
+    # 0 (an empty array): such a header describes no array we could return
+    if math.prod(d for d in dims if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise DataError(f"{str(path)!r} has an impossible header: dimensions {dims} are too large")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
