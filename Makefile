@@ -28,8 +28,7 @@ test: lint
 	$(PY) -m pytest -n 2 -q tests
 
 bench: $(STAMP)
-	$(PIP) install -c constraints.txt einops
-	$(PIP) install -c constraints.txt --no-deps k-diffusion denoising-diffusion-pytorch
+	$(PIP) install -c constraints.txt --no-deps k-diffusion denoising-diffusion-pytorch einops
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -20,6 +20,11 @@
      diffusers' IPNDMScheduler is different: it lives on v-diffusion's cosine-angle schedule and
      takes its grid from `trained_betas`, so it gets each of our two grids directly, with a v-model
      made from the denoiser (`diffguide.adapters.diffusers.ipndm_scheduler_sample`).
+   k-diffusion's SDE / ancestral samplers run at eta = 0, where they are deterministic ODE solvers
+   (sample_dpmpp_2s_ancestral, sample_dpmpp_sde, sample_dpmpp_2m_sde with both solver types,
+   sample_dpmpp_3m_sde). Its adaptive sample_dpm_adaptive has no step count: its rtol is swept and
+   each budget gets the most accurate run whose NFE fits (`dpm_adaptive_cells`). Stochastic samplers
+   are judged by distribution metrics in bench_samplers.py instead.
    The figure docs/img/peers_accuracy.png plots error against NFE: each library's best row at each
    budget, and our main samplers.
 2. Sampler overhead: wall time minus denoiser time per denoiser evaluation, for a cheap denoiser
@@ -27,7 +32,8 @@
    scheduler loop (set_timesteps, scale_model_input, step) and k-diffusion's samplers. Medians of
    repeats, interleaved in one run.
 3. Training throughput: a diffguide U-Net (`build_unet`) against denoising-diffusion-pytorch's
-   `Unet` at (nearly) matched parameter count on 24x24 RGB, eps-prediction DDPM loss, Adam, batch 32,
+   `Unet(dim=32, dim_mults=(1, 2, 2))` at matched parameter count (our channel count is searched for
+   the closest count; both counts and the mismatch are printed) on 24x24 RGB, eps-prediction DDPM loss, Adam, batch 32,
    samples/s over a fixed number of steps (forward + backward + optimizer step; no data loading, no
    EMA), medians of per-step times.
 
@@ -40,7 +46,9 @@ All parts run with one torch thread by default (--threads): on a shared 2-core m
 hand-offs dominate small operations and make timings erratic.
 
 Usage: python benchmarks/bench_peers.py [--quick] [--threads N] [--parts accuracy,overhead,training] [--out FILE]
-A run of some parts replaces only their sections in an existing --out file and keeps the others.
+By default all three parts run in one invocation and results/peers.md says so; --quick writes
+results/peers-quick.md. A run of some parts replaces only their sections in an existing --out file,
+keeps the others and says which were kept.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ BUDGETS = (4, 8, 16, 32)
 OUR_ACCURACY_SAMPLERS = ("euler", "heun", "ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "unipc-3", "ipndm")
 T_TABLE = 10_000
 RESULTS = Path(__file__).parent / "results" / "peers.md"
+QUICK_RESULTS = RESULTS.with_name("peers-quick.md")  # a --quick smoke run never replaces the real results
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = ROOT / "docs" / "img" / "peers_accuracy.png"
 PARTS = ("accuracy", "overhead", "training")  # in the order of their numbered sections
@@ -301,18 +310,29 @@ def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
         def no_noise(sigma, sigma_next):  # eta = 0 never uses it; avoids k-diffusion's torchsde import
             return 0.0
 
-        k_samplers = [
-            ("sample_euler", ks.sample_euler, 1, {}),
-            ("sample_heun", ks.sample_heun, 2, {}),
-            ("sample_dpm_2", ks.sample_dpm_2, 2, {}),
-            ("sample_lms", ks.sample_lms, 1, {}),
-            ("sample_dpmpp_2m", ks.sample_dpmpp_2m, 1, {}),
-            ("sample_dpmpp_3m_sde (eta 0)", ks.sample_dpmpp_3m_sde, 1, dict(eta=0.0, noise_sampler=no_noise)),
+        eta0 = dict(eta=0.0, noise_sampler=no_noise)
+        k_samplers = [  # (name, function, evaluations per step, options, also on the open grid)
+            ("sample_euler", ks.sample_euler, 1, {}, False),
+            ("sample_heun", ks.sample_heun, 2, {}, True),
+            ("sample_dpm_2", ks.sample_dpm_2, 2, {}, False),
+            ("sample_lms", ks.sample_lms, 1, {}, True),
+            ("sample_dpmpp_2m", ks.sample_dpmpp_2m, 1, {}, True),
+            # the SDE / ancestral samplers at eta = 0 are deterministic ODE solvers
+            ("sample_dpmpp_2s_ancestral (eta 0)", ks.sample_dpmpp_2s_ancestral, 2, eta0, True),
+            ("sample_dpmpp_sde (eta 0)", ks.sample_dpmpp_sde, 2, eta0, True),
+            ("sample_dpmpp_2m_sde (eta 0)", ks.sample_dpmpp_2m_sde, 1, eta0, True),
+            (
+                "sample_dpmpp_2m_sde (eta 0, heun)",
+                ks.sample_dpmpp_2m_sde,
+                1,
+                {**eta0, "solver_type": "heun"},
+                True,
+            ),
+            ("sample_dpmpp_3m_sde (eta 0)", ks.sample_dpmpp_3m_sde, 1, eta0, True),
         ]
-        open_grid = ("sample_heun", "sample_lms", "sample_dpmpp_2m", "sample_dpmpp_3m_sde (eta 0)")
         for suffix in grids:
-            for name, fn, per, kwargs in k_samplers:
-                if suffix and name not in open_grid:
+            for name, fn, per, kwargs, open_grid in k_samplers:
+                if suffix and not open_grid:
                     continue
 
                 def run_k(den, budget, fn=fn, per=per, kwargs=kwargs, suffix=suffix):
@@ -329,6 +349,9 @@ def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
             return ks.sample_dpm_fast(den, x.clone(), SIGMA_MIN, SIGMA_MAX, budget, disable=True)
 
         add("k-diffusion", "sample_dpm_fast (ends at sigma_min)", run_fast)
+        cells, fewest = dpm_adaptive_cells(ks, mixture, x, rms)
+        name = f"sample_dpm_adaptive (ends at sigma_min; rtol swept, fewest NFE {fewest})"
+        rows.append(("k-diffusion", name, cells))
     except ImportError as e:
         rows.append(("k-diffusion", f"not available: {e}", {}))
 
@@ -362,11 +385,56 @@ def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
     return rows, ref_error
 
 
+ADAPTIVE_RTOLS = tuple(10 ** (k / 4) for k in range(4, -25, -1))  # 10 .. 1e-6, loose first, 4 per decade
+
+
+def dpm_adaptive_cells(ks, mixture, x, rms) -> tuple[dict, int]:
+    """k-diffusion's sample_dpm_adaptive budgeted by NFE: per budget, the most accurate run whose NFE fits.
+
+    Its step size is chosen by an error controller, so the NFE follows from the tolerance: we sweep
+    rtol from loose to tight (atol = rtol * 0.156, its default ratio) for orders 2 and 3, with the
+    default h_init 0.05, until a run needs more than the largest budget, and keep per budget the most
+    accurate run with NFE <= budget. A budget no tolerance fits stays empty;
+    returns (cells, the fewest NFE any run took).
+    """
+    runs = []  # (nfe, error)
+    for order in (2, 3):
+        for rtol in ADAPTIVE_RTOLS:
+            counted = Counted(mixture)
+            out = ks.sample_dpm_adaptive(
+                counted,
+                x.clone(),
+                SIGMA_MIN,
+                SIGMA_MAX,
+                order=order,
+                rtol=rtol,
+                atol=rtol * 0.156,
+                disable=True,
+            )
+            runs.append((counted.calls, rms(out)))
+            if counted.calls > max(BUDGETS):  # tighter tolerances only cost more
+                break
+    cells = {}
+    for budget in BUDGETS:
+        fitting = [(error, nfe) for nfe, error in runs if nfe <= budget]
+        if fitting:
+            error, nfe = min(fitting)
+            cells[budget] = (nfe, error)
+    return cells, min(nfe for nfe, _ in runs)
+
+
 def accuracy_table(rows, ref_error, n_points, ref_steps) -> str:
     lines = [
         f"RMS distance to the {ref_steps}-step Heun solution (from the same noise, {n_points} points of the "
         f"tree mixture, exact denoiser; the reference itself moves by {ref_error:.1e} when doubling its "
         "steps). NFE actually used in brackets where it differs from the budget. Best per budget in bold.",
+        "",
+        "Deterministic samplers only: the SDE and ancestral samplers appear here at eta = 0, where they "
+        "are ODE solvers (k-diffusion's sample_euler_ancestral and sample_dpm_2_ancestral at eta = 0 take "
+        "exactly sample_euler's and sample_dpm_2's steps, so they are not repeated). Stochastic samplers "
+        "follow other paths from the same noise, so a distance to the ODE solution does not judge them; "
+        "they are compared by distribution metrics (exact log-density, sliced W2) in "
+        "benchmarks/bench_samplers.py (results/samplers.md) instead.",
         "",
         "| library | sampler | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |",
         "|---|---|" + "---:|" * len(BUDGETS),
@@ -383,6 +451,9 @@ def accuracy_table(rows, ref_error, n_points, ref_steps) -> str:
             continue
         out = []
         for b in BUDGETS:
+            if b not in cells:  # an adaptive solver that needs more evaluations at any tolerance
+                out.append("n/a")
+                continue
             nfe, err = cells[b]
             text = f"{err:.2e}" + (f" ({nfe})" if nfe != b else "")
             out.append(f"**{text}**" if err == best[b] else text)
@@ -413,29 +484,74 @@ def accuracy_table(rows, ref_error, n_points, ref_steps) -> str:
             f"best peer {best_name(b, True)} {best_peer[b]:.4e}."
         )
     summary = "; ".join(f"{v} at NFE {', '.join(bs)}" for v, bs in verdicts.items() if bs)
-    lines += [
-        "",
-        f"**Summary: {summary}.** A tie is the same algorithm on the same grid in two libraries: our "
-        "heun, dpmpp-2m, dpmpp-3m, unipc / unipc-3 and ipndm (extrapolate_final=True) reproduce "
-        "k-diffusion's and diffusers' to float rounding (tests/test_diffusers_parity.py, "
-        "tests/test_samplers_multistep.py), and the last digits differ by diffusers' float32 steps and "
-        "grids. Every library here can run each method on both grids, so where we tie, no diffguide "
-        "sampler is more accurate than the best peer's. Where ours is better, it is a variant no peer "
-        "offers: iPNDM with the Euler step to 0 (our default) and at most 3 past slopes (`max_order=3`); "
-        "diffusers' IPNDMScheduler has neither option, and k-diffusion has no iPNDM. "
-        "`dpmpp-3m exact_third_order=True` is the truly third-order 3M (docs/interop.md); on this "
-        "problem it is the less accurate of the two 3M variants up to 32 evaluations (its rows above) "
-        "and the more accurate at 64 (4.6e-3 against 7.9e-3 on the grid without sigma_min, measured "
-        "separately).",
-    ]
+    lines += ["", f"**Summary: {summary}.** " + summary_text(rows, best_ours, best_peer, best_name)]
     return "\n".join(lines)
+
+
+SAME = 1e-3  # rows whose errors agree this closely at every budget are taken for the same method
+
+
+def same_method_groups(rows) -> list[list[str]]:
+    """Rows of different libraries whose errors agree within SAME (relative) at every budget, grouped."""
+    full = [(f"{lib} {name}" if lib != "diffguide" else f"our {name}", lib, c) for lib, name, c in rows]
+    full = [r for r in full if all(b in r[2] for b in BUDGETS)]
+
+    def same(a, b):
+        return all(abs(a[2][k][1] / b[2][k][1] - 1) <= SAME and a[2][k][0] == b[2][k][0] for k in BUDGETS)
+
+    groups = []
+    for row in full:
+        for group in groups:
+            if same(row, group[0]):
+                group.append(row)
+                break
+        else:
+            groups.append([row])
+    return [[r[0] for r in g] for g in groups if len({r[1] for r in g}) > 1]
+
+
+def summary_text(rows, best_ours, best_peer, best_name) -> str:
+    """The verdicts explained from this run's numbers (nothing here is fixed text about results)."""
+    groups = same_method_groups(rows)
+    parts = []
+    if groups:
+        parts.append(
+            f"Rows of different libraries that agree within {SAME:.1%} at every budget (with the same "
+            "NFE), i.e. the same method on the same grid: "
+            + "; ".join(" = ".join(g) for g in groups)
+            + ". Where such rows differ in the last digits, that is float32 arithmetic in diffusers' steps "
+            "and grids (docs/interop.md). "
+            "Parity with diffusers is tested (tests/test_diffusers_parity.py); agreement with k-diffusion "
+            "is only measured here (k-diffusion is a benchmark-only dependency)."
+        )
+    for b in BUDGETS:
+        ours_name, peer_name = best_name(b, False), best_name(b, True)
+        ratio = best_ours[b] / best_peer[b]
+        if abs(ratio - 1) <= 0.01:
+            parts.append(
+                f"At NFE {b} our best ({ours_name}) and the best peer ({peer_name}) are within 1%"
+                + (
+                    f" (relative difference {abs(ratio - 1):.1e}: the same computation)."
+                    if abs(ratio - 1) <= SAME
+                    else "."
+                )
+            )
+        else:
+            matched = any(f"our {ours_name}" in g for g in groups)
+            parts.append(
+                f"At NFE {b} our best ({ours_name}, {best_ours[b]:.3e}) is {abs(1 - ratio):.0%} "
+                + ("more" if ratio < 1 else "LESS")
+                + f" accurate than the best peer ({peer_name}, {best_peer[b]:.3e})"
+                + ("." if matched else f"; no peer row matches that row within {SAME:.1%} at every budget.")
+            )
+    return " ".join(parts)
 
 
 def best_rows(rows):
     """Per library, the row with the lowest geometric-mean error over the budgets."""
     best = {}
     for library, name, cells in rows:
-        if not cells:
+        if not all(b in cells for b in BUDGETS):
             continue
         score = sum(math.log(cells[b][1]) for b in BUDGETS)
         if library not in best or score < best[library][0]:
@@ -457,7 +573,9 @@ def accuracy_plot(rows, path: Path) -> Path:
     def envelope(library):
         """Per budget: (error, row name) of the library's most accurate row."""
         lib_rows = [(name, cells) for lib, name, cells in rows if lib == library and cells]
-        return [min((cells[b][1], name) for name, cells in lib_rows) for b in BUDGETS] if lib_rows else None
+        if not lib_rows:
+            return None
+        return [min((cells[b][1], name) for name, cells in lib_rows if b in cells) for b in BUDGETS]
 
     # our main samplers, thin, each on the grid with the lower geometric-mean error (no option variants)
     ours_best = {}
@@ -664,18 +782,37 @@ def parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+THEIR_DIM = 32  # denoising-diffusion-pytorch's Unet(dim=32, dim_mults=(1, 2, 2)): 1,412,867 parameters
+OUR_CHANNELS = range(8, 129, 2)  # searched for the closest parameter count
+
+
+def matched_channels(target: int) -> int:
+    """Our model.channels (mult 1,2,2, 2 blocks, attention at 6x6) whose parameter count is closest to target."""
+    counts = {}
+    for channels in OUR_CHANNELS:
+        try:
+            counts[channels] = parameters(our_unet(channels=channels))
+        except (ValueError, RuntimeError):  # attention heads must divide the channel count
+            continue
+    return min(counts, key=lambda c: abs(counts[c] - target))
+
+
 def training(steps: int = 10, warmup: int = 2, batch: int = 32, seed: int = 0):
+    """Rows (library, network, parameters, samples/s, ms/step) at matched parameter count."""
     from diffguide.denoiser import ProcessPrecond
     from diffguide.losses import DenoisingLoss, LossConfig
     from diffguide.processes import DDPM
 
+    dd = ddpm_pytorch()  # ImportError: the caller reports the part as not run
     torch.manual_seed(seed)
-    unet = our_unet()
-    ours_params = parameters(unet)
+    theirs = dd.Unet(dim=THEIR_DIM, dim_mults=(1, 2, 2), channels=3)
+    channels = matched_channels(parameters(theirs))
+    unet = our_unet(channels=channels)
     process = DDPM()
     denoiser = ProcessPrecond(unet, process, "eps")
     loss_fn = DenoisingLoss(LossConfig(target="eps", noise_sampling="uniform-t"), process)
     generator = torch.Generator().manual_seed(seed)
+    diffusion = dd.GaussianDiffusion(theirs, image_size=24, timesteps=1000, objective="pred_noise")
 
     def our_step(opt, data):
         loss = loss_fn(denoiser, data * 2 - 1, None, generator).mean()
@@ -683,42 +820,26 @@ def training(steps: int = 10, warmup: int = 2, batch: int = 32, seed: int = 0):
         loss.backward()
         opt.step()
 
+    def their_step(opt, data):
+        loss = diffusion(data)  # their forward normalises [0, 1] data to [-1, 1] itself
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     contenders = [
-        ("diffguide", "build_unet (channels 32, mult 1,2,2, 2 blocks, attn at 6x6)", unet, our_step)
+        ("diffguide", f"build_unet (channels {channels}, mult 1,2,2, 2 blocks, attn at 6x6)", unet, our_step),
+        (
+            "denoising-diffusion-pytorch",
+            f"Unet (dim {THEIR_DIM}, mults 1,2,2, default attention)",
+            theirs,
+            their_step,
+        ),
     ]
-    try:
-        dd = ddpm_pytorch()
-        dims = range(8, 129, 8)
-        dim = min(dims, key=lambda d: abs(parameters(dd.Unet(dim=d, dim_mults=(1, 2, 2))) - ours_params))
-        theirs = dd.Unet(dim=dim, dim_mults=(1, 2, 2), channels=3)
-        diffusion = dd.GaussianDiffusion(theirs, image_size=24, timesteps=1000, objective="pred_noise")
-
-        def their_step(opt, data):
-            loss = diffusion(data)  # their forward normalises [0, 1] data to [-1, 1] itself
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        contenders.append(
-            (
-                "denoising-diffusion-pytorch",
-                f"Unet (dim {dim}, mults 1,2,2, default attention)",
-                theirs,
-                their_step,
-            )
-        )
-    except ImportError as e:
-        contenders.append(("denoising-diffusion-pytorch", f"not available: {e}", None, None))
-
     times = {label: [] for _, label, _, _ in contenders}
-    opts = {
-        label: torch.optim.Adam(m.parameters(), lr=2e-4) for _, label, m, _ in contenders if m is not None
-    }
+    opts = {label: torch.optim.Adam(m.parameters(), lr=2e-4) for _, label, m, _ in contenders}
     data = torch.rand(batch, 3, 24, 24, generator=torch.Generator().manual_seed(seed))
     for i in range(warmup + steps):  # interleaved step by step
         for _, label, module, step in contenders:
-            if module is None:
-                continue
             module.train()
             start = time.perf_counter()
             step(opts[label], data)
@@ -726,9 +847,6 @@ def training(steps: int = 10, warmup: int = 2, batch: int = 32, seed: int = 0):
                 times[label].append(time.perf_counter() - start)
     rows = []
     for library, label, module, _ in contenders:
-        if module is None:
-            rows.append((library, label, 0, math.nan, math.nan))
-            continue
         median = statistics.median(times[label])
         rows.append((library, label, parameters(module), batch / median, median * 1e3))
     return rows
@@ -744,6 +862,13 @@ def training_table(rows, steps, batch) -> str:
     ]
     for library, label, params, rate, ms in rows:
         lines.append(f"| {library} | {label} | {params:,} | {rate:.1f} | {ms:.0f} |")
+    (_, _, ours, our_rate, _), (_, _, theirs, their_rate, _) = rows
+    lines += [
+        "",
+        f"Parameters: ours {ours:,}, theirs {theirs:,}, mismatch {ours / theirs - 1:+.1%} (our channel count "
+        f"is searched over {OUR_CHANNELS.start}..{OUR_CHANNELS.stop - 1} for the closest count to their "
+        f"dim {THEIR_DIM}). Throughput ratio ours / theirs: {our_rate / their_rate:.2f}.",
+    ]
     return "\n".join(lines)
 
 
@@ -754,7 +879,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats (a smoke run)")
     parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--out", default=str(RESULTS), help="markdown file to write ('' for none)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"markdown file to write (default {RESULTS.name}, with --quick {QUICK_RESULTS.name}; '' for none)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every part (default 1)")
     parser.add_argument(
         "--plot", default=None, help=f"accuracy figure (default {PLOT}, none with --quick; '' for none)"
@@ -762,13 +891,17 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"unknown part(s) {sorted(parts - set(PARTS))}; choices: {', '.join(PARTS)}")
     quick = args.quick
+    out_file = args.out if args.out is not None else str(QUICK_RESULTS if quick else RESULTS)
+    seconds = {}
     sections = [
         "# Peer benchmarks",
         "",
         f"Generated by `benchmarks/bench_peers.py` on {platform.machine()} / {platform.system()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, diffusers {version('diffusers')}, "
-        f"k-diffusion {version('k-diffusion')}, denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}. "
+        f"k-diffusion {version('k-diffusion')}, denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}, einops {version('einops')}. "
         "See the module docstring for exactly how the same denoiser is fed to each library.",
     ]
     if "accuracy" in parts:
@@ -788,13 +921,15 @@ def main(argv: list[str] | None = None) -> str:
                 "",
                 f"Figure: `{Path(plot).relative_to(ROOT) if Path(plot).is_relative_to(ROOT) else plot}`.",
             ]
-        print(f"accuracy: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        seconds["accuracy"] = time.perf_counter() - start
+        print(f"accuracy: {seconds['accuracy']:.0f} s", file=sys.stderr)
     if "overhead" in parts:
         n_points, repeats = (2000, 3) if quick else (10_000, 15)
         start = time.perf_counter()
         rows = overhead(n_points, 32, repeats)
         sections += ["", "## 2. Sampler overhead", "", overhead_table(rows, n_points, 32, repeats)]
-        print(f"overhead: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        seconds["overhead"] = time.perf_counter() - start
+        print(f"overhead: {seconds['overhead']:.0f} s", file=sys.stderr)
     if "training" in parts:
         steps = 3 if quick else 10
         start = time.perf_counter()
@@ -804,10 +939,18 @@ def main(argv: list[str] | None = None) -> str:
         except ImportError as e:
             table = f"not run: {e}"
         sections += ["", "## 3. Training throughput (U-Net, 24x24 RGB)", "", table]
-        print(f"training: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        seconds["training"] = time.perf_counter() - start
+        print(f"training: {seconds['training']:.0f} s", file=sys.stderr)
+    timing = ", ".join(f"{part} {seconds[part]:.0f} s" for part in PARTS if part in seconds)
+    command = "python benchmarks/bench_peers.py" + (" --quick" if quick else "")
+    if parts == set(PARTS):
+        what = f"All three parts below were measured in this one run (`{command}`; {timing})."
+    else:
+        what = f"This run (`{command} --parts {args.parts}`) measured {timing}."
+    sections[2] += " " + what + (" **Quick smoke run: fewer points, repeats and steps.**" if quick else "")
     text = "\n".join(sections) + "\n"
-    if args.out:
-        out = Path(args.out)
+    if out_file:
+        out = Path(out_file)
         if out.is_file() and parts != set(PARTS):
             text = merge_sections(out.read_text(), text, parts)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -261,7 +261,11 @@ def test_cli_diffusers_errors(tmp_path, unet, capsys):
         (["sample", "runs/x", "--diffusers", str(folder)], "not both"),
         (["sample"], "give a run folder, or --diffusers DIR"),
         (["sample", "--diffusers", str(folder), "--class", "1"], "needs a class-conditional UNet2DModel"),
-        (["sample", "--diffusers", str(folder), "--guidance", "cfg"], "--guidance cfg is not available"),
+        (
+            ["sample", "--diffusers", str(folder), "--guidance", "cfg"],
+            "cfg with --diffusers needs a UNet2DCondition",
+        ),
+        (["sample", "--diffusers", str(folder), "--guidance", "classifier"], "classifier is not available"),
         (["sample", "--diffusers", str(folder), "--raw"], "--raw is not available with --diffusers"),
         (["sample", "--diffusers", str(tmp_path / "missing")], "does not exist"),
     ]
@@ -287,3 +291,129 @@ def test_cli_diffusers_class_labels_and_autoguidance(tmp_path, capsys):
     assert not np.allclose(np.load(plain)["samples"], np.load(guided)["samples"])
     assert main([*base[:-1], "7", "--out", str(plain)]) == 2
     assert "--class must be in 0..2, got 7" in capsys.readouterr().err
+
+
+def test_cli_class_conditional_unet_needs_a_class(tmp_path, capsys):
+    from diffguide.cli import main
+
+    folder = save_pipeline(tmp_path / "cls", tiny_unet(num_class_embeds=3), diffusers.DDPMScheduler())
+    assert main(["sample", "--diffusers", str(folder), "--n", "2", "--out", str(tmp_path / "s.npz")]) == 2
+    assert (
+        "class-conditional UNet2DModel (3 classes, num_class_embeds): pass --class K"
+        in capsys.readouterr().err
+    )
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A saved tiny UNet2DConditionModel (cross_attention_dim 8) and two embeddings [5, 8] as .npy files."""
+    folder = save_pipeline(
+        tmp_path_factory.mktemp("text") / "model", tiny_condition_unet(), diffusers.DDPMScheduler()
+    )
+    g = torch.Generator().manual_seed(0)
+    files = {}
+    for name in ("prompt", "null"):
+        files[name] = folder.parent / f"{name}.npy"
+        np.save(files[name], torch.randn(5, 8, generator=g).numpy())
+    return folder, files
+
+
+def _reference(model, denoiser, n=3, steps=3, seed=0):
+    """The CLI's defaults (dpmpp-2m, Karras grid) through the library, for a given denoiser."""
+    sigmas = sigma_grid("karras", steps, model.process)
+    return generate(denoiser, n, model.shape, sigmas=sigmas, sampler="dpmpp-2m", seed=seed).numpy()
+
+
+def test_cli_condition_unet_with_encoder_hidden_states(text_model, tmp_path):
+    """--encoder-hidden-states FILE reaches the UNet2DConditionModel: CLI == library with that condition."""
+    from safetensors.torch import save_file
+
+    from diffguide.cli import main
+    from diffguide.denoiser import FunctionDenoiser
+
+    folder, files = text_model
+    model = load_diffusers(folder)
+    prompt, null = (torch.from_numpy(np.load(files[k]))[None] for k in ("prompt", "null"))  # [1, 5, 8]
+    base = ["sample", "--diffusers", str(folder), "--n", "3", "--steps", "3"]
+
+    def sample(*extra):
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        assert main([*base, *extra, "--out", str(out)]) == 0
+        return np.load(out)
+
+    def conditioned(embedding):  # D(x, sigma) with a fixed embedding, whatever condition generate passes
+        return FunctionDenoiser(lambda x, s, c: model.denoiser(x, s, embedding.expand(len(x), -1, -1)))
+
+    plain = sample("--encoder-hidden-states", str(files["prompt"]))
+    assert "labels" not in plain
+    assert np.array_equal(plain["samples"], _reference(model, conditioned(prompt)))
+    # [1, L, D] in a .safetensors file is the same condition
+    save_file({"encoder_hidden_states": prompt.contiguous()}, str(tmp_path / "prompt.safetensors"))
+    again = sample("--encoder-hidden-states", str(tmp_path / "prompt.safetensors"))
+    assert np.array_equal(again["samples"], plain["samples"])
+    other = sample("--encoder-hidden-states", str(files["null"]))
+    assert not np.allclose(other["samples"], plain["samples"])  # the condition reaches the network
+
+    # classifier-free guidance: D(null) + w (D(prompt) - D(null)), the null zeros by default
+    for null_flags, null_embedding in (
+        ([], torch.zeros_like(prompt)),
+        (["--null-encoder-hidden-states", str(files["null"])], null),
+    ):
+        guided = sample(
+            "--encoder-hidden-states", str(files["prompt"]), "--guidance", "cfg", "--w", "3", *null_flags
+        )
+        cond, uncond = conditioned(prompt), conditioned(null_embedding)
+        expected = FunctionDenoiser(
+            lambda x, s, c, cond=cond, uncond=uncond: uncond(x, s) + 3 * (cond(x, s) - uncond(x, s))
+        )
+        assert np.allclose(guided["samples"], _reference(model, expected), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(guided["samples"], plain["samples"])
+
+
+def test_cli_condition_unet_errors(text_model, tmp_path, capsys):
+    from diffguide.cli import main
+
+    folder, files = text_model
+    np.save(tmp_path / "wide.npy", np.zeros((5, 6), dtype=np.float32))
+    np.save(tmp_path / "batch.npy", np.zeros((2, 5, 8), dtype=np.float32))
+    plain = save_pipeline(tmp_path / "plain", tiny_unet(), diffusers.DDPMScheduler())
+    prompt = ["--encoder-hidden-states", str(files["prompt"])]
+    cases = [
+        ([], "holds a UNet2DConditionModel, which needs a condition: pass --encoder-hidden-states FILE"),
+        (
+            ["--encoder-hidden-states", str(tmp_path / "wide.npy")],
+            "has D = 6 but the model's cross-attention takes D = 8",
+        ),
+        (
+            ["--encoder-hidden-states", str(tmp_path / "batch.npy")],
+            "must have shape [L, D] or [1, L, D], got [2, 5, 8]",
+        ),
+        (["--encoder-hidden-states", str(tmp_path / "missing.npy")], "does not exist"),
+        (["--encoder-hidden-states", str(tmp_path / "x.txt")], "takes a .npy or .safetensors file"),
+        (
+            [*prompt, "--null-encoder-hidden-states", str(files["null"])],
+            "is the guide's condition of --guidance cfg, not none",
+        ),
+        ([*prompt, "--null-encoder-hidden-states", str(tmp_path / "wide.npy"), "--guidance", "cfg"], "D = 6"),
+        (
+            [*prompt, "--guidance", "auto", "--guide", str(plain)],
+            "is a UNet2DModel but the model a UNet2DConditionModel",
+        ),
+    ]
+    for extra, message in cases:
+        argv = [
+            "sample",
+            "--diffusers",
+            str(folder),
+            *extra,
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "s.npz"),
+        ]
+        assert main(argv) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert main(["sample", "--diffusers", str(plain), *prompt, "--out", str(tmp_path / "s.npz")]) == 2
+    assert "--encoder-hidden-states is for a UNet2DConditionModel" in capsys.readouterr().err

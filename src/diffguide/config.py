@@ -42,6 +42,8 @@ class ModelConfig:
     channel_mult: list = field(default_factory=lambda: [1, 2])
     num_blocks: int = 2
     attn_resolutions: list = field(default_factory=list)
+    # U-Net GroupNorm groups in every layer (diffusers' norm_num_groups); 0: min(32, C/4) per layer
+    norm_groups: int = 0
 
 
 @dataclass

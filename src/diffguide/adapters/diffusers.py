@@ -85,7 +85,7 @@ class DiffusersUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         # the UNet's parameter dtype; an analytic model without parameters (tests) keeps x's dtype
         dtype = next((p.dtype for p in self.unet.parameters()), x.dtype)
-        kwargs = condition_kwargs(cond, x.shape[0])
+        kwargs = condition_kwargs(cond, x.shape[0], dtype)
         t = t.reshape(-1).expand(x.shape[0]).to(dtype)
         out = self.unet(x.to(dtype), t, **kwargs, return_dict=False)[0]
         if out.shape[1] == 2 * x.shape[1]:  # learned variance (variance_type "learned_range"): keep the mean
@@ -93,16 +93,46 @@ class DiffusersUNet(nn.Module):
         return out.to(x.dtype)
 
 
-def condition_kwargs(cond, n: int) -> dict:
-    """The UNet keyword arguments for a diffguide condition (see DiffusersUNet)."""
+def condition_kwargs(cond, n: int, dtype: torch.dtype | None = None) -> dict:
+    """The UNet keyword arguments for a diffguide condition (see DiffusersUNet).
+
+    Float tensors (encoder_hidden_states) are cast to `dtype`, the UNet's, so a float64 embedding
+    works with a float32 model.
+    """
     if cond is None:
         return {}
     if isinstance(cond, dict):
-        return dict(cond)
+        return {k: _cast(v, dtype) for k, v in cond.items()}
     cond = torch.as_tensor(cond)
     if cond.is_floating_point():
-        return {"encoder_hidden_states": cond}
+        return {"encoder_hidden_states": _cast(cond, dtype)}
     return {"class_labels": cond.reshape(-1).expand(n)}
+
+
+def _cast(value, dtype):
+    if dtype is not None and torch.is_tensor(value) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+class NullTextConditioned(nn.Module):
+    """A diffusers-model denoiser fed a fixed null `encoder_hidden_states` [1, L, D] (or [N, L, D]).
+
+    The guide of classifier-free guidance for a UNet2DConditionModel: whatever condition it is given,
+    the text embedding is replaced by `null` (the empty-prompt embedding the model was trained with,
+    or zeros); class labels in a dict condition are kept.
+    """
+
+    def __init__(self, denoiser, null: torch.Tensor):
+        super().__init__()
+        self.denoiser = denoiser
+        self.register_buffer("null", torch.as_tensor(null), persistent=False)
+
+    def forward(self, x, sigma, cond=None):
+        null = self.null.to(x.device).expand(x.shape[0], *self.null.shape[1:])
+        if isinstance(cond, dict):
+            return self.denoiser(x, sigma, {**cond, "encoder_hidden_states": null})
+        return self.denoiser(x, sigma, null)
 
 
 def diffusers_denoiser(unet: nn.Module, scheduler_config: dict) -> ProcessPrecond:
@@ -250,6 +280,7 @@ __all__ = [
     "DiffusersModel",
     "DiffusersUNet",
     "EpsModelFromDenoiser",
+    "NullTextConditioned",
     "ipndm_scheduler_sample",
     "PREDICTION_TARGETS",
     "diffusers_denoiser",

@@ -9,7 +9,7 @@ import warnings
 from ..errors import DiffguideError
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
-MODULES = ["core", "demo", "images", "dashboard", "likelihood"]
+MODULES = ["core", "demo", "images", "dashboard", "likelihood", "export_diffusers"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -139,6 +139,11 @@ def cmd_sample(args) -> int:
         return cmd_sample_diffusers(args)  # also refuses a run folder together with --diffusers
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
+    if getattr(args, "encoder_hidden_states", None) or getattr(args, "null_encoder_hidden_states", None):
+        raise ConfigError(
+            "--encoder-hidden-states and --null-encoder-hidden-states are for --diffusers DIR "
+            "(a UNet2DConditionModel), not for a run folder"
+        )
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
     prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
     s = run.config.sample

@@ -4,8 +4,11 @@ The folder loads through `diffguide.adapters.diffusers.load_diffusers` (a UNet2D
 UNet2DConditionModel with its scheduler config; nothing is downloaded) and is sampled by
 `diffguide.sampling.generate`, exactly as the library path `generate(load_diffusers(DIR).denoiser, ...)`.
 Options that need a run (its checkpoints, its null class, its attribute vocabulary) are refused
-with a message; --class works for class-conditional UNet2DModels, --guidance auto with --guide DIR
-(a weaker diffusers model of the same shape) is autoguidance.
+with a message. Conditions: --class K for class-conditional UNets (num_class_embeds);
+--encoder-hidden-states FILE, which a UNet2DConditionModel needs (e.g. a text encoder's output, the
+same for every sample). Guidance: --guidance auto with --guide DIR (a weaker diffusers model of the
+same kind and shape) is autoguidance; --guidance cfg on a UNet2DConditionModel uses
+--null-encoder-hidden-states FILE (default zeros) as the null condition.
 """
 
 from __future__ import annotations
@@ -30,6 +33,64 @@ def add_sample_args(p) -> None:
         help="sample a local diffusers model folder (pipeline or UNet + scheduler_config.json) instead of "
         f"a run; defaults --sampler {DEFAULT_SAMPLER} --steps {DEFAULT_STEPS} --grid {DEFAULT_GRID}",
     )
+    p.add_argument(
+        "--encoder-hidden-states",
+        metavar="FILE",
+        help="with --diffusers and a UNet2DConditionModel: the condition (e.g. a text embedding) as .npy or "
+        ".safetensors of shape [L, D] or [1, L, D], used for every sample",
+    )
+    p.add_argument(
+        "--null-encoder-hidden-states",
+        metavar="FILE",
+        help="with --diffusers, a UNet2DConditionModel and --guidance cfg: the null condition, same format "
+        "(default zeros shaped like --encoder-hidden-states; text models want the empty-prompt embedding)",
+    )
+
+
+HIDDEN_STATES_SHAPE = "shape [L, D] or [1, L, D]"
+
+
+def load_hidden_states(path: str, flag: str, dim: int | None) -> torch.Tensor:
+    """A .npy / .safetensors file of encoder hidden states as a float32 [1, L, D] tensor."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in (".npy", ".safetensors"):
+        raise ConfigError(f"{flag} takes a .npy or .safetensors file, got {path!r}")
+    if not file.is_file():
+        raise ConfigError(f"{flag} file {path!r} does not exist")
+    try:
+        if suffix == ".npy":
+            value = torch.from_numpy(np.load(file, allow_pickle=False))
+        else:
+            tensors = load_file(str(file))
+            if "encoder_hidden_states" in tensors:
+                value = tensors["encoder_hidden_states"]
+            elif len(tensors) == 1:
+                (value,) = tensors.values()
+            else:
+                raise ConfigError(
+                    f"{flag} file {path!r} holds tensors {sorted(tensors)}; give one tensor, or name it "
+                    "'encoder_hidden_states'"
+                )
+    except (ValueError, OSError, SafetensorError) as e:
+        raise ConfigError(f"{flag} file {path!r} is not a readable {suffix} array ({e})") from None
+    if not value.is_floating_point():
+        raise ConfigError(f"{flag} must hold floating-point values, got {value.dtype} in {path!r}")
+    if value.ndim == 2:
+        value = value[None]
+    if value.ndim != 3 or value.shape[0] != 1 or value.shape[1] < 1:
+        raise ConfigError(f"{flag} must have {HIDDEN_STATES_SHAPE}, got {list(value.shape)} in {path!r}")
+    if dim is not None and value.shape[2] != dim:
+        raise ConfigError(
+            f"{flag} has D = {value.shape[2]} but the model's cross-attention takes D = {dim} "
+            f"(shape [L, {dim}]), in {path!r}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ConfigError(f"{flag} holds NaN or infinite values, in {path!r}")
+    return value.float()
 
 
 # options of `sample` that only make sense for a diffguide run: (attribute, flag, why)
@@ -65,11 +126,52 @@ def check_args(args) -> None:
         )
 
 
-def class_condition(args, model, n: int):
-    """--class K for a class-conditional UNet2DModel (num_class_embeds), as labels [n]."""
+def _unet_config(model) -> dict:
+    return model.denoiser.net.unet.config
+
+
+def hidden_states_dim(model) -> int | None:
+    """D of the encoder hidden states a UNet2DConditionModel takes (None where it is not one number)."""
+    config = _unet_config(model)
+    dim = config.get("encoder_hid_dim") or config.get("cross_attention_dim")
+    return dim if isinstance(dim, int) else None
+
+
+def build_condition(args, model, n: int):
+    """(cond for generate, class labels [n] or None) from --class and --encoder-hidden-states."""
+    text_model = model.unet_class == "UNet2DConditionModel"
+    file = getattr(args, "encoder_hidden_states", None)
+    if file is not None and not text_model:
+        raise ConfigError(
+            f"--encoder-hidden-states is for a UNet2DConditionModel; {args.diffusers!r} holds a {model.unet_class}"
+        )
+    hidden = None
+    if text_model:
+        dim = hidden_states_dim(model)
+        if file is None:
+            shape = f"shape [L, {dim}] or [1, L, {dim}]" if dim else HIDDEN_STATES_SHAPE
+            raise ConfigError(
+                f"{args.diffusers!r} holds a UNet2DConditionModel, which needs a condition: pass "
+                f"--encoder-hidden-states FILE (.npy or .safetensors, {shape}, e.g. a text encoder's "
+                "output for the prompt)"
+            )
+        hidden = load_hidden_states(file, "--encoder-hidden-states", dim).expand(n, -1, -1)
+    labels = class_labels(args, model, n)
+    if hidden is not None and labels is not None:
+        return {"encoder_hidden_states": hidden, "class_labels": labels}, labels
+    return (hidden if hidden is not None else labels), labels
+
+
+def class_labels(args, model, n: int):
+    """--class K for a class-conditional UNet (num_class_embeds), as labels [n]; required by such a UNet."""
+    classes = _unet_config(model).get("num_class_embeds") or 0
     if getattr(args, "class_label", None) is None:
+        if classes:
+            raise ConfigError(
+                f"{args.diffusers!r} holds a class-conditional {model.unet_class} ({classes} classes, "
+                f"num_class_embeds): pass --class K with K in 0..{classes - 1}"
+            )
         return None
-    classes = model.denoiser.net.unet.config.get("num_class_embeds") or 0
     if not classes:
         raise ConfigError(
             f"--class needs a class-conditional UNet2DModel (num_class_embeds); {args.diffusers!r} has none"
@@ -79,22 +181,47 @@ def class_condition(args, model, n: int):
     return torch.full((n,), args.class_label, dtype=torch.long)
 
 
-def guided_denoiser(args, model):
-    """The model's denoiser, or autoguidance by a weaker diffusers model (--guidance auto --guide DIR)."""
+def guided_denoiser(args, model, cond=None):
+    """The model's denoiser, autoguidance by a weaker diffusers model (--guidance auto --guide DIR), or
+    classifier-free guidance of a UNet2DConditionModel by its null condition (--guidance cfg); cond is
+    build_condition's."""
     from .. import guidance as G
-    from ..adapters.diffusers import load_diffusers
+    from ..adapters.diffusers import NullTextConditioned, load_diffusers
 
     kind = getattr(args, "guidance", "none") or "none"
     rescale = getattr(args, "rescale", 0.0) or 0.0
+    null_file = getattr(args, "null_encoder_hidden_states", None)
+    if null_file is not None and kind != "cfg":
+        raise ConfigError(
+            f"--null-encoder-hidden-states is the guide's condition of --guidance cfg, not {kind}"
+        )
     if kind == "none":
         if rescale:
-            raise ConfigError("--rescale applies to --guidance auto with --diffusers, not none")
+            raise ConfigError("--rescale applies to --guidance auto or cfg with --diffusers, not none")
         return model.denoiser
-    if kind != "auto":
+    if kind not in ("auto", "cfg"):
         raise ConfigError(
-            f"--guidance {kind} is not available with --diffusers (a diffusers UNet has no null condition "
-            "the CLI knows); use --guidance auto --guide DIR, or diffguide.guidance in Python"
+            f"--guidance {kind} is not available with --diffusers; use --guidance auto --guide DIR, "
+            "--guidance cfg for a UNet2DConditionModel, or diffguide.guidance in Python"
         )
+    w = G.check_weight(args.w, "--w")
+    interval = G.check_interval(args.interval)
+    if kind == "cfg":
+        if model.unet_class != "UNet2DConditionModel":
+            raise ConfigError(
+                f"--guidance cfg with --diffusers needs a UNet2DConditionModel (its null condition is "
+                f"--null-encoder-hidden-states, default zeros); {args.diffusers!r} holds a {model.unet_class}, "
+                "whose null class the CLI cannot know (use diffguide.guidance in Python)"
+            )
+        if getattr(args, "guide", None) is not None:
+            raise ConfigError("--guide is the weaker model of --guidance auto; --guidance cfg takes none")
+        hidden = cond["encoder_hidden_states"] if isinstance(cond, dict) else cond  # [n, L, D]
+        if null_file is None:
+            null = torch.zeros_like(hidden[:1])
+        else:
+            null = load_hidden_states(null_file, "--null-encoder-hidden-states", hidden_states_dim(model))
+        guide = NullTextConditioned(model.denoiser, null)
+        return G.guidance(model.denoiser, guide, w, interval=interval, rescale=rescale)
     if getattr(args, "guide", None) is None:
         raise ConfigError("--guidance auto with --diffusers needs --guide DIR: a weaker diffusers model")
     guide = load_diffusers(args.guide)
@@ -102,8 +229,11 @@ def guided_denoiser(args, model):
         raise ConfigError(
             f"the guide {args.guide!r} makes {guide.shape} samples but the model makes {model.shape}"
         )
-    w = G.check_weight(args.w, "--w")
-    interval = G.check_interval(args.interval)
+    if guide.unet_class != model.unet_class:
+        raise ConfigError(
+            f"the guide {args.guide!r} is a {guide.unet_class} but the model a {model.unet_class}; "
+            "autoguidance feeds both the same condition"
+        )
     return G.autoguidance(model.denoiser, guide.denoiser, w, interval=interval, rescale=rescale)
 
 
@@ -118,8 +248,8 @@ def cmd_sample_diffusers(args) -> int:
     out = Path(args.out)
     make_output_folder(out)
     model = load_diffusers(args.diffusers)
-    denoiser = guided_denoiser(args, model)
-    cond = class_condition(args, model, args.n)
+    cond, labels = build_condition(args, model, args.n)
+    denoiser = guided_denoiser(args, model, cond)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
     callback = None
@@ -139,8 +269,8 @@ def cmd_sample_diffusers(args) -> int:
     )  # [n, C, H, W], in the model's data range (usually [-1, 1])
     if out.suffix.lower() == ".npz":
         arrays = {"samples": x.numpy()}
-        if cond is not None:
-            arrays["labels"] = cond.numpy()
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
         try:
             np.savez(out, **arrays)
         except OSError as e:

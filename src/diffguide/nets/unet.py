@@ -2,6 +2,8 @@
 
 Residual blocks with GroupNorm and an adaptive scale-shift from the embedding, self-attention at
 chosen resolutions, dropout, `num_blocks` blocks per resolution and a channel multiplier per level.
+GroupNorms have min(32, C/4) groups for each layer's C (EDM), or one count for every layer
+(`norm_groups`, diffusers' `norm_num_groups`, which an export to diffusers needs: adapters/export.py).
 The embedding is the noise level (sinusoidal or Fourier) plus the condition:
 
 - class labels: an `nn.Embedding` with one extra row, index `num_classes`, the null class (label
@@ -25,23 +27,31 @@ from torch.nn import functional as F
 from .embedding import make_embedding
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups of at least 4 channels (EDM's choice), dividing `channels`."""
-    groups = max(1, min(32, channels // 4))
-    while channels % groups:
-        groups -= 1
+def group_norm(channels: int, groups: int = 0) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups; 0: up to 32 groups of at least 4 channels (EDM's choice), dividing
+    `channels`."""
+    if groups:
+        if channels % groups:
+            raise ValueError(
+                f"norm_groups={groups} does not divide a layer's {channels} channels; use a divisor of every "
+                "channel count (e.g. of model.channels), or 0 for min(32, C/4) groups per layer"
+            )
+    else:
+        groups = max(1, min(32, channels // 4))
+        while channels % groups:
+            groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv, plus skip."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, norm_groups: int = 0):
         super().__init__()
-        self.norm1 = group_norm(cin)
+        self.norm1 = group_norm(cin, norm_groups)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2 = group_norm(cout)
+        self.norm2 = group_norm(cout, norm_groups)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -59,10 +69,10 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions (heads of 32 channels, at least one)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 0):
         super().__init__()
         self.heads = max(1, channels // 32)
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -156,6 +166,7 @@ class UNet(nn.Module):
         num_classes: int = 0,
         num_types: int = 0,
         num_accessories: int = 0,
+        norm_groups: int = 0,
     ):
         super().__init__()
         if not channel_mult:
@@ -168,6 +179,7 @@ class UNet(nn.Module):
         )
         self.cond_emb = ConditionEmbedding(emb_dim, num_classes, num_types, num_accessories)
         attn = set(int(r) for r in attn_resolutions)
+        g = int(norm_groups)  # GroupNorm groups of every layer; 0: min(32, C/4) per layer
 
         self.conv_in = nn.Conv2d(in_channels, channels * channel_mult[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -175,10 +187,10 @@ class UNet(nn.Module):
         c, res = channels * channel_mult[0], resolution
         for level, mult in enumerate(channel_mult):
             for _ in range(num_blocks):
-                layer = nn.ModuleList([ResBlock(c, channels * mult, emb_dim, dropout)])
+                layer = nn.ModuleList([ResBlock(c, channels * mult, emb_dim, dropout, g)])
                 c = channels * mult
                 if res in attn:
-                    layer.append(Attention(c))
+                    layer.append(Attention(c, g))
                 self.down.append(layer)
                 skips.append(c)
             if level < len(channel_mult) - 1:
@@ -186,20 +198,20 @@ class UNet(nn.Module):
                 skips.append(c)
                 res = (res + 1) // 2
         self.mid = nn.ModuleList(
-            [ResBlock(c, c, emb_dim, dropout), Attention(c), ResBlock(c, c, emb_dim, dropout)]
+            [ResBlock(c, c, emb_dim, dropout, g), Attention(c, g), ResBlock(c, c, emb_dim, dropout, g)]
         )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_blocks + 1):
-                layer = nn.ModuleList([ResBlock(c + skips.pop(), channels * mult, emb_dim, dropout)])
+                layer = nn.ModuleList([ResBlock(c + skips.pop(), channels * mult, emb_dim, dropout, g)])
                 c = channels * mult
                 if res in attn:
-                    layer.append(Attention(c))
+                    layer.append(Attention(c, g))
                 self.up.append(layer)
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(c)]))
                 res = res * 2
-        self.norm_out = group_norm(c)
+        self.norm_out = group_norm(c, g)
         self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -251,17 +263,29 @@ def build_unet(cfg, dataset) -> UNet:
             "U-Net needs model.channels >= 1, model.num_blocks >= 1 and a non-empty model.channel_mult; "
             f"got {m.channels}, {m.num_blocks}, {m.channel_mult}"
         )
-    return UNet(
-        in_channels=dataset.shape[0],
-        resolution=dataset.shape[1],
-        channels=m.channels,
-        channel_mult=tuple(int(v) for v in m.channel_mult),
-        num_blocks=m.num_blocks,
-        attn_resolutions=tuple(int(v) for v in m.attn_resolutions),
-        dropout=m.dropout,
-        emb_dim=m.emb_dim,
-        embedding=m.embedding,
-        num_classes=num_classes,
-        num_types=num_types,
-        num_accessories=num_accessories,
-    )
+    # model.norm_groups: GroupNorm groups of every layer (diffusers' norm_num_groups, needed to export);
+    # 0 = min(32, C/4) per layer. Read with a default so a config without the key builds the same net.
+    norm_groups = getattr(m, "norm_groups", 0)
+    if isinstance(norm_groups, bool) or not isinstance(norm_groups, int) or norm_groups < 0:
+        raise ConfigError(
+            f"model.norm_groups must be 0 (min(32, C/4) groups per layer) or a group count >= 1 dividing "
+            f"every layer's channels, got {norm_groups!r}"
+        )
+    try:
+        return UNet(
+            in_channels=dataset.shape[0],
+            resolution=dataset.shape[1],
+            channels=m.channels,
+            channel_mult=tuple(int(v) for v in m.channel_mult),
+            num_blocks=m.num_blocks,
+            attn_resolutions=tuple(int(v) for v in m.attn_resolutions),
+            dropout=m.dropout,
+            emb_dim=m.emb_dim,
+            embedding=m.embedding,
+            num_classes=num_classes,
+            num_types=num_types,
+            num_accessories=num_accessories,
+            norm_groups=norm_groups,
+        )
+    except ValueError as e:  # a norm_groups that does not divide some layer's channels
+        raise ConfigError(f"model.norm_groups: {e}") from None

@@ -1,0 +1,31 @@
+"""`diffguide export-diffusers RUN OUT_DIR`: write a DDPM-type U-Net run as a diffusers DDPMPipeline folder."""
+
+from __future__ import annotations
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "export-diffusers",
+        help="write a DDPM-type U-Net run as a folder diffusers loads (UNet2DModel + DDPMScheduler)",
+        description="Export a run to a DDPMPipeline folder: unet/ (config.json, "
+        "diffusion_pytorch_model.safetensors), scheduler/scheduler_config.json, model_index.json. The "
+        "weights map exactly for DDPM runs with target eps, v or x0, class labels or no condition, one "
+        "GroupNorm group count for every layer (model.norm_groups) and positional noise embedding; any "
+        "other run is refused with every reason listed. See diffguide.adapters.export and docs/interop.md.",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
+    p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    p.set_defaults(func=cmd_export_diffusers)
+
+
+def cmd_export_diffusers(args) -> int:
+    from ..adapters.export import export_run
+
+    out = export_run(args.run, args.out, args.checkpoint, use_ema=not args.raw)
+    print(
+        f"wrote {out} (model_index.json, unet/, scheduler/); load it with "
+        f"diffusers.DDPMPipeline.from_pretrained({str(out)!r}) or `diffguide sample --diffusers {out}`"
+    )
+    return 0
