@@ -8,6 +8,7 @@ in tiny/guidance.json as `diffguide train --with-amateur` does) and `tiny-uncond
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import time
@@ -123,6 +124,76 @@ def test_runs_page_lists_runs_with_loss_and_samples(runs):
     assert_clean(at)
     assert len(at.image) == 1 and "tiny/samples.png" in at.image[0].captions[0]
     assert any(str(runs) in c.value and "tensorboard --logdir" in c.value for c in at.code)
+    # the loss chart: one point per logged step of metrics.jsonl, on a log axis
+    (chart,) = at.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["mark"]["type"] == "line" and spec["encoding"]["y"]["scale"]["type"] == "log"
+    (data,) = chart.proto.datasets
+    assert data.name == spec["data"]["name"]
+    import pyarrow as pa
+
+    points = pa.ipc.open_stream(data.data.data).read_all().to_pydict()
+    logged = [r for r in read_metrics(runs / "tiny") if "loss" in r]
+    assert points["step"] == [r["step"] for r in logged] and len(logged) > 2
+    np.testing.assert_allclose(points["loss"], [r["loss"] for r in logged])
+
+
+def test_runs_page_starts_and_stops_tensorboard(runs):
+    from diffguide.dashboard import tensorboard
+
+    registry = JobRegistry(RunsFolder(runs))
+    at = open_page("runs")
+    at.button(key="tb-start").click().run()  # returns once TensorBoard answers
+    assert_clean(at)
+    try:
+        (job,) = registry.running(("tensorboard",))
+        (link,) = at.get("link_button")
+        assert (
+            link.proto.url == f"http://127.0.0.1:{job.extra['port']}/"
+            and "Open TensorBoard" in link.proto.label
+        )
+        assert tensorboard.answers(link.proto.url)  # a real server answers HTTP there
+        assert job.argv[-6:] == [
+            "--logdir",
+            str(runs),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(job.extra["port"]),
+        ]
+        at = open_page("runs")  # a new session finds the running TensorBoard instead of starting another
+        at.button(key="tb-stop").click().run()
+        assert_clean(at)
+        assert not is_our_process(job) and not tensorboard.answers(link.proto.url)
+        assert at.button(key="tb-start") and not at.get("link_button")
+    finally:
+        for j in registry.running(None):
+            os.kill(j.pid, 9)
+
+
+def test_links_out_of_the_runs_folder_are_refused_in_the_pages(runs, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("samples.png", "checkpoints"):
+        shutil.move(runs / "tiny" / name, outside / name)
+        (runs / "tiny" / name).symlink_to(outside / name)
+    registry = JobRegistry(RunsFolder(runs))
+    at = open_page("runs", check=False, run="tiny")
+    assert not at.exception and not at.image  # the outside picture is not shown
+    refused = f"it is a symlink to {str(outside / 'checkpoints')!r}, outside the runs folder {str(runs)!r}"
+    assert any(e.startswith("refused 'tiny/") and "outside the runs folder" in e for e in errors(at))
+    # TensorBoard would read every file below the folder: refused too, nothing started
+    at.button(key="tb-start").click().run()
+    assert any(e.startswith("TensorBoard: refused 'tiny/") for e in errors(at)) and not at.get("link_button")
+    assert registry.jobs(None) == []
+    at = open_page("generate", check=False, run="tiny")
+    assert not at.exception and "generate" not in [b.key for b in at.button]
+    assert any(e.startswith("refused 'tiny/") for e in errors(at)), errors(at)
+    (runs / "tiny" / "samples.png").unlink()
+    shutil.move(outside / "samples.png", runs / "tiny" / "samples.png")
+    at = open_page("generate", check=False, run="tiny")
+    assert any(e == f"refused 'tiny/checkpoints': {refused}; replace the link by the files themselves"
+               for e in errors(at)), errors(at)  # fmt: skip
 
 
 def test_empty_folder_explains_what_to_do(tmp_path, monkeypatch):
@@ -167,11 +238,18 @@ def test_generate_matches_the_library_and_guidance_identities(runs):
         at.button(key="generate").click().run()
         assert_clean(at)
         np.testing.assert_allclose(result_samples(at), page, rtol=1e-5, atol=1e-5)
-    # autoguidance at w = 2 differs, and is guide + 2 (main - guide) of the two runs
+    # autoguidance at w = 2 with the amateur (the first guide offered) is the library's
+    # guide + 2 (main - guide) of the two runs, from the same seeds; and it differs from no guidance
+    from diffguide import guidance
+
+    assert at.selectbox(key="gen-guide").value == "tiny-amateur"
     at.slider(key="gen-w").set_value(2.0).run()
     at.button(key="generate").click().run()
     assert_clean(at)
     assert "autoguidance w=2" in at.image[0].captions[0]
+    guided = guidance.autoguidance(run.denoiser, load_run(runs / "tiny-amateur").denoiser, 2.0)
+    expected = generate(guided, 300, (2,), sigmas=sigmas, sampler="euler", seed=7, cond=1)
+    np.testing.assert_allclose(result_samples(at), expected.numpy(), rtol=1e-5, atol=1e-5)
     assert not np.allclose(result_samples(at), page, atol=1e-3)
 
 
@@ -277,6 +355,25 @@ def test_compare_side_by_side_and_sweep(runs):
     panels = at.session_state["cmp-result"]
     assert [p["title"] for p in panels] == ["no guidance", "CFG w=2", "autoguidance w=2"]
     assert all("precision" in p["note"] and "coverage" in p["note"] for p in panels)
+    # the autoguidance panel scores the library's guided samples from the same seeds (class "all classes")
+    from diffguide import guidance
+    from diffguide.metrics2d import MixtureMetrics, class_labels
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    run, amateur = load_run(runs / "tiny"), load_run(runs / "tiny-amateur")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 4, run.process, s.sigma_min, s.sigma_max, s.rho)
+    labels = class_labels(run.dataset.mixture, 400)
+    metrics = MixtureMetrics(run.dataset.mixture, n_reference=10_000)
+
+    def library_metrics(w: float) -> dict:
+        guided = guidance.autoguidance(run.denoiser, amateur.denoiser, w)
+        x = generate(guided, 400, (2,), sigmas=sigmas, sampler=s.sampler, seed=0, cond=labels)
+        return metrics.evaluate(x, labels)
+
+    m = library_metrics(2.0)
+    assert panels[2]["note"] == f"precision {m['precision']:.3f} · coverage {m['coverage']:.3f}"
     at.text_input(key="cmp-weights").set_value("1, 2.5").run()
     at.button(key="cmp-sweep").click().run()
     assert_clean(at)
@@ -286,9 +383,82 @@ def test_compare_side_by_side_and_sweep(runs):
     # w = 1 is the unguided model for both methods: identical samples, identical metrics
     assert rows[0]["precision"] == rows[2]["precision"] and rows[0]["coverage"] == rows[2]["coverage"]
     assert all(0 <= r["precision"] <= 1 and 0 <= r["coverage"] <= 1 for r in rows)
+    m = library_metrics(2.5)
+    assert rows[3]["precision"] == pytest.approx(m["precision"]) and rows[3]["coverage"] == pytest.approx(
+        m["coverage"]
+    )
     at.text_input(key="cmp-weights").set_value("1, two").run()
     at.button(key="cmp-sweep").click().run()
     assert not at.exception and any("'two' is not a number" in e for e in errors(at))
+
+
+def train_digits(out: Path) -> None:
+    """A 2-step class-conditional digits run (checkpoints at steps 1 and 2) and a tiny feature classifier."""
+    from diffguide.config import apply_overrides, load_preset
+    from diffguide.image_classifier import train_classifier
+    from diffguide.train import train
+
+    sets = ["train.steps=2", "model.channels=8", "train.batch_size=16", "train.ckpt_every=1",
+            "train.keep_last=2", "sample.steps=3", "sample.n=4", "train.log_every=1"]  # fmt: skip
+    cfg = apply_overrides(load_preset("digits-cfg"), sets)
+    train(cfg, out / "digits", progress=False)
+    train_classifier(
+        cfg.data, out / "classifier-digits", steps=20, batch_size=32, width=8, feature_dim=16, log=None
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory) -> Path:
+    return shared_runs(tmp_path_factory, "dashboard-digits", train_digits)
+
+
+def test_compare_image_run_side_by_side_and_sweep(digits_runs, tmp_path, monkeypatch):
+    from diffguide import guidance
+    from diffguide.image_classifier import load_classifier
+    from diffguide.metrics_images import conditional_accuracy, feature_metrics
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    folder = copy_runs(digits_runs, tmp_path / "runs")
+    monkeypatch.setenv(ENV_RUNS, str(folder))
+    at = open_page("compare", run="digits")
+    # the guide: the run's own earlier checkpoint (no other digits run here)
+    assert at.selectbox(key="cmp-guide").options == ["digits@ckpt-00000001.safetensors", "(none)"]
+    at.number_input(key="cmp-n").set_value(8)
+    at.selectbox(key="cmp-sampler-digits").set_value("euler")
+    at.number_input(key="cmp-steps-digits").set_value(3).run()
+    at.button(key="cmp-go").click().run()
+    assert_clean(at)
+    panels = at.session_state["cmp-result"]
+    assert [p["title"] for p in panels] == ["no guidance", "CFG w=2", "autoguidance w=2"]
+    assert all("accuracy" in p["note"] and "fid_digits_clf" in p["note"] for p in panels)
+    assert len(at.image) == 3
+    at.text_input(key="cmp-weights").set_value("1, 3").run()
+    at.button(key="cmp-sweep").click().run()
+    assert_clean(at)
+    result = at.session_state["cmp-sweep-result"]
+    rows = result["rows"]
+    assert [(r["guidance"], r["w"]) for r in rows] == [("CFG", 1.0), ("CFG", 3.0), ("autoguidance", 1.0),
+                                                       ("autoguidance", 3.0)]  # fmt: skip
+    assert result["png"][:8] == b"\x89PNG\r\n\x1a\n"
+    # w = 1 is the unguided model for both: the same samples, the same scores
+    assert (
+        rows[0]["accuracy"] == rows[2]["accuracy"] and rows[0]["fid_digits_clf"] == rows[2]["fid_digits_clf"]
+    )
+    # CFG at w = 3: the library's guided samples from the same seeds (all classes: 0, 1, ..., 7), scored by
+    # the classifier's accuracy on the requested classes and its feature FID against held-out images
+    run = load_run(folder / "digits")
+    classifier, _ = load_classifier(folder / "classifier-digits")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 3, run.process, s.sigma_min, s.sigma_max, s.rho)
+    labels = torch.arange(8) % run.num_classes
+    guided = guidance.classifier_free_guidance(run.denoiser, 3.0, run.num_classes)
+    x = generate(guided, 8, run.dataset.shape, sigmas=sigmas, sampler="euler", seed=0, cond=labels)
+    features, pred = classifier.predict(x)
+    real_features = classifier.predict(run.dataset.heldout(2000)[0])[0].numpy()
+    expected = feature_metrics(real_features, features.numpy(), "digits_clf")
+    assert rows[1]["fid_digits_clf"] == pytest.approx(expected["fid_digits_clf"], rel=1e-6)
+    assert rows[1]["accuracy"] == conditional_accuracy(pred, labels)["accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ and only processes the dashboard started (and that are still those processes) ca
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -92,60 +94,217 @@ def test_state_dir_symlink_is_refused(tmp_path, runs):
 
 
 # ---------------------------------------------------------------------------------------------
-# processes: only our own, verified by start time and command line
+# links inside a run folder (or the dashboard's own folder) that lead out of the runs folder
 
 
-def test_registry_stops_its_own_process_and_refuses_a_changed_one(tmp_path):
-    registry = JobRegistry(RunsFolder(tmp_path))
-    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
-    job = registry._spawn("sleeper", argv, "train", {})
+@pytest.fixture
+def real_runs(tmp_path, tmp_path_factory):
+    """A runs folder holding a copy of the tiny run the AppTest tests train once per session, and an empty
+    folder outside it."""
+    from test_dashboard_apptest import shared_runs, train_source_runs
+
+    source = shared_runs(tmp_path_factory, "dashboard-runs", train_source_runs)
+    root = tmp_path / "runs"
+    shutil.copytree(source / "tiny", root / "tiny")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    return RunsFolder(root), outside
+
+
+def move_out(folder: RunsFolder, rel: str, outside: Path) -> Path:
+    """Move RUNS/tiny/REL outside the runs folder and leave a symlink to it: the outside copy is intact."""
+    inner = folder.root / "tiny" / rel
+    target = outside / inner.name
+    shutil.move(inner, target)
+    inner.symlink_to(target)
+    return target
+
+
+def tree_state(path: Path) -> dict:
+    """Name -> (size, mtime_ns) of everything below `path`: shows whether anything was written there."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
+
+
+@pytest.mark.parametrize("rel", ["checkpoints", "metrics.jsonl", "samples.png", "config.json",
+                                 "checkpoints/latest"])  # fmt: skip
+def test_links_out_inside_a_run_are_refused_for_reading_and_launching(real_runs, rel):
+    from diffguide.dashboard import catalog
+
+    folder, outside = real_runs
+    target = move_out(folder, rel, outside)
+    if rel == "metrics.jsonl":  # a value the page would show if it read the outside file
+        target.write_text('{"step": 1, "loss": 123.456}\n')
+    before = tree_state(outside)
+    shown = f"refused 'tiny/{rel}': it is a symlink to {str(target)!r}, outside the runs folder"
+    with pytest.raises(UnsafePath, match=re.escape(shown)):
+        folder.run_dir("tiny")
+    with pytest.raises(UnsafePath, match=re.escape(shown)):
+        folder.file("tiny", "samples.png")
+    row = catalog.summarize(folder, "tiny")  # the Runs table: a row saying why, nothing read
+    assert row.error.startswith(shown) and row.last_loss is None and row.checkpoints == []
+    registry = JobRegistry(folder)
+    with pytest.raises(UnsafePath, match=re.escape(shown)):
+        registry.resume("tiny")
+    with pytest.raises(UnsafePath, match=re.escape(shown)):
+        registry.launch("tiny", "tiny", [])
+    assert registry.jobs() == [] and tree_state(outside) == before
+
+
+def test_links_out_in_a_new_run_or_its_amateur_refuse_the_launch(real_runs):
+    folder, outside = real_runs
+    registry = JobRegistry(folder)
+    for name in ("fresh", "fresh-amateur"):  # a prepared folder whose checkpoints/ leads out
+        (folder.root / name).mkdir()
+        (folder.root / name / "checkpoints").symlink_to(outside)
+    with pytest.raises(UnsafePath, match="refused 'fresh/checkpoints'"):
+        registry.launch("tiny", "fresh", [])
+    shutil.rmtree(folder.root / "fresh")
+    with pytest.raises(UnsafePath, match="refused 'fresh-amateur/checkpoints'"):
+        registry.launch("tiny", "fresh", [], ["--with-amateur"])
+    assert registry.jobs() == [] and list(outside.iterdir()) == []
+
+
+def test_a_link_that_stays_inside_is_followed_and_checked(real_runs):
+    """A link to a folder inside the runs folder is fine, but a link out below that folder is not."""
+    folder, outside = real_runs
+    shutil.move(folder.root / "tiny" / "checkpoints", folder.root / "kept")
+    (folder.root / "tiny" / "checkpoints").symlink_to(folder.root / "kept")
+    assert folder.run_dir("tiny") == folder.root / "tiny"
+    (folder.root / "kept" / "extra").symlink_to(outside)
+    with pytest.raises(UnsafePath, match="refused 'tiny/checkpoints/extra'"):
+        folder.run_dir("tiny")
+    (folder.root / "kept" / "extra").unlink()
+    (folder.root / "kept" / "loop").symlink_to(folder.root / "tiny")  # a loop inside ends
+    assert folder.run_dir("tiny") == folder.root / "tiny"
+
+
+@pytest.mark.parametrize("rel", ["logs", "jobs.json", "logs/next.log"])
+def test_links_out_of_the_dashboard_folder_are_refused(real_runs, rel, monkeypatch):
+    folder, outside = real_runs
+    state = folder.state_dir()
+    if rel != "logs":
+        (state / "logs").mkdir()
+    target = outside / "target"
+    if rel == "jobs.json":
+        target.write_text('{"jobs": []}')
+    elif rel == "logs":
+        target.mkdir()
+    (state / rel).symlink_to(target)
+    before = tree_state(outside)
+    registry = JobRegistry(folder)
+    with pytest.raises(UnsafePath, match=re.escape(f"refused '.dashboard/{rel}': it is a symlink to")):
+        registry.launch("tiny", "new-run", ["train.steps=5"])
+    with pytest.raises(UnsafePath, match="refused '.dashboard/"):
+        registry.jobs()
+    assert tree_state(outside) == before
+    assert not (folder.root / "new-run").exists()  # nothing was started
+
+
+# ---------------------------------------------------------------------------------------------
+# processes: only our own, verified by start time, command line, command and the job's token
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+    """`python -m diffguide train ...` resolves to a package that only sleeps (PYTHONPATH comes before
+    the installed diffguide): a process with exactly a training job's command line, started in a moment."""
+    package = tmp_path / "fake" / "diffguide"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(package.parent))
+    return tmp_path
+
+
+def train_argv(root: Path) -> list[str]:
+    return [sys.executable, "-m", "diffguide", "train", "--out", str(root), "--name", "x"]
+
+
+def wait_gone(job, timeout: float = 20) -> bool:
+    deadline = time.time() + timeout
+    while is_our_process(job) and time.time() < deadline:
+        time.sleep(0.05)
+    return not is_our_process(job)
+
+
+def test_registry_stops_its_own_process_and_refuses_a_changed_one(fake_trainer):
+    folder = RunsFolder(fake_trainer / "runs")
+    registry = JobRegistry(folder)
+    job = registry.spawn("sleeper", train_argv(folder.root), "train", {})
     try:
         assert is_our_process(job) and registry.status(job) == "running"
-        # the same PID with another start time or command line is not ours: refused, not signalled
+        # the same PID with another start time, command line or token hash is not ours: not signalled
         for fake in (
             Job(**{**job.__dict__, "start_ticks": (job.start_ticks or 0) + 1, "id": "fake1"}),
             Job(**{**job.__dict__, "argv": ["python", "-m", "other"], "id": "fake2"}),
+            Job(**{**job.__dict__, "token_sha256": "0" * 64, "id": "fake3"}),
         ):
             registry._save([fake, *registry.jobs()])
             with pytest.raises(ConfigError, match="not running"):
                 registry.stop(fake.id)
         assert job.pid in {j.pid for j in registry.running()}
         registry.stop(job.id)
-        deadline = time.time() + 20
-        while is_our_process(job) and time.time() < deadline:
-            time.sleep(0.05)
-        assert not is_our_process(job)
+        assert wait_gone(job)
         assert registry.get(job.id).stop_requested > 0
     finally:
         if is_our_process(job):
             os.kill(job.pid, 9)
 
 
-def test_registry_refuses_processes_it_did_not_start(tmp_path):
-    """A registry entry naming another process (here: this test's own) is never signalled."""
-    registry = JobRegistry(RunsFolder(tmp_path))
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_forged_entries_for_other_processes_are_not_stopped(fake_trainer):
+    """jobs.json is a plain file: an entry naming another process with its real start time and command
+    line (even a training command line, even the real job's token hash) must not get it signalled."""
+    from diffguide.dashboard.jobs import _cmdline, _start_ticks
+
+    folder = RunsFolder(fake_trainer / "runs")
+    registry = JobRegistry(folder)
+    real = registry.spawn("real", train_argv(folder.root), "train", {})
+    lookalike = subprocess.Popen(train_argv(folder.root), cwd=folder.root)  # same command, no token
+    sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        for pid in (os.getpid(), other.pid):
-            job = Job(
-                f"job{pid}",
-                "x",
-                pid,
-                [sys.executable, "-m", "diffguide", "train"],
-                12345,
-                time.time(),
-                "x.log",
-            )
-            registry._save([job])
-            assert not is_our_process(job)
+        deadline = time.time() + 10
+        while time.time() < deadline and _cmdline(lookalike.pid) != train_argv(folder.root):
+            time.sleep(0.01)
+        forged = [  # each with its process's real start time and command line, and the real job's hash
+            Job(f"forged{i}", "f", pid, _cmdline(pid), _start_ticks(pid), time.time(), "x.log")
+            for i, pid in enumerate((lookalike.pid, sleeper.pid, os.getpid()))
+        ]
+        for job in forged:
+            job.token_sha256 = real.token_sha256
+        registry._save([*forged, *registry.jobs()])
+        for job in forged:
+            assert not is_our_process(registry.get(job.id))
             with pytest.raises(ConfigError, match="not running"):
                 registry.stop(job.id)
-        assert other.poll() is None  # still alive: nothing was sent
-        with pytest.raises(ConfigError, match="no training job"):
+        assert [j.id for j in registry.running()] == [real.id]
+        assert lookalike.poll() is None and sleeper.poll() is None  # still alive: nothing was sent
+        registry.stop(real.id)  # the job the dashboard started is stopped
+        assert wait_gone(real)
+        assert lookalike.poll() is None and sleeper.poll() is None
+        with pytest.raises(ConfigError, match="no job"):
             registry.stop("nonexistent")
     finally:
-        other.kill()
-        other.wait()
+        for proc in (lookalike, sleeper):
+            proc.kill()
+            proc.wait()
+        if is_our_process(real):
+            os.kill(real.pid, 9)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[sys.executable, "-c", "import time; time.sleep(60)"], ["sleep", "60"],
+     [sys.executable, "-m", "diffguide", "train", "--out", "/tmp"],
+     [sys.executable, "-m", "diffguide", "train", "--out", "relative"],
+     [sys.executable, "-m", "diffguide", "train"],
+     [sys.executable, "-m", "tensorboard.main", "--logdir", "/"]],
+)  # fmt: skip
+def test_only_its_own_commands_are_started(tmp_path, argv):
+    registry = JobRegistry(RunsFolder(tmp_path / "runs"))
+    for action in ("train", "tensorboard"):
+        with pytest.raises(ConfigError, match="the dashboard does not start this command"):
+            registry.spawn("x", argv, action, {})
+    assert registry.jobs(None) == []
 
 
 def test_launch_checks_names_and_values_before_starting(tmp_path):

@@ -11,7 +11,7 @@ from ..errors import DiffguideError
 from ..runs import load_config
 from ..train.checkpoint import list_checkpoints
 from ..train.logs import read_metrics
-from .safety import NAME, RunsFolder, inside
+from .safety import NAME, RunsFolder, UnsafePath, check_name, inside, split_run_id
 
 
 @dataclass
@@ -79,8 +79,12 @@ def _step_of(checkpoint: Path) -> int:
 
 
 def summarize(folder: RunsFolder, run_id: str) -> RunSummary:
-    """The Runs-table row of one run; an unreadable config gives a row with `error` set."""
-    path = folder.run_dir(run_id)
+    """The Runs-table row of one run; an unreadable config or a link out of the runs folder gives a row
+    with `error` set."""
+    try:
+        path = folder.run_dir(run_id)  # checks every file below it: checkpoints/, metrics.jsonl, ...
+    except UnsafePath as e:
+        return RunSummary(run_id, "?", "?", False, 0, 0, None, 0, 0.0, [], str(e))
     ckpts = list_checkpoints(path / "checkpoints")
     metrics = read_metrics(path)
     size, modified = _folder_stats(path)
@@ -220,9 +224,7 @@ def classifier_candidates(folder: RunsFolder, run_id: str) -> list[str]:
     from ..classifier2d import CONFIG_FILE, WEIGHTS_FILE
 
     def ok(path: Path) -> bool:
-        return (
-            (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file() and inside(folder.root, path)
-        )
+        return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file() and folder.contains(path)
 
     base = folder.run_dir(run_id)
     found = []
@@ -243,17 +245,14 @@ def classifier_candidates(folder: RunsFolder, run_id: str) -> list[str]:
 
 
 def classifier_dir(folder: RunsFolder, classifier_id: str) -> Path:
-    """The checked folder of a classifier id from classifier_candidates."""
-    from .safety import UnsafePath, split_run_id
-
-    path = folder.root.joinpath(*split_run_id(classifier_id))
-    if not inside(folder.root, path):
-        raise UnsafePath(f"refused classifier {classifier_id!r}: it points outside the runs folder")
-    return path
+    """The checked folder of a classifier id from classifier_candidates (no link in it leads out)."""
+    return folder.checked_dir(folder.root.joinpath(*split_run_id(classifier_id)), classifier_id)
 
 
 def image_classifier_dir(folder: RunsFolder, data_name: str) -> Path | None:
-    """RUNS/classifier-DATA, the feature classifier of the image metrics (`diffguide train-classifier`)."""
-    path = folder.root / f"classifier-{data_name}"
+    """RUNS/classifier-DATA, the feature classifier of the image metrics (`diffguide train-classifier`);
+    None when there is none, UnsafePath when a link in it leads out of the runs folder."""
+    name = f"classifier-{check_name(data_name, 'dataset name')}"
+    path = folder.root / name
     ok = (path / "classifier.json").is_file() and (path / "model.safetensors").is_file()
-    return path if ok and inside(folder.root, path) else None
+    return folder.checked_dir(path, name) if ok else None

@@ -60,16 +60,19 @@ def _load_run(run_dir: str, checkpoint: str | None, stamp: float):
 
 
 def load_run(folder: RunsFolder, run_id: str, checkpoint: str | None = None):
-    """A run's model (EMA weights), cached by folder, checkpoint and the checkpoint's modification time."""
+    """A run's model (EMA weights), cached by folder, checkpoint and the checkpoint's modification time.
+
+    run_dir refuses the run when any link in it (checkpoints/, a checkpoint file, latest) leads out of
+    the runs folder, so the library's loader below reads only checked files.
+    """
     run_dir = folder.run_dir(run_id)
-    ckpt_dir = run_dir / "checkpoints"
     if checkpoint is not None:
         path = folder.file(run_id, "checkpoints", check_name(checkpoint, "checkpoint name"))
         if not path.is_file():
             raise UnsafePath(f"run {run_id!r} has no checkpoint {checkpoint!r}")
         stamp = path.stat().st_mtime
     else:
-        latest = ckpt_dir / "latest"
+        latest = folder.file(run_id, "checkpoints", "latest")
         stamp = latest.stat().st_mtime if latest.is_file() else 0.0
     return _load_run(str(run_dir), None if checkpoint is None else str(path), stamp)
 

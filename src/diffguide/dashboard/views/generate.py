@@ -134,6 +134,9 @@ def settings_panel(folder) -> dict | None:
     if run_id is None:
         return None
     summary = catalog.summarize(folder, run_id)
+    if summary.error:
+        st.error(summary.error)
+        return None
     if not summary.checkpoints:
         st.error(f"run {run_id!r} has no checkpoint yet; wait for training to write one")
         return None

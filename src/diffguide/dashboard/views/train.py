@@ -142,7 +142,11 @@ def job_panel(folder, registry: JobRegistry, job) -> None:
                     st.rerun()
         elif status in ("stopped", "failed") and registry.running_for(job.run) is None:
             done = prog["total"] is not None and prog["step"] >= prog["total"]
-            has_ckpt = bool(list_checkpoints(folder.run_dir(job.run, must_exist=False) / "checkpoints"))
+            try:
+                has_ckpt = bool(list_checkpoints(folder.run_dir(job.run, must_exist=False) / "checkpoints"))
+            except DiffguideError as e:  # e.g. a link out of the runs folder appeared in the run
+                has_ckpt = False
+                st.error(str(e))
             if has_ckpt and not done and button.button("Resume", key=f"resume-{job.id}"):
                 with ui.readable_errors("cannot resume"):
                     registry.resume(job.run)
