@@ -259,7 +259,7 @@ def test_run_whose_only_checkpoint_is_truncated_gives_checkpoint_error(cli_run, 
     assert "warning: skipping bad checkpoint ckpt-00000060.safetensors" in err
     assert (
         f"error: run {str(run)!r} has no readable checkpoint in {str(run / 'checkpoints')!r}: "
-        "ckpt-00000060.safetensors is truncated or not a safetensors file; train the run again"
+        "ckpt-00000060.safetensors is damaged (truncated, corrupted or not a safetensors file); train the run again"
     ) in err
     err = error_of(
         ["sample", str(run), "--checkpoint", "ckpt-00000060.safetensors", "--n", "5", "--out", out], capsys

@@ -1,4 +1,4 @@
-"""Crash safety: SIGKILL mid-run then --resume equals an uninterrupted run; NaN losses stop cleanly."""
+"""Crash safety: SIGKILL mid-run then --resume equals an uninterrupted run; non-finite steps stop or skip."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from diffguide.config import apply_overrides, load_preset
-from diffguide.train import train
+from diffguide.train import loop, train
+from diffguide.train.checkpoint import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
+from diffguide.train.logs import read_metrics
 from diffguide.train.loop import TrainingDiverged
 
 SETS = [
@@ -75,18 +77,97 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
 
 
-def test_nan_skip_policy_keeps_training(tmp_path, capsys):
-    sets = [
-        "train.steps=30",
-        "train.lr=1e6",
-        "train.grad_clip=0",
-        "train.warmup_steps=0",
-        'train.on_nan="skip"',
-    ]
-    cfg = apply_overrides(load_preset("tiny"), sets)
+# A non-finite step injected at a known step: the network's forward at that training step returns NaN
+# ("loss"), or returns finite values whose gradient is infinite ("grad": a finite loss, the overflow in
+# the backward pass that bf16 can produce).
+BAD_STEP = 5
+INJECT_SETS = ["train.steps=9", "train.ckpt_every=3", "train.log_every=1", 'train.on_nan="skip"']
+
+
+def break_step(monkeypatch, kind: str, step: int = BAD_STEP) -> None:
+    real_build = loop.build_network
+
+    def build(*args, **kwargs):
+        net = real_build(*args, **kwargs)
+        calls = []
+
+        def hook(module, inputs, output):
+            if not module.training:
+                return None
+            calls.append(None)  # one forward per training step (accum_steps = 1)
+            if len(calls) != step:
+                return None
+            if kind == "loss":
+                return output * float("nan")
+            output.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+            return output
+
+        net.register_forward_hook(hook)
+        return net
+
+    monkeypatch.setattr(loop, "build_network", build)
+
+
+def train_state(run_dir, step: int) -> dict[str, torch.Tensor]:
+    tensors, meta = read_checkpoint(run_dir / "checkpoints" / checkpoint_name(step))
+    assert meta["step"] == str(step)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def skipped_by_hand(tmp_path_factory):
+    """The final state of a run whose update at BAD_STEP is left out by construction: train to
+    BAD_STEP - 1, write the BAD_STEP checkpoint by hand with those weights, EMA and optimizer state but
+    the data generator as it is after BAD_STEP's draws (taken from a normal run), resume to the end."""
+    cfg = apply_overrides(load_preset("tiny"), INJECT_SETS)
+    root = tmp_path_factory.mktemp("skip-reference")
+    train(cfg, root / "a", progress=False, stop_after=BAD_STEP - 1)
+    train(cfg, root / "b", progress=False, stop_after=BAD_STEP)
+    tensors, meta = read_checkpoint(root / "a" / "checkpoints" / checkpoint_name(BAD_STEP - 1))
+    tensors["rng.generator"] = train_state(root / "b", BAD_STEP)["rng.generator"]
+    kept = {k: v for k, v in meta.items() if k in ("optimizer_groups", "ema_decay")}
+    save_checkpoint(root / "a" / "checkpoints", BAD_STEP, tensors, kept, keep_last=3)
+    train(cfg, root / "a", progress=False, resume=True)
+    final = train_state(root / "a", cfg.train.steps)
+    # the reference has teeth: a run that made the update ends elsewhere
+    train(cfg, root / "c", progress=False)
+    assert not torch.equal(
+        final["ema.inp.weight"], train_state(root / "c", cfg.train.steps)["ema.inp.weight"]
+    )
+    return final
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_non_finite_step_is_skipped_exactly(tmp_path, monkeypatch, capsys, skipped_by_hand, kind):
+    """on_nan=skip: a NaN loss, or a finite loss with infinite gradients, at step 5 leaves weights, EMA
+    and optimizer untouched that step; the run ends bit-equal to one that left that update out."""
+    break_step(monkeypatch, kind)
+    cfg = apply_overrides(load_preset("tiny"), INJECT_SETS)
     train(cfg, tmp_path / "run", progress=False)
-    assert "step skipped" in capsys.readouterr().out
-    assert (tmp_path / "run" / "checkpoints" / "ckpt-00000030.safetensors").is_file()
+    out = capsys.readouterr().out
+    phrase = "loss is nan" if kind == "loss" else "gradient norm is"
+    assert f"step {BAD_STEP}: {phrase}" in out and "step skipped" in out, out
+    final = train_state(tmp_path / "run", cfg.train.steps)
+    assert sorted(final) == sorted(skipped_by_hand)
+    different = [k for k in final if not torch.equal(final[k], skipped_by_hand[k])]
+    assert not different, different[:8]
+    logged = [r["step"] for r in read_metrics(tmp_path / "run")]
+    assert logged == [s for s in range(1, cfg.train.steps + 1) if s != BAD_STEP]  # no record for it
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_non_finite_step_stops_at_that_step(tmp_path, monkeypatch, kind):
+    """on_nan=stop (the default): the error names the step and what was not finite; the checkpoint of
+    the step before is the latest, and none after it is written."""
+    break_step(monkeypatch, kind)
+    cfg = apply_overrides(load_preset("tiny"), [*INJECT_SETS, 'train.on_nan="stop"', "train.ckpt_every=1"])
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg, tmp_path / "run", progress=False)
+    phrase = "loss is nan" if kind == "loss" else "gradient norm is"
+    assert phrase in str(err.value) and f"at step {BAD_STEP};" in str(err.value), str(err.value)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == checkpoint_name(BAD_STEP - 1)
+    assert checkpoint_name(BAD_STEP - 1) == list_checkpoints(ckpts)[-1].name
 
 
 def test_sigterm_stops_gracefully_with_checkpoint_and_resumes(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from diffguide.config import apply_overrides, load_preset
-from diffguide.train import train
+from diffguide.errors import CheckpointError
+from diffguide.train import loop, train
+from diffguide.train.checkpoint import checkpoint_name, list_checkpoints, read_checkpoint
+from diffguide.train.logs import read_metrics
 
 OVERRIDES = [
     "train.steps=12",
@@ -34,7 +39,9 @@ SCRIPT = textwrap.dedent(
     rank = os.environ["RANK"]
 
     def dump(net, ema):
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+        tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, f"{out}/rank{rank}.safetensors")
 
     train(cfg, f"{out}/run", progress=False, on_finish=dump)
     """
@@ -56,24 +63,77 @@ def test_two_ranks_identical_and_match_single_process(tmp_path):
     torchrun([str(script), str(tmp_path), *OVERRIDES], cwd=tmp_path)
     rank0 = load_file(str(tmp_path / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "rank1.safetensors"))
-    # DDP keeps replicas in lock-step: bit-identical weights on both ranks
-    assert rank0.keys() == rank1.keys()
-    for k in rank0:
-        assert torch.equal(rank0[k], rank1[k]), k
+    # DDP keeps replicas in lock-step: bit-identical weights and EMA on both ranks
+    assert rank0.keys() == rank1.keys() and any(k.startswith("ema.") for k in rank0)
+    different = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+    assert not different, different
     # each rank trains on its half of the same global batch, so one process with the same global
     # batch takes the same steps up to floating-point reduction order (measured max |diff| ~1e-7)
     single = {}
+
+    def keep(net, ema):
+        single.update({f"model.{k}": v.clone() for k, v in net.state_dict().items()})
+        single.update({f"ema.{k}": v.clone() for k, v in ema.shadow.items()})
+
     cfg = apply_overrides(load_preset("tiny"), OVERRIDES)
-    train(
-        cfg, tmp_path / "single", progress=False, on_finish=lambda net, ema: single.update(net.state_dict())
-    )
+    train(cfg, tmp_path / "single", progress=False, on_finish=keep)
     worst = max(float((rank0[k] - single[k]).abs().max()) for k in rank0)
-    print(f"max |weight difference| 2 ranks vs 1 process: {worst:.3e}")
+    print(f"max |weight or EMA difference| 2 ranks vs 1 process: {worst:.3e}")
     assert worst < 1e-5, worst
-    # rank 0 alone wrote the run folder
+    # rank 0 alone wrote the run folder: one metrics record per logged step, one TensorBoard writer,
+    # and its checkpoint holds rank 0's final state
     run = tmp_path / "run"
-    assert (run / "config.json").is_file() and (run / "checkpoints" / "latest").is_file()
+    assert [r["step"] for r in read_metrics(run)] == [3, 6, 9, 12]
     assert len(list((run / "tb").iterdir())) == 1
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [
+        checkpoint_name(6),
+        checkpoint_name(12),
+    ]
+    final, _ = read_checkpoint(run / "checkpoints" / checkpoint_name(12))
+    assert all(torch.equal(final[k], rank0[k]) for k in rank0)
+
+
+def _resume_rank(rank: int, port: int, run_dir, results) -> None:
+    """One of two forked ranks resuming run_dir; rank 1 finds no checkpoint, as on a node whose --out
+    is a local folder."""
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    )
+    os.environ["MASTER_PORT"] = str(port)
+    if rank == 1:
+        loop.latest_good_checkpoint = lambda folder: None
+    try:
+        train(apply_overrides(load_preset("tiny"), OVERRIDES), run_dir, progress=False, resume=True)
+        results.put((rank, "no error"))
+    except CheckpointError as e:
+        results.put((rank, str(e)))
+
+
+def test_ranks_resuming_different_checkpoints_refuse(tmp_path):
+    """Every rank must resume from the same checkpoint; otherwise all stop with an error naming each
+    rank's step (two gloo ranks forked from this process: no torchrun start-up cost)."""
+    cfg = apply_overrides(load_preset("tiny"), OVERRIDES)
+    train(cfg, tmp_path / "run", progress=False, stop_after=6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    ranks = [context.Process(target=_resume_rank, args=(r, port, tmp_path / "run", results)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    try:
+        messages = dict(results.get(timeout=30) for _ in ranks)
+    finally:
+        for p in ranks:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    for rank in (0, 1):
+        assert "rank 0: step 6 (sha256 " in messages[rank], messages[rank]
+        assert "rank 1: no checkpoint" in messages[rank] and "share" in messages[rank], messages[rank]
+    assert "this rank (0) read" in messages[0] and checkpoint_name(6) in messages[0]
+    assert "this rank (1) read no checkpoint" in messages[1]
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ from diffguide.losses import DenoisingLoss, LossConfig
 from diffguide.processes import PROCESSES
 from diffguide.runs import load_run
 from diffguide.train import train
-from diffguide.train.checkpoint import list_checkpoints, read_checkpoint
+from diffguide.train.checkpoint import DIGEST_KEY, list_checkpoints, read_checkpoint
+from diffguide.train.logs import read_metrics
 from diffguide.train.loop import lr_at
 
 # Conditional tree data with label dropout (p_uncond) and dropout in the MLP: the training generator
@@ -80,9 +81,11 @@ def test_resume_is_bit_equal(reference_run, tmp_path):
 
     # The comparison has teeth: resuming with another state of the training generator (data, noise
     # levels, noise, label dropout) changes the result, so that state really is restored on resume.
+    # (Rewritten without its sha256, like a checkpoint from before digests: those still load unchecked.)
     path = perturbed / "checkpoints" / "ckpt-00000020.safetensors"
     tensors, meta = read_checkpoint(path)
     tensors["rng.generator"] = torch.Generator().manual_seed(999).get_state()
+    del meta[DIGEST_KEY]
     save_file(tensors, str(path), metadata=meta)
     train(cfg, perturbed, progress=False, resume=True)
     assert not torch.equal(
@@ -90,22 +93,59 @@ def test_resume_is_bit_equal(reference_run, tmp_path):
     )
 
 
-@pytest.mark.slow
-def test_truncated_latest_checkpoint_falls_back(reference_run, tmp_path):
-    """A half-written newest checkpoint is skipped with a warning naming it; training resumes from the
-    previous one (step 10) and still ends bit-equal to the uninterrupted run."""
+def test_resume_a_run_saved_before_a_config_key_existed(reference_run, tmp_path):
+    """A config.json written before a key was added (here model.norm_groups) resumes: the key takes its
+    default, so the comparison with the current config sees no change and the result is bit-equal."""
+    run_dir = tmp_path / "old"
+    train(tiny_config(), run_dir, progress=False, stop_after=20)
+    saved = json.loads((run_dir / "config.json").read_text())
+    del saved["model"]["norm_groups"]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    train(tiny_config(), run_dir, progress=False, resume=True)
+    assert_bit_equal(final_tensors(run_dir), final_tensors(reference_run))
+    with pytest.raises(CheckpointError, match=r"differs from the saved one in \['model'\]"):
+        train(tiny_config(["model.norm_groups=4"]), run_dir, progress=False, resume=True)
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_data_bytes(path, n=100):
+    """Invert n bytes in the middle of the tensor data (after the 8-byte length and the JSON header):
+    the file still parses, only the checksum can tell."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    middle = (start + len(data)) // 2
+    data[middle : middle + n] = bytes(b ^ 0xFF for b in data[middle : middle + n])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, word", [(truncate, "truncated"), (flip_data_bytes, "corrupted")])
+def test_damaged_latest_checkpoint_falls_back(reference_run, tmp_path, damage, word):
+    """A half-written or corrupted newest checkpoint is skipped with a warning naming it; training
+    resumes from the previous one (step 10) and still ends bit-equal to the uninterrupted run."""
     cfg = tiny_config()
-    run_dir = tmp_path / "truncated"
+    run_dir = tmp_path / "damaged"
     train(cfg, run_dir, progress=False, stop_after=20)
     latest = run_dir / "checkpoints" / "ckpt-00000020.safetensors"
-    data = latest.read_bytes()
-    latest.write_bytes(data[: len(data) // 2])
+    damage(latest)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 21, "lo')  # and the crash tore the last metrics line
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(cfg, run_dir, progress=False, resume=True)
     messages = [str(w.message) for w in caught]
-    assert any("ckpt-00000020.safetensors" in m and "truncated" in m for m in messages), messages
+    assert any("ckpt-00000020.safetensors" in m and word in m for m in messages), messages
     assert_bit_equal(final_tensors(run_dir), final_tensors(reference_run))
+
+    # steps 11..20 ran twice; metrics.jsonl keeps one record per step, the same as the uninterrupted run's
+    def logged(run):
+        return [(r["step"], r["loss"]) for r in read_metrics(run)]
+
+    assert logged(run_dir) == logged(reference_run) and len(logged(run_dir)) >= 4
+    assert all(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
 
 def test_checkpoint_into_other_architecture_names_tensors(reference_run, tmp_path):

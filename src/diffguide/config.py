@@ -80,7 +80,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay fp32)
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels-last memory format (U-Net on GPU)
-    on_nan: str = "stop"  # stop | skip: what a NaN/Inf loss does
+    on_nan: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
 
 
 @dataclass

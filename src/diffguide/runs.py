@@ -59,7 +59,11 @@ def load_run(
                 f"run {str(run_dir)!r} has no readable checkpoint in {str(run_dir / 'checkpoints')!r}"
                 + (
                     f": {', '.join(bad)} "
-                    + ("is truncated or not a safetensors file" if len(bad) == 1 else "are all unreadable")
+                    + (
+                        "is damaged (truncated, corrupted or not a safetensors file)"
+                        if len(bad) == 1
+                        else "are all unreadable"
+                    )
                     + "; train the run again"
                     if bad
                     else " (was its training stopped before the first checkpoint?)"

@@ -3,10 +3,13 @@
 A checkpoint is ckpt-XXXXXXXX.safetensors in the run's checkpoints/ folder; `latest` names the newest
 good one. Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
 half-written checkpoint under a real name. No pickle: tensors in safetensors, everything else JSON.
+The metadata holds a sha256 of the tensors (`tensor_digest`), checked on reading, so a checkpoint
+corrupted in place (bit rot, a bad copy) is refused like a truncated one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,12 +17,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 
 FORMAT = "diffguide-checkpoint-1"
+DIGEST_KEY = "sha256"  # metadata key of tensor_digest; checkpoints written before it have none
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -91,6 +95,19 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": json.loads(groups_json)})
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and bytes, in name order.
+
+    Computed from the tensors rather than the file's data section, so it does not depend on how
+    safetensors lays the file out, and reading the file back gives the same digest."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:08d}.safetensors"
 
@@ -112,6 +129,7 @@ def save_checkpoint(
         "format": FORMAT,
         "step": str(step),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+        DIGEST_KEY: tensor_digest(tensors),
     }
     atomic_save_tensors(path, tensors, metadata)
     atomic_write_text(folder / "latest", path.name + "\n")
@@ -121,20 +139,24 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a checkpoint; a truncated or foreign file raises CheckpointError."""
+    """Tensors and metadata of a checkpoint; a truncated, corrupted or foreign file raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or not a safetensors file ({e})"
         ) from None
+    recorded = meta.get(DIGEST_KEY)
+    if recorded is not None and (actual := tensor_digest(tensors)) != recorded:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupted: its tensors hash to sha256 {actual[:16]}..., "
+            f"but its metadata records {recorded[:16]}...: the file changed after it was written"
+        )
     return tensors, meta
 
 

@@ -37,7 +37,8 @@ def setup(device: torch.device) -> DistInfo:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # NCCL for CUDA tensors; gloo also on CUDA runs for the small CPU tensors of any_rank/all_gather_ints
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
@@ -85,6 +86,16 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def all_gather_ints(values: tuple[int, ...], info: DistInfo) -> list[tuple[int, ...]]:
+    """Every rank's `values` (the same length on each), in rank order."""
+    if not info.enabled:
+        return [tuple(values)]
+    mine = torch.tensor(values, dtype=torch.int64)
+    everyone = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(everyone, mine)
+    return [tuple(int(v) for v in t) for t in everyone]
 
 
 def teardown(info: DistInfo) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, start_step: int, total_steps: int, progress: bool = True):
         self.run_dir = Path(run_dir)
+        purge_metrics(self.run_dir / "metrics.jsonl", start_step)
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         from torch.utils.tensorboard import SummaryWriter
 
@@ -48,6 +50,32 @@ class RunLogger:
         self.tb.flush()
         self.tb.close()
         self.jsonl.close()
+
+
+def purge_metrics(path: Path, start_step: int) -> None:
+    """Drop the records after start_step from a metrics file, as TensorBoard's purge_step does.
+
+    A run resumed from step S repeats the steps after S that it had logged before it stopped; without
+    this, metrics.jsonl would hold two records for each. Torn lines (a crash mid-write) go too, so the
+    next record starts on a line of its own. Rewritten atomically: a crash here keeps the old file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= start_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from ..build import build_denoiser, build_network
-from ..config import RunConfig, to_dict, validate
+from ..config import RunConfig, from_dict, to_dict, validate
 from ..data import make_dataset
 from ..errors import CheckpointError, ConfigError, DiffguideError, output_error
 from ..losses import DenoisingLoss
 from ..processes import make_process
 from . import distributed
 from .checkpoint import (
+    DIGEST_KEY,
     atomic_write_text,
     latest_good_checkpoint,
     optimizer_from_tensors,
@@ -34,7 +35,42 @@ from .logs import RunLogger
 
 
 class TrainingDiverged(DiffguideError):
-    """The loss became NaN or Inf."""
+    """The loss or the gradient became NaN or Inf."""
+
+
+def non_finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> str | None:
+    """What is wrong with a step ("loss is nan", "gradient norm is inf ..."), or None if all is finite."""
+    if not torch.isfinite(loss):
+        return f"loss is {loss.item()}"
+    if not torch.isfinite(grad_norm):
+        return f"gradient norm is {grad_norm.item()} (the loss, {loss.item():.4g}, is finite)"
+    return None
+
+
+def check_same_checkpoint(found, info: distributed.DistInfo) -> None:
+    """Raise on every rank unless all resumed from the same checkpoint (same step and tensor digest).
+
+    Ranks that disagree would train different models while DDP averages their gradients; this
+    happens when --out is not on a filesystem every node shares. `found` is latest_good_checkpoint's."""
+    if not info.enabled:
+        return
+    NONE, UNHASHED = -1, -2  # no checkpoint found; a checkpoint written before digests
+    step = int(found[2]["step"]) if found else 0
+    digest = found[2].get(DIGEST_KEY) if found else None
+    mine = int(digest[:15], 16) if digest else (UNHASHED if found else NONE)
+    ranks = distributed.all_gather_ints((step, mine), info)
+    if len(set(ranks)) == 1:
+        return
+
+    def describe(s: int, d: int) -> str:
+        return "no checkpoint" if d == NONE else f"step {s}" + (f" (sha256 {d:015x}...)" if d >= 0 else "")
+
+    seen = ", ".join(f"rank {r}: {describe(s, d)}" for r, (s, d) in enumerate(ranks))
+    here = repr(str(found[0])) if found else "no checkpoint"
+    raise CheckpointError(
+        f"the ranks resumed from different checkpoints ({seen}); this rank ({info.rank}) read {here}. "
+        "Every rank reads --out itself: on several nodes it must be a folder all of them share"
+    )
 
 
 def lr_at(step: int, cfg) -> float:
@@ -96,6 +132,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path:
     cfg_path = run_dir / "config.json"
     if cfg_path.is_file():
         saved = json.loads(cfg_path.read_text())
+        with contextlib.suppress(ConfigError):  # keys added since the run was saved take their defaults
+            saved = to_dict(from_dict(RunConfig, saved))
         if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             raise CheckpointError(
                 f"run folder {str(run_dir)!r} already holds checkpoints; pass --resume to continue it "
@@ -171,6 +209,8 @@ def train(
             step = load_training_state(tensors, meta, net, ema, optimizer, generator)
             if info.is_main:
                 print(f"resuming {run_dir} from {path.name} (step {step})")
+        # each rank read the folder itself (after DDP broadcast its weights): make sure they read the same
+        check_same_checkpoint(found, info)
 
     logger = RunLogger(run_dir, step, t.steps, progress) if info.is_main else None
     stop_request = _StopOnSignal()
@@ -208,19 +248,24 @@ def train(
                     (loss / t.accum_steps).backward()
                 total += loss.detach() / t.accum_steps
             loss_value = distributed.all_mean(total, info)
-            skipped = distributed.any_rank(not bool(torch.isfinite(loss_value)), info)
+            # the norm clipping computes anyway also catches a finite loss with non-finite gradients
+            # (an overflow in the backward pass, possible under bf16); DDP has averaged the gradients,
+            # so every rank sees the same norm
+            clip = t.grad_clip if t.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            problem = non_finite(loss_value, grad_norm)
+            skipped = distributed.any_rank(problem is not None, info)
+            problem = problem or "another rank's loss or gradient is not finite"
             if skipped and t.on_nan == "stop":
                 raise TrainingDiverged(
-                    f"loss is {loss_value.item()} at step {step + 1}; the last good checkpoint in "
+                    f"{problem} at step {step + 1}; the last good checkpoint in "
                     f"{ckpt_dir} is kept. Try a lower train.lr, or train.on_nan=skip to skip such steps"
                 )
-            if skipped:  # on_nan = skip: drop this step's update
+            if skipped:  # on_nan = skip: drop this step's update (optimizer and EMA untouched)
                 optimizer.zero_grad(set_to_none=True)
                 if logger is not None:
-                    print(f"step {step + 1}: non-finite loss, step skipped (train.on_nan=skip)")
+                    print(f"step {step + 1}: {problem}, step skipped (train.on_nan=skip)")
             else:
-                clip = t.grad_clip if t.grad_clip > 0 else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
                 optimizer.step()
                 ema.update(net, step + 1)
             step += 1
