@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from diffguide.denoiser import EDMPrecond, ProcessPrecond, append_dims, score_from_denoiser
+from diffguide.denoiser import (
+    ClipDenoised,
+    EDMPrecond,
+    FunctionDenoiser,
+    ProcessPrecond,
+    append_dims,
+    score_from_denoiser,
+)
 from diffguide.errors import ConfigError
 from diffguide.mixtures import tree_mixture
 from diffguide.processes import PROCESSES
@@ -156,3 +163,29 @@ def test_score_from_denoiser_is_autograd_of_log_prob(per_sample_sigma):
     (grad,) = torch.autograd.grad(mixture.log_prob(x, sigma).sum(), x)
     score = score_from_denoiser(mixture(x.detach(), sigma), x.detach(), sigma)
     torch.testing.assert_close(score, grad, rtol=1e-7, atol=1e-7)
+
+
+def test_clip_denoised_clamps_only_what_leaves_the_range(tree):
+    """ClipDenoised returns the inner x0_hat where it lies in [low, high] (bit for bit) and the bound
+    where it does not, per coordinate with tensor bounds, at any rank; a reversed range is an error."""
+    x = torch.linspace(-400, 400, 41, dtype=F64)[:, None] * torch.tensor([1.0, -0.5], dtype=F64)
+    sigma = torch.full((41,), 150.0, dtype=F64)
+    wild = FunctionDenoiser(lambda x, sigma, cond: x / 10)  # x0_hat from -40 to 40, like a bad eps net
+    low, high = torch.tensor([-2.2, -1.0], dtype=F64), torch.tensor([2.3, 1.5], dtype=F64)
+    out = ClipDenoised(wild, low, high)(x, sigma)
+    inner = x / 10
+    expected = torch.minimum(torch.maximum(inner, low), high)  # elementwise, per coordinate
+    assert torch.equal(out, expected) and out.dtype == F64
+    inside = (inner >= low) & (inner <= high)
+    assert bool(inside.any() and (~inside).any()) and torch.equal(out[inside], inner[inside])
+    # the exact denoiser at small sigma stays in the tree's range: clipping to it changes nothing
+    near = tree.sample(200, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(ClipDenoised(tree, -3.0, 3.0)(near, 0.05), tree(near, 0.05))
+    # image-shaped data with per-channel bounds [C, 1, 1]
+    images = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 3
+    bounds = torch.tensor([1.0, 2.0, 3.0])[:, None, None]
+    clipped = ClipDenoised(FunctionDenoiser(lambda x, sigma, cond: x), -bounds, bounds)(images, 1.0)
+    assert clipped.dtype == torch.float32
+    assert bool((clipped.abs() <= bounds).all()) and torch.equal(clipped, images.clamp(-bounds, bounds))
+    with pytest.raises(ConfigError, match="low < high, got low=1.0, high=-1.0"):
+        ClipDenoised(wild, 1.0, -1.0)

@@ -82,6 +82,20 @@ def test_score_is_autograd_of_log_prob(tree, per_sample_sigma, cond):
     torch.testing.assert_close(tree.score(x.detach(), sigma, labels), grad, rtol=1e-7, atol=1e-6)
 
 
+@pytest.mark.parametrize("cond", [None, 1])
+def test_rows_do_not_depend_on_the_batch(tree, cond):
+    """Row i of the exact denoiser and of the score is the same bit for bit whether x_i is evaluated
+    alone, in a batch of 7, or in one of 3000 (which crosses 512-row chunk boundaries): samples
+    drawn with the exact denoiser then do not depend on the batch size."""
+    x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
+    labels = None if cond is None else torch.full((3000,), cond)
+    full_denoised, full_score = tree(x, 0.3, labels), tree.score(x, 0.3, labels)
+    for rows in (slice(2999, 3000), slice(509, 516), slice(0, 1)):
+        part = None if labels is None else labels[rows]
+        assert torch.equal(tree(x[rows], 0.3, part), full_denoised[rows])
+        assert torch.equal(tree.score(x[rows], 0.3, part), full_score[rows])
+
+
 def test_denoiser_is_posterior_mean(small_tree):
     """E[x0 | x] = sum_k r_k(x) (mu_k + C_k (C_k + sigma^2 I)^-1 (x - mu_k)): the Gaussian posterior
     means weighted by the responsibilities, computed here with numpy."""

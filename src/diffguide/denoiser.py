@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .errors import lookup
+from .errors import ConfigError, lookup
 
 
 @runtime_checkable
@@ -118,6 +118,31 @@ class ProcessPrecond(nn.Module):
         return self._to_x0(x, append_dims(sigma, x.ndim), out)
 
 
+class ClipDenoised(nn.Module):
+    """A denoiser whose x0_hat is clamped to the data range [low, high] (Ho et al. 2020's code clips x0 to
+    [-1, 1]; diffusers' `clip_sample`).
+
+    Why: an eps-predicting network gives x0_hat = x - sigma eps_hat, so its eps error is multiplied by
+    sigma. At a DDPM's sigma_max (~157) the rare starts from the noise tail (|z| > 3.3) get x0_hat tens of
+    data widths away; ancestral samplers forget this through fresh noise, but ODE samplers carry it to
+    the end. low, high: numbers, or tensors broadcastable to one sample's shape (per-coordinate bounds).
+    """
+
+    def __init__(self, denoiser: Callable, low, high):
+        super().__init__()
+        self.denoiser = denoiser
+        self.low, self.high = (
+            torch.as_tensor(low, dtype=torch.float64),
+            torch.as_tensor(high, dtype=torch.float64),
+        )
+        if not bool((self.low < self.high).all()):  # written so that NaN fails too
+            raise ConfigError(f"clip range needs low < high, got low={low}, high={high}")
+
+    def forward(self, x, sigma, cond=None):
+        out = self.denoiser(x, sigma, cond)
+        return out.clamp(self.low.to(out), self.high.to(out))
+
+
 def score_from_denoiser(denoised: torch.Tensor, x: torch.Tensor, sigma) -> torch.Tensor:
     """grad_x log p(x; sigma) = (D(x, sigma) - x) / sigma^2 (Tweedie / EDM eq. 3)."""
     sigma = append_dims(batch_sigma(sigma, x), x.ndim)
@@ -130,6 +155,7 @@ def log_snr(sigma: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "ClipDenoised",
     "Denoiser",
     "EDMPrecond",
     "FunctionDenoiser",

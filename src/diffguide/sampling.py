@@ -71,7 +71,8 @@ def generate(
         except torch.OutOfMemoryError:
             raise DiffguideError(
                 f"out of memory on {torch.device(device)} sampling {b} at a time; try a smaller batch, e.g. "
-                f"--batch-size {max(1, b // 2)} (samples do not depend on the batch size)"
+                f"--batch-size {max(1, b // 2)} (each sample's noise does not depend on the batch size; a "
+                f"network's results agree across batch sizes to float rounding)"
             ) from None
         out.append(x.cpu())
     return torch.cat(out)
