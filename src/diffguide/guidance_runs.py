@@ -33,14 +33,22 @@ def amateur_config(cfg: RunConfig, width: int | None = None, steps: int | None =
     """
     out = copy.deepcopy(cfg)
     out.name = f"{cfg.name}-amateur"
-    out.model.width = int(width) if width else max(1, cfg.model.width // 2)
+    if cfg.model.arch == "unet":  # the U-Net's width is model.channels, which must stay even
+        out.model.channels = int(width) if width else max(2, cfg.model.channels // 4 * 2)
+    else:
+        out.model.width = int(width) if width else max(1, cfg.model.width // 2)
     out.train.steps = int(steps) if steps else max(1, cfg.train.steps // 2)
     out.train.warmup_steps = min(out.train.warmup_steps, max(0, out.train.steps // 4))
     out.train.ckpt_every = min(out.train.ckpt_every, out.train.steps)
     out.description = (
-        f"amateur of {cfg.name} for autoguidance: width {out.model.width}, {out.train.steps} steps"
+        f"amateur of {cfg.name} for autoguidance: width {amateur_width(out)}, {out.train.steps} steps"
     )
     return validate(out)
+
+
+def amateur_width(cfg: RunConfig) -> int:
+    """The width an amateur is narrowed along: model.channels for a U-Net, model.width for an MLP."""
+    return cfg.model.channels if cfg.model.arch == "unet" else cfg.model.width
 
 
 def write_guidance_note(run_dir: str | Path, **guides: str | Path) -> Path:

@@ -85,14 +85,8 @@ def _style(ax, title: str, center, half: float) -> None:
 
 def _ground(ax, img: np.ndarray, center, half: float) -> None:
     """A log-density image [res, res] over the window as a light grey background (clipped at -9 nats)."""
-    ax.imshow(
-        np.clip(img, img.max() - 9, None),
-        extent=(center[0] - half, center[0] + half, center[1] - half, center[1] + half),
-        origin="lower",
-        cmap="Greys",
-        alpha=0.45,
-        interpolation="bilinear",
-    )
+    extent = (center[0] - half, center[0] + half, center[1] - half, center[1] + half)
+    _log_image(ax, img, extent, "Greys", depth=9.0, alpha=0.45)
 
 
 def density_image_window(mixture, center, half, res, sigma=0.0, cond=None) -> np.ndarray:
@@ -110,89 +104,159 @@ def _scatter(ax, pts, labels=None, s: float = 1.2, alpha: float = 0.55) -> None:
     ax.scatter(pts[:, 0], pts[:, 1], s=s, c=color, alpha=alpha, linewidths=0)
 
 
-def _field_panel(ax, phi, xs, ys, arrows_at, arrows, cmap, title, center, half, diverging=False) -> None:
-    extent = (xs[0], xs[-1], ys[0], ys[-1])
-    if diverging:
-        lim = np.quantile(np.abs(phi - np.median(phi)), 0.98)
-        ax.imshow(phi - np.median(phi), extent=extent, origin="lower", cmap=cmap, vmin=-lim, vmax=lim)
-    else:
-        ax.imshow(np.exp(phi - phi.max()), extent=extent, origin="lower", cmap=cmap)
-    ax.contour(xs, ys, phi, levels=12, colors="k", linewidths=0.3, alpha=0.35)
-    ax.quiver(arrows_at[:, 0], arrows_at[:, 1], arrows[:, 0], arrows[:, 1], color="k", width=0.004, alpha=0.8)
-    _style(ax, title, center, half)
+LOG_DEPTH = 12.0  # nats below the maximum shown by log-density images; lower values are clipped
+
+
+def _log_image(ax, img: np.ndarray, extent, cmap: str, depth: float = LOG_DEPTH, alpha: float = 1.0) -> None:
+    """A log-density [res, res] as an image, clipped `depth` nats below its maximum (a linear density
+    exp(phi) would show only the highest peak: the rest of a thin structure is many nats lower)."""
+    ax.imshow(
+        np.clip(img, img.max() - depth, None),
+        extent=extent,
+        origin="lower",
+        cmap=cmap,
+        alpha=alpha,
+        interpolation="bilinear",
+    )
+
+
+def _arrows(ax, at: np.ndarray, v: np.ndarray, spacing: float, keep=None, color="k") -> None:
+    """Arrows v at points `at`, lengths compressed to at most ~0.9 grid spacing: a score is ~1/sigma^2
+    far from the data and ~0 on it, so linear lengths would show only the longest few. Length grows
+    with |v| up to its 90% quantile (over the kept arrows), then saturates; `keep` masks arrows."""
+    keep = np.ones(len(at), bool) if keep is None else np.asarray(keep, bool)
+    if not keep.any():
+        return
+    at, v = at[keep], v[keep]
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    top = max(float(np.quantile(norm, 0.9)), 1e-12)
+    v = v / np.maximum(norm, 1e-12) * np.minimum(norm / top, 1.0) * 0.9 * spacing
+    ax.quiver(
+        at[:, 0],
+        at[:, 1],
+        v[:, 0],
+        v[:, 1],
+        color=color,
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+        width=0.004,
+        headwidth=3.5,
+        headlength=4,
+        headaxislength=3.5,
+        alpha=0.85,
+    )
+
+
+def _spacing(at: np.ndarray) -> float:
+    xs = np.unique(np.round(at[:, 0], 9))
+    return float(xs[1] - xs[0]) if len(xs) > 1 else 1.0
+
+
+def _truth_outline(ax, d: dict) -> None:
+    """The true 99%-mass region of the zoomed class (the precision metric's region), dashed."""
+    bg, (cx, cy), h = d["zoom_background"], d["zoom_center"], d["zoom_half"]
+    xs = np.linspace(cx - h, cx + h, bg.shape[1])
+    ys = np.linspace(cy - h, cy + h, bg.shape[0])
+    ax.contour(xs, ys, bg, levels=[d["zoom_tau"]], colors="k", linewidths=0.9, linestyles="--", alpha=0.7)
+
+
+def _density_panel(ax, d: dict, key: str, cmap: str, title: str) -> None:
+    """A model's log-density (integrated from its score, clipped) with its score arrows."""
+    f = d["fields"]
+    extent = (f["xs"][0], f["xs"][-1], f["ys"][0], f["ys"][-1])
+    _log_image(ax, f["phi_" + key], extent, cmap)
+    _truth_outline(ax, d)
+    _arrows(ax, f["arrow_at"], f["score_" + key], _spacing(f["arrow_at"]))
+    _style(ax, title, d["zoom_center"], d["zoom_half"])
+
+
+def _ratio_panel(ax, d: dict, title: str) -> None:
+    """log(p_main / p_guide) where the main model puts non-negligible density (elsewhere it is the ratio
+    of two tails, which sampling never visits), with the score difference as arrows."""
+    f = d["fields"]
+    phi = f["phi_main"] - f["phi_guide"]
+    support = f["phi_main"] >= f["phi_main"].max() - LOG_DEPTH
+    ratio = phi - np.median(phi[support])
+    lim = float(np.quantile(np.abs(ratio[support]), 0.98)) or 1.0
+    extent = (f["xs"][0], f["xs"][-1], f["ys"][0], f["ys"][-1])
+    ax.imshow(
+        ratio, extent=extent, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="bilinear"
+    )
+    low = f["phi_main"].max() - LOG_DEPTH
+    if not support.all():  # grey out (smoothly) where the main model has no density
+        ax.contourf(
+            f["xs"], f["ys"], f["phi_main"], levels=[f["phi_main"].min() - 1, low], colors=["#e5e5e5"]
+        )
+    _truth_outline(ax, d)
+    # arrows only where the main model has density: that is where guidance acts on samples
+    at = f["arrow_at"]
+    ix = np.clip(np.searchsorted(f["xs"], at[:, 0]), 0, len(f["xs"]) - 1)
+    iy = np.clip(np.searchsorted(f["ys"], at[:, 1]), 0, len(f["ys"]) - 1)
+    _arrows(ax, at, f["score_main"] - f["score_guide"], _spacing(at), keep=support[iy, ix])
+    _style(ax, title, d["zoom_center"], d["zoom_half"])
+
+
+def _trajectory_panel(ax, d: dict, key: str, title: str) -> None:
+    """Sampling paths in the zoom window over the exact density with its 99%-mass contour; end points
+    inside that region black, outside red (the precision metric, one trajectory at a time)."""
+    zc, zh, bg = d["zoom_center"], d["zoom_half"], d["zoom_background"]
+    extent = (zc[0] - zh, zc[0] + zh, zc[1] - zh, zc[1] + zh)
+    _log_image(ax, bg, extent, "Greys", alpha=0.5)
+    xs = np.linspace(extent[0], extent[1], bg.shape[1])
+    ys = np.linspace(extent[2], extent[3], bg.shape[0])
+    ax.contour(xs, ys, bg, levels=[d["zoom_tau"]], colors="#15803d", linewidths=1.0)
+    paths = d["trajectories"][key]  # [T, M, 2]
+    inside = d["trajectory_inside"][key]
+    for j in range(paths.shape[1]):
+        ax.plot(paths[:, j, 0], paths[:, j, 1], "-", color="#555", lw=0.7, alpha=0.6)
+    ax.scatter(paths[0, :, 0], paths[0, :, 1], s=6, c="#aaa", linewidths=0, zorder=3)
+    end = paths[-1]
+    ax.scatter(end[inside, 0], end[inside, 1], s=12, c="k", linewidths=0, zorder=4)
+    ax.scatter(end[~inside, 0], end[~inside, 1], s=16, c="#dc2626", linewidths=0, zorder=4)
+    _style(
+        ax, f"{title}\n{int(inside.sum())} of {len(inside)} end inside the 99% region (green line)", zc, zh
+    )
 
 
 def study_panel(path: Path, d: dict) -> Path:
-    """The 3 x 3 study panel (see study.run_study for the entries of `d`)."""
+    """The 3 x 3 study panel (see study.tree_figures for the entries of `d`)."""
     mix, lim, zc, zh = d["mixture"], d["lim"], d["zoom_center"], d["zoom_half"]
     full_bg = density_image_window(mix, (0.0, 0.0), lim, 200)
-    zoom_bg = density_image_window(mix, zc, zh, 160, cond=d["zoom_class"])
-    fig, axes = plt.subplots(3, 3, figsize=(13.5, 13.5), dpi=110)
+    fig, axes = plt.subplots(3, 3, figsize=(13.5, 14.2), dpi=110)
     top = [
         ("Ground truth", d["ground_truth"], d["ground_truth_labels"]),
         (d["titles"]["none"], d["samples"]["none"], d["labels"]),
         (d["titles"]["autoguidance"], d["samples"]["autoguidance"], d["labels"]),
+        (d["titles"]["cfg"], d["samples"]["cfg"], d["labels"]),
     ]
-    for ax, (title, pts, labels) in zip(axes[0], top):
+    for ax, (title, pts, labels) in zip([*axes[0], axes[1, 0]], top):
         _ground(ax, full_bg, (0.0, 0.0), lim)
         _scatter(ax, pts, labels)
         _style(ax, title, (0.0, 0.0), lim)
-    ax = axes[1, 0]
-    _ground(ax, full_bg, (0.0, 0.0), lim)
-    _scatter(ax, d["samples"]["cfg"], d["labels"])
-    _style(ax, d["titles"]["cfg"], (0.0, 0.0), lim)
     for a in (axes[0, 0], axes[1, 0]):
         a.add_patch(Rectangle((zc[0] - zh, zc[1] - zh), 2 * zh, 2 * zh, fill=False, ec="k", lw=1.0, ls="--"))
-    f = d["fields"]
-    sig = f["sigma"]
-    _field_panel(
+    sig = d["fields"]["sigma"]
+    note = "dashed: the true 99% region"
+    _density_panel(
         axes[1, 1],
-        f["phi_main"],
-        f["xs"],
-        f["ys"],
-        f["arrow_at"],
-        f["score_main"],
+        d,
+        "main",
         "Greens",
-        f"Main model p(x; sigma={sig:g}) and its score (zoom)",
-        zc,
-        zh,
+        f"Main model (expert): log p(x | A; sigma={sig:g}),\nits score; {note}",
     )
-    _field_panel(
-        axes[1, 2],
-        f["phi_guide"],
-        f["xs"],
-        f["ys"],
-        f["arrow_at"],
-        f["score_guide"],
-        "Reds",
-        f"Guide (amateur) p(x; sigma={sig:g}) and its score",
-        zc,
-        zh,
+    _density_panel(
+        axes[1, 2], d, "guide", "Reds", f"Guide (amateur): log p(x | A; sigma={sig:g}),\nits score"
     )
-    _field_panel(
+    _ratio_panel(
         axes[2, 0],
-        f["phi_main"] - f["phi_guide"],
-        f["xs"],
-        f["ys"],
-        f["arrow_at"],
-        f["score_main"] - f["score_guide"],
-        "RdBu_r",
-        "log density ratio main / guide; arrows: score difference",
-        zc,
-        zh,
-        diverging=True,
+        d,
+        "log p_main / p_guide (red: main higher);\narrows: score difference = what guidance adds",
     )
-    for ax, key, title in (
-        (axes[2, 1], "none", "Trajectories without guidance (zoom)"),
-        (axes[2, 2], "autoguidance", f"Trajectories with autoguidance, w={d['w_auto']:g} (zoom)"),
-    ):
-        _ground(ax, zoom_bg, zc, zh)
-        paths = d["trajectories"][key]  # [T, M, 2]
-        for j in range(paths.shape[1]):
-            ax.plot(paths[:, j, 0], paths[:, j, 1], "-", color="#444", lw=0.7, alpha=0.6)
-        ax.scatter(paths[0, :, 0], paths[0, :, 1], s=6, c="#999", linewidths=0, zorder=3)
-        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=9, c="k", linewidths=0, zorder=4)
-        _style(ax, title, zc, zh)
+    _trajectory_panel(axes[2, 1], d, "none", "Trajectories without guidance (zoom)")
+    _trajectory_panel(
+        axes[2, 2], d, "autoguidance", f"Trajectories with autoguidance, w={d['w_trajectories']:g}"
+    )
     fig.suptitle(d["suptitle"], fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path)
@@ -200,34 +264,85 @@ def study_panel(path: Path, d: dict) -> Path:
     return Path(path)
 
 
-def sweep_figure(path: Path, sweep: list[dict], none: dict, truth: dict, chosen: dict) -> Path:
-    """Precision against coverage as w grows, one curve per method (the quality/variety trade-off)."""
-    fig, ax = plt.subplots(figsize=(6.5, 5.2), dpi=120)
+def _place_labels(ax, items: list[tuple[float, float, str, str]], markers: list, lines: list) -> None:
+    """Annotate each (x, y, text, color) at the nearest of a few offsets around its point whose text box
+    overlaps nothing: no earlier label or the legend (hard), no marker (x, y) or curve (a list of (x, y)
+    vertices) (soft: when every offset touches one, the least-overlapping offset is taken)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+
+    def box(xy, r):  # r: half-size in pixels of the box kept free around a point
+        px, py = to_px(xy)
+        return (px - r, py - r, px + r, py + r)
+
+    taken = [box(xy, 7.0) for xy in markers]
+    for curve in lines:  # points every few pixels along each segment
+        for p, q in zip(curve[:-1], curve[1:]):
+            taken += [
+                box((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])), 2.0) for t in np.linspace(0, 1, 25)
+            ]
+    labels = []  # boxes no label may cover: the legend, then each placed label
+    if ax.get_legend() is not None:
+        legend = ax.get_legend().get_window_extent(renderer)
+        labels.append((legend.x0, legend.y0, legend.x1, legend.y1))
+    ring = [(5, 4), (5, -11), (-6, 5), (-6, -12), (8, -3), (-8, -3), (0, 9), (0, -15)]
+    offsets = [(dx * k, dy * k) for k in (1, 2, 3) for dx, dy in ring]  # nearest first, then farther out
+
+    def overlap(bb, o):
+        return max(0.0, min(bb[2], o[2]) - max(bb[0], o[0])) * max(0.0, min(bb[3], o[3]) - max(bb[1], o[1]))
+
+    for x, y, text, color in items:
+        best = None
+        for dx, dy in offsets:
+            ha = "right" if dx < 0 else ("center" if dx == 0 else "left")
+            t = ax.annotate(
+                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, color=color, ha=ha
+            )
+            e = t.get_window_extent(renderer)
+            bb = (e.x0, e.y0, e.x1, e.y1)
+            # labels must not cover labels; markers and curves only preferably
+            cost = 1e6 * sum(overlap(bb, o) for o in labels) + sum(overlap(bb, o) for o in taken)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, bb)
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        labels.append(best[2])
+
+
+def sweep_figure(path: Path, sweep: list[dict], none: dict, truth: dict, reported: dict) -> Path:
+    """Precision against coverage as w grows, one curve per method (the quality/variety trade-off).
+
+    Circled: the w the selection rule chose, for the methods where some w helped."""
+    fig, ax = plt.subplots(figsize=(6.8, 5.4), dpi=120)
     styles = {
         "cfg": ("C3", "s"),
         "cfg-interval": ("C1", "D"),
         "autoguidance": ("C2", "o"),
         "cfg+autoguidance": ("C4", "^"),
     }
+    labels, points, curves = (
+        [],
+        [(none["coverage"], none["precision"]), (truth["coverage"], truth["precision"])],
+        [],
+    )
     for method, (color, marker) in styles.items():
         rows = [r for r in sweep if r["method"] == method]
         if not rows:
             continue
         rows = [{"w": 1.0, **{k: none[k] for k in ("precision", "coverage")}}, *rows]
-        xs = [r["coverage"] for r in rows]
-        ys = [r["precision"] for r in rows]
-        ax.plot(xs, ys, "-", color=color, marker=marker, label=method, lw=1.5, ms=5)
-        for r in rows[1:]:
-            ax.annotate(
-                f"w={r['w']:g}",
-                (r["coverage"], r["precision"]),
-                fontsize=7,
-                color=color,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
-        if method in chosen:
-            c = chosen[method]
+        ax.plot([r["coverage"] for r in rows], [r["precision"] for r in rows], "-", color=color,
+                marker=marker, label=method, lw=1.5, ms=5)  # fmt: skip
+        points += [(r["coverage"], r["precision"]) for r in rows]
+        curves.append([(r["coverage"], r["precision"]) for r in rows])
+        labels += [(r["coverage"], r["precision"], f"w={r['w']:g}", color) for r in rows[1:]]
+        c = reported.get(method)
+        if c and c.get("helped", True) and c["w"] != 1.0:
             ax.scatter([c["coverage"]], [c["precision"]], s=140, facecolors="none", edgecolors=color, lw=1.5)
     ax.scatter(
         [none["coverage"]], [none["precision"]], marker="*", s=160, c="k", label="no guidance", zorder=5
@@ -244,11 +359,13 @@ def sweep_figure(path: Path, sweep: list[dict], none: dict, truth: dict, chosen:
     ax.set_xlabel("coverage (1 - TV of component occupancy)  ->  more variety")
     ax.set_ylabel("precision (inside the 99%-mass region)  ->  higher quality")
     ax.set_title(
-        "Guidance weight sweep: quality vs variety\n(circled: the w chosen by the stated rule)", fontsize=10
+        "Guidance weight sweep: quality vs variety\n(circled: the w the stated rule chose; none circled: no w helped)",
+        fontsize=10,
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
+    _place_labels(ax, labels, points, curves)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
@@ -266,22 +383,23 @@ def scurve_figure(path: Path, d: dict) -> Path:
     for ax, key, title, color in (
         (axes[0, 1], "expert", f"Expert D1 ({d['expert_steps']} steps): D1(x) - x", "C2"),
         (axes[0, 2], "amateur", f"Amateur D0 ({d['amateur_steps']} steps): D0(x) - x", "C3"),
-        (axes[1, 0], "difference", "Guidance direction D1(x) - D0(x) (x4)", "C0"),
     ):
         _scatter(ax, d["data"], s=0.6, alpha=0.15)
-        v = d["fields"][key] * (4 if key == "difference" else 1)
-        ax.quiver(
-            at[:, 0],
-            at[:, 1],
-            v[:, 0],
-            v[:, 1],
-            color=color,
-            angles="xy",
-            scale_units="xy",
-            scale=1,
-            width=0.004,
-        )
-        _style(ax, f"{title}\nsigma = {d['sigma']:g}", c, lim)
+        v = d["fields"][key]  # drawn to scale: each arrow ends at the model's denoised point D(x)
+        ax.quiver(at[:, 0], at[:, 1], v[:, 0], v[:, 1], color=color, angles="xy", scale_units="xy", scale=1,
+                  width=0.004)  # fmt: skip
+        _style(ax, f"{title}\nsigma = {d['sigma']:g}; arrow tip = D(x)", c, lim)
+    ax = axes[1, 0]
+    _scatter(ax, d["data"], s=0.6, alpha=0.25)
+    fine = d["difference_at"]
+    _arrows(ax, fine, d["fields"]["difference"], _spacing(fine), keep=d["difference_near"], color="C0")
+    _style(
+        ax,
+        f"Guidance direction D1(x) - D0(x), sigma = {d['sigma']:g}\n"
+        "within 2 sigma of the data (lengths capped)",
+        c,
+        lim,
+    )
     for ax, key, title in (
         (axes[1, 1], "none", "Samples without guidance (expert alone)"),
         (axes[1, 2], "autoguidance", f"Samples with autoguidance, w={d['w']:g}"),

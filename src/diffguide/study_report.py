@@ -25,8 +25,8 @@ def metrics_table(metrics: dict) -> str:
         if not m:
             continue
         w = "-" if m.get("w") is None else f"{m['w']:g}"
-        if key not in ("none", "cfg+autoguidance") and m.get("w") == 1.0:
-            w = "1 (no w of the sweep helped)"
+        if m.get("helped") is False:
+            w = f"{w} (no w helped: the sweep's best precision)"
         if key == "cfg+autoguidance" and m.get("w_cfg") is not None:
             w = f"{w} (auto) + {m['w_cfg']:g} (cfg)"
         if key == "cfg_interval" and m.get("interval"):
@@ -53,6 +53,8 @@ def write_report(path: Path, metrics: dict, settings, expert, amateur) -> Path:
     e, a = expert.config, amateur.config
     t = metrics["timings_s"]
     sc = metrics["scurve"]
+    fd = metrics["figures_detail"]
+    ends = fd["trajectory_ends_inside"]
     timing = "\n".join(f"| {k} | {v:.1f} |" for k, v in t.items())
     text = f"""# Guidance study: no guidance, classifier-free guidance and autoguidance
 
@@ -94,26 +96,34 @@ Per-class metrics (against p(x | class)) are in metrics.json under "per_class".
 
 ![study panel](study_panel.png)
 
-`study_panel.png`: top row: ground truth, samples without guidance, with autoguidance; middle: CFG,
-then the zoom window (dashed box) at sigma = {settings.field_sigma:g}: the main model's density with its
-score arrows, and the guide's; bottom: the log density ratio main / guide with the score difference
-(the direction autoguidance pushes: D_w - D_1 = (w - 1) sigma^2 (s_main - s_guide)), then sampling
-trajectories in the window without and with autoguidance, started from blurred ground-truth points at
-sigma = {4 * settings.field_sigma:g} (grey dots: start, black: end).
+`study_panel.png`: top row: ground truth, samples without guidance, with autoguidance (w = {fd["w_shown"]["autoguidance"]:g});
+middle: CFG (w = {fd["w_shown"]["cfg"]:g}), then the zoom window (dashed box: the first fork of class A) at
+sigma = {settings.field_sigma:g}: the main model's log-density with its score arrows, and the guide's (the
+dashed line in the zoom panels is the true 99%-mass region of class A); bottom: the log density ratio
+main / guide with the score difference (the direction autoguidance pushes:
+D_w - D_1 = (w - 1) sigma^2 (s_main - s_guide)), then sampling trajectories in the window without and
+with autoguidance at w = {fd["w_shown"]["trajectories"]:g}, started from blurred ground-truth points at
+sigma = {4 * settings.field_sigma:g} (grey dots: start; end points black inside the 99% region, red
+outside: {ends["none"][0]} of {ends["none"][1]} without guidance, {ends["autoguidance"][0]} of
+{ends["autoguidance"][1]} with it).
 
 How the densities are drawn: a trained denoiser gives a score field, not a density. Each model's
 score (D(x, sigma) - x) / sigma^2 is evaluated on a {settings.field_res} x {settings.field_res} grid and
 integrated into a log-density by least squares (the potential whose finite-difference gradient best
 fits the score; a sparse Poisson solve). It is the model's own density up to a constant (exact if the
 learned score is a gradient field), so the ratio panel is the difference of two such potentials. The
-grey background in sample panels is the exact mixture density.
+log-densities are drawn down to 12 nats below their maximum (a linear density would show only the
+highest peak), the ratio only where the main model's log-density is within those 12 nats; arrow
+lengths grow with the score up to its 90% quantile, then saturate. The grey background in sample
+panels is the exact mixture density.
 
 ![S-curve](scurve_autoguidance.png)
 
 `scurve_autoguidance.png` (seed 000's experiment): one net trained {sc["expert_steps"]} steps on the
 S-curve (expert D1) and its own snapshot at step {sc["amateur_steps"]} (amateur D0), VE SDE with
 {sc["sampler"]}. The three fields at one noise level are the displacements D1(x) - x and D0(x) - x
-(sigma^2 times each score) and their difference D1 - D0 (the autoguidance direction, drawn 4x).
+(sigma^2 times each score; arrow tips are the denoised points) and their difference D1 - D0 (the
+autoguidance direction), drawn only within 2 sigma of the data, where the noisy data has density.
 Without -> with autoguidance at w = {sc["w"]:g}: mean distance of a sample to the nearest data point
 {sc["distance_to_data_none"]:.4f} -> {sc["distance_to_data_autoguidance"]:.4f} (samples pulled onto the
 curve: quality), sliced W2 to the data {sc["sliced_w2_none"]:.4f} -> {sc["sliced_w2_autoguidance"]:.4f}

@@ -24,7 +24,12 @@ def add_train_args(p) -> None:
         action="store_true",
         help="also train a weaker amateur for autoguidance into RUNS/NAME-amateur",
     )
-    g.add_argument("--amateur-width", type=int, metavar="W", help="amateur width (default: half)")
+    g.add_argument(
+        "--amateur-width",
+        type=int,
+        metavar="W",
+        help="amateur width: model.width of an MLP, model.channels of a U-Net (default: half)",
+    )
     g.add_argument("--amateur-steps", type=int, metavar="K", help="amateur steps (default: half)")
     g.add_argument(
         "--with-classifier",
