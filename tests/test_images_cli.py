@@ -91,21 +91,221 @@ def test_sample_inpaint_keeps_known_pixels(tiny_run):
     assert main(args + ["--inpaint", str(tiny_run / "known.png")]) == 2
 
 
-def test_train_classifier_and_eval(tiny_run):
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_run):
+    """A digits classifier trained for 60 steps (held-out accuracy ~0.7), shared like tiny_run."""
+    from filelock import FileLock
+
     clf = tiny_run / "clf"
-    assert (
-        main(["train-classifier", "--data", "digits", "--out", str(clf), "--steps", "10", "--width", "8"])
-        == 0
-    )
-    meta = json.loads((clf / "classifier.json").read_text())
+    with FileLock(str(clf) + ".lock"):
+        if not (clf / "classifier.json").is_file():
+            args = [
+                "train-classifier",
+                "--data",
+                "digits",
+                "--out",
+                str(clf),
+                "--steps",
+                "60",
+                "--width",
+                "8",
+            ]
+            assert main(args) == 0
+    return clf
+
+
+def test_train_classifier_and_eval(tiny_run, tiny_classifier):
+    meta = json.loads((tiny_classifier / "classifier.json").read_text())
     assert meta["kind"] == "image-classifier" and "class_accuracy" in meta["heldout"]
     out = tiny_run / "eval.json"
-    args = ["eval", str(tiny_run / "tiny"), "--classifier", str(clf), "--n", "40", "--out", str(out)]
-    assert main(args) == 0
+    args = [
+        "eval",
+        str(tiny_run / "tiny"),
+        "--classifier",
+        str(tiny_classifier),
+        "--n",
+        "40",
+        "--out",
+        str(out),
+    ]
+    guidance = ["--guidance", "cfg", "--w", "1.5", "--rescale", "0.5", "--interval", "0.1", "5"]
+    assert main(args + guidance) == 0
     result = json.loads(out.read_text())
     for key in ("fid_digits_clf", "kid_digits_clf", "precision_digits_clf", "recall_digits_clf", "accuracy"):
         assert key in result
     assert 0 <= result["accuracy"] <= 1 and result["n"] == 40 and result["n_real"] == 300
+    assert result["guidance"] == {
+        "guidance": "cfg", "w": 1.5, "w_cfg": None, "guide": None, "interval": [0.1, 5.0], "rescale": 0.5
+    }  # fmt: skip
+
+
+def test_eval_metrics_of_an_oracle_that_serves_held_out_images(tiny_run, tiny_classifier):
+    """A generator returning held-out digits of the requested class: precision 1, FID/KID at their floor
+    (below an independent real set's), accuracy = the classifier's accuracy on those very images."""
+    from diffguide.image_classifier import load_classifier
+    from diffguide.metrics_images import evaluate_images, fid, kid, precision_recall
+    from diffguide.runs import load_run
+
+    run = load_run(tiny_run / "tiny")
+    real, labels = run.dataset.heldout()
+    pools = {c: torch.nonzero(labels == c).reshape(-1).tolist() for c in range(10)}
+    served = []  # held-out indices, in the order the samples were produced
+
+    def oracle(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, **kwargs):
+        for c in cond.tolist():  # the next unused held-out image of each requested class, cycling
+            pool = pools[c]
+            served.append(pool[sum(labels[i] == c for i in served) % len(pool)])
+        return real[served[-len(x) :]].to(x)
+
+    n = 300
+    result, x = evaluate_images(run, run.denoiser, tiny_classifier, n=n, sampler=oracle, batch_size=128)
+    assert torch.equal(x, real[served])
+    assert labels[served].tolist() == [i % 10 for i in range(n)]  # eval asked for classes 0..9 in turn
+    classifier, _ = load_classifier(tiny_classifier)
+    real_f, _ = classifier.predict(real)
+    fake_f, pred = classifier.predict(real[served])
+    accuracy = float((pred["class"] == labels[served]).float().mean())
+    assert 0.3 < accuracy < 1  # a classifier that is neither at chance nor perfect: the check can tell
+    assert result["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert result["precision_digits_clf"] == 1.0  # every sample is a real image, inside its own k-NN ball
+    _, recall = precision_recall(real_f.numpy(), fake_f.numpy())
+    assert result["recall_digits_clf"] == pytest.approx(recall)
+    # the floor: an independent set of real (training) digits of the same size
+    train, _ = run.dataset.train_images()
+    train_f, _ = classifier.predict(train[:n])
+    floor_fid = fid(real_f.numpy(), train_f.numpy())
+    assert result["fid_digits_clf"] == pytest.approx(fid(real_f.numpy(), fake_f.numpy()), rel=1e-6)
+    assert result["fid_digits_clf"] < 0.5 * floor_fid, (result["fid_digits_clf"], floor_fid)
+    # KID is unbiased, so its floor is 0 up to noise: tiny next to what noise images score
+    assert result["kid_digits_clf"] == pytest.approx(kid(real_f.numpy(), fake_f.numpy()), rel=1e-6)
+    noise_f, _ = classifier.predict(
+        torch.rand(n, *run.dataset.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )
+    scale = kid(real_f.numpy(), noise_f.numpy())
+    assert abs(result["kid_digits_clf"]) < 0.02 * scale, (result["kid_digits_clf"], scale)
+
+
+def test_eval_inception_says_what_is_missing_before_sampling(tiny_run, tiny_classifier, monkeypatch, capsys):
+    import importlib.util
+
+    import diffguide.sampling
+    from diffguide.metrics_images import INCEPTION_WEIGHTS
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("eval sampled before checking the --inception prerequisites")
+
+    monkeypatch.setattr(diffguide.sampling, "generate", no_sampling)
+    torch_home = tiny_run / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    out = tiny_run / "eval-inception.json"
+    args = [
+        "eval",
+        str(tiny_run / "tiny"),
+        "--classifier",
+        str(tiny_classifier),
+        "--n",
+        "40",
+        "--out",
+        str(out),
+    ]
+    assert main(args + ["--inception"]) == 2
+    err = capsys.readouterr().err
+    weights = torch_home / "hub" / "checkpoints" / INCEPTION_WEIGHTS
+    assert f"{INCEPTION_WEIGHTS} at {weights}" in err and "nothing is downloaded" in err
+    for module, package in (("torch_fidelity", "torch-fidelity"), ("torchvision", "torchvision")):
+        assert (f"the package {package} " in err) == (importlib.util.find_spec(module) is None)
+    assert not out.exists()
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"")  # present now: no longer named as missing
+    assert main(args + ["--inception"]) == (2 if importlib.util.find_spec("torch_fidelity") is None else 0)
+    assert str(weights) not in capsys.readouterr().err
+
+
+def test_eval_keeps_the_metrics_when_inception_fid_fails(tiny_run, tiny_classifier, monkeypatch, capsys):
+    import diffguide.metrics_images as M
+
+    def broken(real, fake):
+        raise RuntimeError("feature extractor crashed")
+
+    monkeypatch.setattr(M, "check_inception", lambda: None)  # as if everything were installed
+    monkeypatch.setattr(M, "inception_fid", broken)
+    out = tiny_run / "eval-inception-failed.json"
+    args = [
+        "eval",
+        str(tiny_run / "tiny"),
+        "--classifier",
+        str(tiny_classifier),
+        "--n",
+        "20",
+        "--out",
+        str(out),
+    ]
+    assert main(args + ["--inception"]) == 0
+    result = json.loads(out.read_text())
+    assert "fid_digits_clf" in result and "accuracy" in result and "fid_inception" not in result
+    assert result["fid_inception_error"] == "RuntimeError: feature extractor crashed"
+    assert "Inception FID failed, the other metrics are kept" in capsys.readouterr().err
+
+
+AUTO_TINY = [
+    "train.steps=5",
+    "train.batch_size=16",
+    "train.warmup_steps=1",
+    "train.log_every=5",
+    "train.ckpt_every=5",
+    "sample.steps=3",
+    "sample.n=10",
+]
+
+
+@pytest.fixture(scope="module")
+def auto_pair(tiny_run):
+    """digits-auto with its amateur, as docs/images.md trains it (5 steps instead of 1500), shared like tiny_run."""
+    from filelock import FileLock
+
+    root = tiny_run / "auto"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "digits-auto" / "guidance.json").is_file():
+            args = ["train", "--preset", "digits-auto", "--out", str(root), "--no-progress"]
+            args += ["--with-amateur", "--amateur-width", "8", "--amateur-steps", "3"]
+            assert main(args + [a for s in AUTO_TINY for a in ("--set", s)]) == 0
+    return root
+
+
+def test_digits_auto_samples_with_its_amateur_without_guide(auto_pair):
+    from PIL import Image
+
+    expert, amateur = auto_pair / "digits-auto", auto_pair / "digits-auto-amateur"
+    note = json.loads((expert / "guidance.json").read_text())
+    assert (expert / note["amateur"]).resolve() == amateur.resolve()
+    assert json.loads((amateur / "config.json").read_text())["train"]["steps"] == 3
+    images = {}
+    for kind in ("auto", "none"):
+        out = auto_pair / f"{kind}.png"
+        args = ["sample", str(expert), "--guidance", kind, "--w", "2", "--class", "3", "--n", "4"]
+        assert main(args + ["--out", str(out), "--per-sample"]) == 0
+        images[kind] = np.stack(
+            [np.asarray(Image.open(out.with_suffix("") / f"{i:05d}.png")) for i in range(4)]
+        )
+    assert not np.array_equal(images["auto"], images["none"])  # the amateur named in guidance.json guided
+
+
+def test_digits_auto_amateur_has_the_requested_width(auto_pair):
+    config = json.loads((auto_pair / "digits-auto-amateur" / "config.json").read_text())
+    assert config["model"]["channels"] == 8
+
+
+def test_unet_amateur_defaults_to_half_the_channels():
+    """A U-Net's width is model.channels (kept even); an MLP's is model.width."""
+    from diffguide.config import ConfigError, load_preset
+    from diffguide.guidance_runs import amateur_config
+
+    expert = load_preset("digits-auto")
+    amateur = amateur_config(expert)
+    assert amateur.model.channels == expert.model.channels // 2 and amateur.model.width == expert.model.width
+    assert amateur.train.steps == expert.train.steps // 2
+    with pytest.raises(ConfigError, match="model.channels must be even"):
+        amateur_config(expert, width=7)
 
 
 def test_attribute_condition_names_checked(capsys):
@@ -136,6 +336,29 @@ def test_attribute_condition_names_checked(capsys):
         types.SimpleNamespace(class_label=None, attr_type="ape", accessory=["blonde bob"]), run, 1
     )
     assert "never saw this combination" in capsys.readouterr().out
+
+    # a condition is an exact accessory set (unnamed = absent): counts from the raw label rows above
+    def counts(kind, wanted):
+        names = spec.accessories
+        rows = [
+            {names[j] for j, v in enumerate(row) if v}
+            for k, row in zip(spec.type_labels.tolist(), spec.accessory_labels.tolist())
+            if k == kind
+        ]
+        return sum(r == set(wanted) for r in rows), sum(set(wanted) <= r for r in rows)
+
+    assert counts(2, ["earring"]) == (0, 1)  # the only female with an earring also has a blonde bob
+    build_condition(
+        types.SimpleNamespace(class_label=None, attr_type="female", accessory=["earring"]), run, 1
+    )
+    out = capsys.readouterr().out
+    assert "no training image has type 'female' with exactly the accessories 'earring'" in out
+    assert "1 have them plus other accessories" in out and "requested as absent" in out
+    assert counts(2, ["blonde bob"]) == (1, 2)  # one female has exactly a blonde bob: no warning
+    build_condition(
+        types.SimpleNamespace(class_label=None, attr_type="female", accessory=["blonde bob"]), run, 1
+    )
+    assert "warning" not in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"unknown accessory 'blond bob'; did you mean 'blonde bob'"):
         build_condition(
             types.SimpleNamespace(class_label=None, attr_type=None, accessory=["blond bob"]), run, 1

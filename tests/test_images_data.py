@@ -147,8 +147,33 @@ def test_cryptopunks_from_package():
         "green eye shadow", "earring", "blonde bob"
     }  # fmt: skip
     assert ds.images[0, :, 0, 0].tolist() == [0x63, 0x85, 0x96]
-    c = a.condition(3, "Female", ["earring", "Blonde Bob"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = a.condition(3, "Female", ["earring", "Blonde Bob"])
     assert c["type"].tolist() == [3, 3, 3] and c["accessories"].sum(1).tolist() == [2, 2, 2]
+    # a condition is an exact accessory set: count the training punks (ids < 9000) in the package's raw JSON
+    import json
+
+    from diffguide.data.punks import package_data_dir
+
+    table = json.loads((package_data_dir() / "punks.json").read_text())
+    females = [
+        {k for k, v in table[str(i)].items() if v and k not in a.types}
+        for i in range(9000)
+        if table[str(i)]["female"]
+    ]
+    exact = sum(f == {"earring", "blondeBob"} for f in females)
+    more = sum({"earring", "blondeBob"} <= f for f in females)
+    assert exact == 0 and more > 0  # the README's example: only with further accessories
+    assert [str(w.message) for w in caught] == [
+        "no training image has type 'female' with exactly the accessories 'blonde bob', 'earring' "
+        f"({more} have them plus other accessories: name those too to ask for such a punk); unnamed "
+        "accessories are requested as absent, and the model never saw this combination and may ignore part of it"
+    ]
+    assert sum(f == {"blondeBob"} for f in females) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # seen exactly: no warning
+        a.condition(1, "female", ["blonde bob"])
     with pytest.raises(ConfigError, match="did you mean 'earring'"):
         a.condition(1, None, ["earing"])
     with pytest.raises(ConfigError, match="unknown type 'zombi'; did you mean 'zombie'"):

@@ -83,3 +83,39 @@ def test_inception_fid_explains_what_is_missing():
         pytest.skip("torch-fidelity is installed here")
     with pytest.raises(ConfigError, match="torch-fidelity"):
         inception_fid(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+
+
+def test_w_sweep_plot_draws_one_curve_per_guidance(tmp_path):
+    from PIL import Image
+
+    from diffguide.image_figures import save_w_sweep_plot
+
+    rows = [
+        {"guidance": g, "w": w, "accuracy": a, "fid_digits_clf": f}
+        for g, points in {
+            "cfg": [(1, 0.9, 2.0), (2, 0.99, 3.0)],
+            "auto": [(1, 0.9, 2.0), (2, 0.92, 1.2)],
+        }.items()
+        for w, a, f in points
+    ]
+    path = save_w_sweep_plot(tmp_path / "sweep.png", rows, ["accuracy", "fid_digits_clf"], title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(path).convert("RGB")
+    assert img.size == (int(3.2 * 2 * 110), 3 * 110)  # one 3.2 x 3 inch panel per metric at 110 dpi
+    colours = {c for _, c in img.getcolors(maxcolors=1 << 20)}
+    assert (0x1F, 0x77, 0xB4) in colours and (0xFF, 0x7F, 0x0E) in colours  # matplotlib's C0, C1: two curves
+    only_cfg = save_w_sweep_plot(tmp_path / "cfg.png", rows[:2], ["accuracy"])
+    assert (0xFF, 0x7F, 0x0E) not in {c for _, c in Image.open(only_cfg).convert("RGB").getcolors(1 << 20)}
+
+
+def test_labelled_grids_stack_one_titled_row_per_condition(tmp_path):
+    from PIL import Image
+
+    from diffguide.image_figures import save_labelled_grids
+
+    x = torch.rand(3, 3, 24, 24) * 2 - 1
+    one = Image.open(save_labelled_grids(tmp_path / "one.png", [("--type female", x)]))
+    two = Image.open(save_labelled_grids(tmp_path / "two.png", [("--type female", x), ("--type male", x)]))
+    assert one.width == two.width and two.height > 1.8 * one.height
+    with pytest.raises(ConfigError, match="no rows"):
+        save_labelled_grids(tmp_path / "none.png", [])

@@ -150,3 +150,33 @@ def save_w_sweep_plot(path: str | Path, rows: list[dict], keys: list[str], title
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def save_labelled_grids(path: str | Path, rows: list[tuple[str, torch.Tensor]], scale: int = 4) -> Path:
+    """One titled row of images per condition (e.g. `--type female --accessory earring`), stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ConfigError("no rows of images to draw")
+    images = [np.asarray(grid_image(x, nrow=len(x), pad=1, scale=scale)) for _, x in rows]
+    # wide enough for the longest title too (about 0.07 inch per character at 8 pt)
+    width = max(max(img.shape[1] for img in images) / 100, 0.07 * max(len(t) for t, _ in rows))
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(width + 0.4, sum(i.shape[0] / 100 + 0.35 for i in images))
+    )
+    for ax, (title, _), img in zip(np.atleast_1d(axes), rows, images):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise output_error(path, e) from None
+    finally:
+        plt.close(fig)
+    return path

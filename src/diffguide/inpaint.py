@@ -5,6 +5,9 @@ current sigma, known + sigma * z with fresh per-sample noise z (the "replacement
 al. 2021, score-SDE, appendix I.2, and of RePaint, Lugmayr et al. 2022, without its resampling
 loops), and x0_hat is pasted over by the known pixels. The final output is pasted once more, so it
 equals the known image exactly where the mask says known, whatever the sampler does at the last step.
+It is not exact conditioning: the known pixels are noised independently of the unknown pixels' path,
+so the unknown ones only approximately follow p(unknown | known) (tests/test_inpaint.py measures this
+on a correlated Gaussian, docs/images.md gives the figures).
 
 This is a sampler wrapper: `inpainting_sampler(sampler, known, mask)` returns a function with the
 sampler signature, usable by `generate` like any named sampler. The noise z comes from the sampler's

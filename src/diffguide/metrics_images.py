@@ -9,7 +9,6 @@ available only when torch-fidelity and its Inception weights are installed local
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -131,21 +130,43 @@ def feature_metrics(real_features, fake_features, prefix: str, k: int = 3) -> di
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
+def inception_weights_path() -> Path:
+    """Where torch-fidelity looks for its Inception weights: torch.hub's cache, <hub dir>/checkpoints/."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+
+
+def inception_missing() -> list[str]:
+    """What `inception_fid` needs and is not here (empty: it can run): packages, then the weights file."""
+    missing = [
+        f"the package {package} ({why})"
+        for module, package, why in (
+            ("torch_fidelity", "torch-fidelity", "pip install torch-fidelity"),
+            ("torchvision", "torchvision", "torch-fidelity imports it; install the build matching torch"),
+        )
+        if importlib.util.find_spec(module) is None
+    ]
+    weights = inception_weights_path()
+    if not weights.is_file():
+        missing.append(
+            f"the weights file {INCEPTION_WEIGHTS} at {weights} (nothing is downloaded at run time: copy it "
+            "there from a machine that has it, or point $TORCH_HOME at a folder whose hub/checkpoints/ holds it)"
+        )
+    return missing
+
+
+def check_inception() -> None:
+    """Raise ConfigError naming each missing prerequisite of Inception FID; call it before sampling."""
+    missing = inception_missing()
+    if missing:
+        raise ConfigError(
+            "Inception FID needs " + "; and ".join(missing) + ". Without --inception, `diffguide eval` "
+            "computes the fid_<data>_clf metrics, which need none of these"
+        )
+
+
 def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Standard Inception FID through torch-fidelity, only when it and its weights are installed locally."""
-    if importlib.util.find_spec("torch_fidelity") is None:
-        raise ConfigError(
-            "Inception FID needs the package torch-fidelity (which needs torchvision) and its Inception "
-            f"weights file {INCEPTION_WEIGHTS} in $TORCH_HOME/hub/checkpoints; neither is installed here. "
-            "The fid_<data>_clf metrics above work without them."
-        )
-    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    weights = home / "hub" / "checkpoints" / INCEPTION_WEIGHTS
-    if not weights.is_file():
-        raise ConfigError(
-            f"Inception FID needs the weights file {weights} (nothing is downloaded at run time); "
-            "copy it there from a machine that has it"
-        )
+    check_inception()
     import torch_fidelity
 
     from .data.images import to_uint8
@@ -185,8 +206,14 @@ def evaluate_images(
     Class-conditional runs request classes 0..K-1 in turn; attribute runs request the (type,
     accessories) of held-out punks in turn; unconditional runs get FID/KID/precision/recall only.
     Real images are the dataset's held-out split. Returns (JSON-ready dict of metrics, samples).
+    With `inception`, its prerequisites are checked before anything is sampled; if Inception FID then
+    fails anyway, the other metrics are still returned, with the error as `fid_inception_error`.
     """
     import time
+    import warnings
+
+    if inception:
+        check_inception()
 
     from .image_classifier import load_classifier
     from .image_figures import example_conditions
@@ -227,5 +254,9 @@ def evaluate_images(
     attrs = getattr(run.dataset, "attributes", None)
     out.update(conditional_accuracy(pred, cond, attrs.accessories if attrs else None))
     if inception:
-        out["fid_inception"] = inception_fid(real, x)
+        try:
+            out["fid_inception"] = inception_fid(real, x)
+        except Exception as e:  # never lose the metrics of a long sampling run to a late failure
+            out["fid_inception_error"] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"Inception FID failed, the other metrics are kept: {e}", stacklevel=2)
     return out, x

@@ -36,7 +36,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
     p.add_argument(
-        "--inception", action="store_true", help="also standard Inception FID (needs local weights)"
+        "--inception",
+        action="store_true",
+        help="also standard Inception FID (needs torch-fidelity, torchvision and the weights file locally; "
+        "checked before sampling)",
     )
     p.add_argument("--out", help="JSON file for the results (default: RUN/eval.json)")
     p.add_argument("--samples", help="also write the samples as a PNG grid here")
@@ -88,7 +91,7 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size, k=args.k, inception=args.inception,
     )  # fmt: skip
     result["guidance"] = {
-        k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval")
+        k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval", "rescale")
     }
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     write_json(out, result)

@@ -2,8 +2,10 @@
 
 A condition is a dict {"type": [N] long, "accessories": [N, A] float}. The value -1 means "null"
 (no condition on that part): type -1, or an accessory row of all -1 (an all-zero row is a real
-condition, "no accessories"). Each part is dropped to null independently during training, so a
-model can be asked for a type alone, accessories alone, both, or neither (the CFG guide).
+condition, "no accessories"). An accessory row names every accessory: 1 = wanted, 0 = absent, so
+asking for earring + blonde bob asks for a punk with those two and no other accessory. Each part is
+dropped to null independently during training, so a model can be asked for a type alone,
+accessories alone, both, or neither (the CFG guide).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class AttributeSpec:
         return table[_norm(name)]
 
     def condition(self, n: int, type_name: str | None = None, accessories: list[str] | None = None) -> dict:
-        """The condition dict for n samples; an unnamed part is null (-1). Warns on unseen combinations."""
+        """The condition dict for n samples; an unnamed part is null (-1), unnamed accessories of a named
+        set are absent (0). Warns when no training image has exactly this combination."""
         kind = -1 if type_name is None else self.type_index(type_name)
         acc = None
         if accessories is not None:
@@ -86,27 +89,44 @@ class AttributeSpec:
             .clone(),
         }
 
-    def count_matches(self, kind: int, acc: np.ndarray | None) -> int:
-        """How many training examples have this type (if given) and all these accessories (if given)."""
+    def count_matches(self, kind: int, acc: np.ndarray | None, exact: bool = True) -> int:
+        """How many training examples have this type (if given) and these accessories (if given).
+
+        exact: the accessory set must be exactly `acc` (a condition names every accessory it wants;
+        unnamed ones are asked to be absent); exact=False: at least these accessories, maybe more.
+        """
         if self.type_labels is None:
             return -1
         keep = np.ones(len(self.type_labels), dtype=bool)
         if kind >= 0:
             keep &= self.type_labels == kind
-        if acc is not None and acc.sum() > 0:
-            keep &= (self.accessory_labels[:, acc > 0] > 0).all(axis=1)
+        if acc is not None:
+            have, want = self.accessory_labels > 0, np.asarray(acc) > 0
+            keep &= (have == want).all(axis=1) if exact else have[:, want].all(axis=1)
         return int(keep.sum())
 
     def warn_if_unseen(self, kind: int, acc: np.ndarray | None) -> None:
-        if self.count_matches(kind, acc) == 0:
-            parts = [] if kind < 0 else [f"type {self.types[kind]!r}"]
-            if acc is not None:
-                parts += [repr(self.accessories[i]) for i in np.flatnonzero(acc)]
-            warnings.warn(
-                f"no training image has {' with '.join(parts)}; the model never saw this combination "
-                "and may ignore part of it",
-                stacklevel=3,
-            )
+        if self.count_matches(kind, acc) != 0:
+            return
+        what = "" if kind < 0 else f"type {self.types[kind]!r}"
+        hint = absent = ""
+        if acc is not None:
+            absent = "unnamed accessories are requested as absent, and "
+            names = [repr(self.accessories[i]) for i in np.flatnonzero(acc)]
+            exactly = f"exactly the accessories {', '.join(names)}" if names else "no accessories"
+            what = f"{what} with {exactly}" if what else exactly
+            if names:
+                more = self.count_matches(kind, acc, exact=False)
+                hint = (
+                    f" ({more} have them plus other accessories: name those too to ask for such a punk)"
+                    if more
+                    else " (none has them even with other accessories)"
+                )
+        warnings.warn(
+            f"no training image has {what}{hint}; {absent}the model never saw this combination "
+            "and may ignore part of it",
+            stacklevel=3,
+        )
 
     def describe(self, kind: int, acc) -> str:
         parts = [] if kind < 0 else [self.types[kind]]

