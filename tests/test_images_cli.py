@@ -114,11 +114,9 @@ def tiny_classifier(tiny_run):
     return clf
 
 
-def test_train_classifier_and_eval(tiny_run, tiny_classifier):
-    meta = json.loads((tiny_classifier / "classifier.json").read_text())
-    assert meta["kind"] == "image-classifier" and "class_accuracy" in meta["heldout"]
-    out = tiny_run / "eval.json"
-    args = [
+def eval_args(tiny_run, tiny_classifier, out) -> list[str]:
+    """`diffguide eval` of the tiny run with the tiny classifier, 40 samples, to `out`."""
+    return [
         "eval",
         str(tiny_run / "tiny"),
         "--classifier",
@@ -128,6 +126,13 @@ def test_train_classifier_and_eval(tiny_run, tiny_classifier):
         "--out",
         str(out),
     ]
+
+
+def test_train_classifier_and_eval(tiny_run, tiny_classifier):
+    meta = json.loads((tiny_classifier / "classifier.json").read_text())
+    assert meta["kind"] == "image-classifier" and "class_accuracy" in meta["heldout"]
+    out = tiny_run / "eval.json"
+    args = eval_args(tiny_run, tiny_classifier, out)
     guidance = ["--guidance", "cfg", "--w", "1.5", "--rescale", "0.5", "--interval", "0.1", "5"]
     assert main(args + guidance) == 0
     result = json.loads(out.read_text())
@@ -198,16 +203,7 @@ def test_eval_inception_says_what_is_missing_before_sampling(tiny_run, tiny_clas
     torch_home = tiny_run / "torch-home"
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     out = tiny_run / "eval-inception.json"
-    args = [
-        "eval",
-        str(tiny_run / "tiny"),
-        "--classifier",
-        str(tiny_classifier),
-        "--n",
-        "40",
-        "--out",
-        str(out),
-    ]
+    args = eval_args(tiny_run, tiny_classifier, out)
     assert main(args + ["--inception"]) == 2
     err = capsys.readouterr().err
     weights = torch_home / "hub" / "checkpoints" / INCEPTION_WEIGHTS
