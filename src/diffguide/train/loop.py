@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -87,6 +88,21 @@ def lr_at(step: int, cfg) -> float:
     if t.decay == "inv-sqrt":
         return t.lr / math.sqrt(max(1.0, (step - t.warmup_steps) / max(1, t.warmup_steps) + 1))
     return t.lr
+
+
+BF16_ON_SLOW_CPU = (
+    "train.precision=bf16 on a CPU without bfloat16 instructions (AVX512-BF16 or AMX): bf16 is emulated "
+    "there and was measured 8 to 20 times slower than fp32 (benchmarks/results/training.md); "
+    "use train.precision=fp32 on this machine"
+)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); True if torch cannot tell."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [c for c in checks if callable(c)]
+    return not checks or any(c() for c in checks)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,6 +231,8 @@ def train(
     logger = RunLogger(run_dir, step, t.steps, progress) if info.is_main else None
     stop_request = _StopOnSignal()
     num_classes = dataset.num_classes if cfg.data.conditional else 0
+    if t.precision == "bf16" and device.type == "cpu" and info.is_main and not cpu_has_bf16():
+        warnings.warn(BF16_ON_SLOW_CPU, stacklevel=2)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     net.train()
     try:
