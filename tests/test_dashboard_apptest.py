@@ -412,6 +412,35 @@ def digits_runs(tmp_path_factory) -> Path:
     return shared_runs(tmp_path_factory, "dashboard-digits", train_digits)
 
 
+def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkeypatch):
+    """Image runs offer "Clip x0 estimates to [-1, 1]" (2D runs, whose range is not known, do not): the
+    caption says so, and the page's denoiser is the guided one clamped elementwise (checked with a
+    narrow range, which the untrained net's guided estimates leave)."""
+    from diffguide.dashboard.generation import GuidanceChoice, guided_denoiser
+    from diffguide.runs import load_run
+
+    assert "gen-clip" not in [c.key for c in open_page("generate", run="tiny").checkbox]
+    folder = copy_runs(digits_runs, tmp_path / "digits-runs")
+    monkeypatch.setenv(ENV_RUNS, str(folder))
+    at = open_page("generate", run="digits")
+    at.number_input(key="gen-n-img").set_value(4)
+    at.selectbox(key="gen-sampler-digits").set_value("euler")
+    at.number_input(key="gen-steps-digits").set_value(3)
+    at.selectbox(key="gen-guidance").set_value("cfg").run()
+    at.checkbox(key="gen-clip").check().run()
+    at.button(key="generate").click().run()
+    assert_clean(at)
+    assert "CFG w=2, x0 clipped to [-1, 1]" in at.image[0].captions[0]
+
+    run = load_run(folder / "digits")
+    x = torch.randn(3, *run.dataset.shape, generator=torch.Generator().manual_seed(0)) * 5
+    cond = torch.tensor([1, 2, 3])
+    free = guided_denoiser(run, GuidanceChoice("cfg", 4.0))(x, 5.0, cond)
+    clipped = guided_denoiser(run, GuidanceChoice("cfg", 4.0, clip=(-0.01, 0.01)))(x, 5.0, cond)
+    assert bool((free.abs() > 0.01).any())
+    assert torch.equal(clipped, free.clamp(-0.01, 0.01))
+
+
 def test_compare_image_run_side_by_side_and_sweep(digits_runs, tmp_path, monkeypatch):
     from diffguide import guidance
     from diffguide.image_classifier import load_classifier

@@ -41,10 +41,11 @@ class GuidanceChoice:
     guide: object | None = None  # the guide Run for autoguidance
     rescale: float = 0.0  # guidance rescale phi (Lin et al. 2024), CFG and autoguidance
     classifier: Callable | None = None  # classifier(x, sigma) -> logits for classifier guidance
+    clip: tuple[float, float] | None = None  # clamp every (guided) x0 estimate to [lo, hi]
 
     def label(self) -> str:
         if self.kind == "none":
-            return "no guidance"
+            return "no guidance" + self.clip_label()
         name = {"cfg": "CFG", "auto": "autoguidance", "classifier": "classifier scale"}[self.kind]
         sep = " " if self.kind == "classifier" else " w="
         text = f"{name}{sep}{self.w:g}"
@@ -52,11 +53,22 @@ class GuidanceChoice:
             text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
         if self.rescale:
             text += f", rescale {self.rescale:g}"
-        return text
+        return text + self.clip_label()
+
+    def clip_label(self) -> str:
+        return f", x0 clipped to [{self.clip[0]:g}, {self.clip[1]:g}]" if self.clip else ""
 
 
 def guided_denoiser(run, choice: GuidanceChoice):
-    """The denoiser to sample with: the run's own, or a guidance combinator around it."""
+    """The denoiser to sample with: the run's own, or a guidance combinator around it; with
+    choice.clip, its x0 estimates clamped to that range (ClipDenoised, after guidance)."""
+    from ..denoiser import ClipDenoised
+
+    denoiser = _guided(run, choice)
+    return ClipDenoised(denoiser, *choice.clip) if choice.clip else denoiser
+
+
+def _guided(run, choice: GuidanceChoice):
     if choice.kind == "none":
         return run.denoiser
     interval = guidance.check_interval(choice.interval)

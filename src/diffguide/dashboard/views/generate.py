@@ -156,6 +156,13 @@ def settings_panel(folder) -> dict | None:
     )
     cond, labels, cond_text = pick_condition(run, int(n))
     choice = pick_guidance(folder, run_id, run)
+    if not two_d and st.checkbox(
+        "Clip x0 estimates to the data range [-1, 1]",
+        key="gen-clip",
+        help="Ho et al.'s clip (diffusers' clip_sample), applied after guidance: keeps a strong guidance "
+        "weight from pushing the estimates out of the image range",
+    ):
+        choice.clip = (-1.0, 1.0)
     progression = (not two_d) and st.checkbox("Show the denoising progression", key="gen-progression")
     return {
         "run_id": run_id,
