@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .checkpoint import atomic_write_text
 
 
 class RunLogger:
@@ -70,12 +71,7 @@ def purge_metrics(path: Path, start_step: int) -> None:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= start_step:
             kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

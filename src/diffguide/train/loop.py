@@ -98,11 +98,11 @@ BF16_ON_SLOW_CPU = (
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); True if torch cannot tell."""
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    checks = [c for c in checks if callable(c)]
-    return not checks or any(c() for c in checks)
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); True if torch cannot tell
+    (the checks are private torch functions, so a later torch may not have them)."""
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    checks = [getattr(torch.cpu, name) for name in names if callable(getattr(torch.cpu, name, None))]
+    return not checks or any(check() for check in checks)
 
 
 def resolve_device(name: str) -> torch.device:
