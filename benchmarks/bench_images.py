@@ -103,7 +103,7 @@ def hardware() -> str:
 
 def train_run(cfg, run_dir: Path, reuse: bool, times: dict) -> Path:
     """Train cfg into run_dir (or keep it, with --reuse, if it reached cfg.train.steps); time it."""
-    from diffguide.runs import load_run
+    from diffguide.models.runs import load_run
     from diffguide.train import train
 
     if reuse and (run_dir / "config.json").is_file() and str(run_dir.name) in times:
@@ -121,7 +121,7 @@ def train_run(cfg, run_dir: Path, reuse: bool, times: dict) -> Path:
 
 
 def train_metric_classifier(data_cfg, out: Path, reuse: bool, times: dict, **kwargs) -> Path:
-    from diffguide.image_classifier import train_classifier
+    from diffguide.classifiers.images import train_classifier
 
     if reuse and (out / "classifier.json").is_file() and out.name in times:
         return out
@@ -143,12 +143,12 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
     """preset + amateur + classifier; eval at w = 1 and each CFG / autoguidance weight; the floor.
     CFG rows need label dropout: a preset trained without it (digits-auto) gets autoguidance rows only."""
     from diffguide import guidance as G
+    from diffguide.classifiers.images import load_classifier
     from diffguide.config import apply_overrides, load_preset
     from diffguide.data.registry import DataConfig
-    from diffguide.guidance_runs import amateur_config, write_guidance_note
-    from diffguide.image_classifier import load_classifier
-    from diffguide.metrics_images import conditional_accuracy, evaluate_images, feature_metrics
-    from diffguide.runs import load_run
+    from diffguide.guidance.pairing import amateur_config, write_guidance_note
+    from diffguide.metrics.images import conditional_accuracy, evaluate_images, feature_metrics
+    from diffguide.models.runs import load_run
 
     cfg = apply_overrides(load_preset(preset), settings["digits_sets"])
     expert_dir = train_run(cfg, work / preset, reuse, times)
@@ -207,10 +207,10 @@ def punks_part(work: Path, settings: dict, reuse: bool, times: dict, grid_path: 
     from diffguide import guidance as G
     from diffguide.config import apply_overrides, load_preset
     from diffguide.data.registry import DataConfig
-    from diffguide.image_figures import save_labelled_grids
-    from diffguide.metrics_images import evaluate_images
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.metrics.images import evaluate_images
+    from diffguide.models.runs import load_run
+    from diffguide.plots.images import save_labelled_grids
+    from diffguide.samplers.generation import generate, sigma_grid
 
     cfg = apply_overrides(load_preset("punks-cfg"), settings["punks_sets"])
     run_dir = train_run(cfg, work / "punks-cfg", reuse, times)
@@ -305,7 +305,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import importlib.util
 
-    from diffguide.image_figures import save_w_sweep_plot
+    from diffguide.plots.images import save_w_sweep_plot
 
     settings = QUICK if args.quick else FULL
     stem = "images-quick" if args.quick else "images"

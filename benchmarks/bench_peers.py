@@ -646,7 +646,7 @@ def accuracy_plot(rows, path: Path) -> Path:
 
 def overhead(n_points: int = 10_000, evals: int = 32, repeats: int = 15, seed: int = 0):
     from diffguide.adapters.diffusers import EpsModelFromDenoiser
-    from diffguide.nets.mlp import MLP
+    from diffguide.models.nets.mlp import MLP
     from diffguide.processes import DDPM
 
     torch.manual_seed(seed)
@@ -767,7 +767,7 @@ def overhead_table(rows, n_points, evals, repeats) -> str:
 
 def our_unet(channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(6,)):
     from diffguide.config import RunConfig
-    from diffguide.nets.unet import build_unet
+    from diffguide.models.nets.unet import build_unet
 
     cfg = RunConfig()
     cfg.model.arch = "unet"

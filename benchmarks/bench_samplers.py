@@ -29,7 +29,7 @@ import torch
 from diffguide.denoiser import EDMPrecond
 from diffguide.grids import karras_sigmas
 from diffguide.mixtures import tree_mixture
-from diffguide.nets.mlp import MLP
+from diffguide.models.nets.mlp import MLP
 from diffguide.noise import PerSampleNoise
 from diffguide.samplers import EVALS_PER_STEP, SAMPLERS, STOCHASTIC, steps_for_evals
 

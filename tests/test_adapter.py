@@ -25,7 +25,7 @@ from diffguide.errors import CheckpointError, ConfigError  # noqa: E402
 from diffguide.grids import spaced_sigmas  # noqa: E402
 from diffguide.mixtures import eight_gaussians  # noqa: E402
 from diffguide.samplers import sample_ddim  # noqa: E402
-from diffguide.sampling import generate, sigma_grid  # noqa: E402
+from diffguide.samplers.generation import generate, sigma_grid  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 

@@ -19,7 +19,7 @@ from diffguide.config import load_preset, validate
 from diffguide.data.idx import write_idx
 from diffguide.data.registry import DataConfig, make_dataset
 from diffguide.errors import ConfigError
-from diffguide.nets.mlp import MLP
+from diffguide.models.nets.mlp import MLP
 from diffguide.processes import ProcessConfig, make_process
 
 

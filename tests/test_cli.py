@@ -63,8 +63,8 @@ def test_clip_denoised_bounds_every_estimate_and_equals_the_library(cli_run, tmp
     the last x0 estimate, lie in [LOW, HIGH] per coordinate although unclipped ones leave it, and equal
     the library's generate() with ClipDenoised from the same seed. LOW >= HIGH is refused."""
     from diffguide.denoiser import ClipDenoised
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     plain, clipped = tmp_path / "plain.npz", tmp_path / "clipped.npz"
     args = ["sample", str(cli_run), "--n", "64", "--steps", "8", "--no-metrics"]
@@ -145,8 +145,8 @@ def test_bad_inputs_exit_2_with_the_promised_message(argv, message, cli_run, tmp
 
 def test_sampler_options_reach_the_sampler(cli_run, tmp_path, capsys):
     """--sampler-option eta=1 gives exactly the library's sample_ddim(..., eta=1), and differs from eta=0."""
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     run = load_run(cli_run)
     s = run.config.sample
@@ -170,8 +170,8 @@ def test_sampler_options_reach_the_sampler(cli_run, tmp_path, capsys):
 def test_grid_options_reach_the_grid(cli_run, tmp_path, capsys):
     """--sigma-min/--sigma-max/--rho give exactly the Karras grid with those values (eq. 5 of Karras et al.)."""
     from diffguide.grids import karras_sigmas
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate
 
     run = load_run(cli_run)
     sigmas = karras_sigmas(6, 0.01, 20.0, 3.0)
@@ -242,7 +242,7 @@ def test_2d_samples_come_with_exact_metrics(cli_run, tmp_path, capsys):
     of class 1 score precision ~0.99 against p(x | 1) and mean log p = E[log p(x | 1)] of those points;
     against p(x) the other class's region is never visited, so coverage drops."""
     from diffguide.cli.core import write_exact_metrics
-    from diffguide.runs import load_run
+    from diffguide.models.runs import load_run
 
     run = load_run(cli_run)
     mixture = run.dataset.mixture

@@ -27,6 +27,7 @@ from diffguide.dashboard import app_path  # noqa: E402
 from diffguide.dashboard.jobs import JobRegistry, is_our_process  # noqa: E402
 from diffguide.dashboard.safety import RunsFolder  # noqa: E402
 from diffguide.dashboard.ui import ENV_RUNS  # noqa: E402
+from diffguide.plots.points import write_run_figure
 
 TIMEOUT = 120  # seconds per AppTest script run (the machine may be busy)
 
@@ -34,10 +35,11 @@ TIMEOUT = 120  # seconds per AppTest script run (the machine may be busy)
 def train_source_runs(out: Path) -> None:
     """tiny, its amateur tiny-amateur and an unconditional tiny-uncond, trained with diffguide.train.train."""
     from diffguide.config import apply_overrides, load_preset
-    from diffguide.guidance_runs import write_guidance_note
+    from diffguide.guidance.pairing import write_guidance_note
     from diffguide.train import train
 
     train(load_preset("tiny"), out / "tiny", progress=False)
+    write_run_figure(out / "tiny")  # samples.png, as the train command writes it
     small = ["model.width=16", "train.steps=20", "train.ckpt_every=20", "train.log_every=5", "sample.n=100"]
     amateur = apply_overrides(load_preset("tiny"), small)
     amateur.name = "tiny-amateur"
@@ -208,8 +210,8 @@ def test_empty_folder_explains_what_to_do(tmp_path, monkeypatch):
 
 
 def test_generate_matches_the_library_and_guidance_identities(runs):
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     at = open_page("generate", run="tiny")
     at.selectbox(key="gen-sampler-tiny").set_value("euler")
@@ -255,8 +257,8 @@ def test_generate_matches_the_library_and_guidance_identities(runs):
 
 def test_generate_sampler_options_and_rescale_match_the_library(runs):
     from diffguide import guidance
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     run = load_run(runs / "tiny")
     s = run.config.sample
@@ -357,9 +359,9 @@ def test_compare_side_by_side_and_sweep(runs):
     assert all("precision" in p["note"] and "coverage" in p["note"] for p in panels)
     # the autoguidance panel scores the library's guided samples from the same seeds (class "all classes")
     from diffguide import guidance
-    from diffguide.metrics2d import MixtureMetrics, class_labels
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.metrics.points import MixtureMetrics, class_labels
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     run, amateur = load_run(runs / "tiny"), load_run(runs / "tiny-amateur")
     s = run.config.sample
@@ -394,8 +396,8 @@ def test_compare_side_by_side_and_sweep(runs):
 
 def train_digits(out: Path) -> None:
     """A 2-step class-conditional digits run (checkpoints at steps 1 and 2) and a tiny feature classifier."""
+    from diffguide.classifiers.images import train_classifier
     from diffguide.config import apply_overrides, load_preset
-    from diffguide.image_classifier import train_classifier
     from diffguide.train import train
 
     sets = ["train.steps=2", "model.channels=8", "train.batch_size=16", "train.ckpt_every=1",
@@ -417,7 +419,7 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
     caption says so, and the page's denoiser is the guided one clamped elementwise (checked with a
     narrow range, which the untrained net's guided estimates leave)."""
     from diffguide.dashboard.generation import GuidanceChoice, guided_denoiser
-    from diffguide.runs import load_run
+    from diffguide.models.runs import load_run
 
     assert "gen-clip" not in [c.key for c in open_page("generate", run="tiny").checkbox]
     folder = copy_runs(digits_runs, tmp_path / "digits-runs")
@@ -443,10 +445,10 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
 
 def test_compare_image_run_side_by_side_and_sweep(digits_runs, tmp_path, monkeypatch):
     from diffguide import guidance
-    from diffguide.image_classifier import load_classifier
-    from diffguide.metrics_images import conditional_accuracy, feature_metrics
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.classifiers.images import load_classifier
+    from diffguide.metrics.images import conditional_accuracy, feature_metrics
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     folder = copy_runs(digits_runs, tmp_path / "runs")
     monkeypatch.setenv(ENV_RUNS, str(folder))
@@ -580,7 +582,7 @@ def punks_runs(tmp_path_factory) -> Path:
 
 def test_punks_type_accessories_random_and_grid(punks_runs, tmp_path, monkeypatch):
     from diffguide.dashboard.generation import attribute_spec
-    from diffguide.runs import load_run
+    from diffguide.models.runs import load_run
 
     folder = copy_runs(punks_runs, tmp_path / "runs")
     monkeypatch.setenv(ENV_RUNS, str(folder))

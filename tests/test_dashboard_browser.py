@@ -26,6 +26,7 @@ from test_dashboard_apptest import copy_runs, dashboard_source_runs, shared_runs
 
 from diffguide.dashboard.jobs import JobRegistry, is_our_process
 from diffguide.dashboard.safety import RunsFolder
+from diffguide.plots.points import write_run_figure
 
 CHROMIUM = os.environ.get("DIFFGUIDE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DIFFGUIDE_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -55,6 +56,7 @@ def train_screenshot_runs(out: Path) -> None:
         ["train.steps=1500", "model.width=128", "model.depth=3", "train.batch_size=1024"],
     )
     train(main, out / "tree-edm", progress=False)
+    write_run_figure(out / "tree-edm")  # samples.png, as the train command writes it
     amateur = apply_overrides(
         load_preset("tree-edm"),
         [

@@ -23,7 +23,7 @@ from diffguide.config import RunConfig, to_dict  # noqa: E402
 from diffguide.denoiser import ProcessPrecond  # noqa: E402
 from diffguide.errors import ConfigError  # noqa: E402
 from diffguide.grids import spaced_sigmas  # noqa: E402
-from diffguide.nets.unet import UNet, build_unet  # noqa: E402
+from diffguide.models.nets.unet import UNet, build_unet  # noqa: E402
 from diffguide.processes import DDPM, EDMProcess  # noqa: E402
 from diffguide.samplers import sample_ddpm  # noqa: E402
 from diffguide.train.checkpoint import save_checkpoint  # noqa: E402

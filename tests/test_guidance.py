@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffguide.classifier2d import ExactClassifier
+from diffguide.classifiers.points import ExactClassifier
 from diffguide.cli import main
 from diffguide.denoiser import FunctionDenoiser
 from diffguide.errors import ConfigError
@@ -30,9 +30,9 @@ from diffguide.guidance import (
     convert_weight,
     guidance,
 )
-from diffguide.metrics2d import MixtureMetrics, class_labels
+from diffguide.metrics.points import MixtureMetrics, class_labels
 from diffguide.mixtures import GaussianMixture, tree_mixture
-from diffguide.sampling import generate, sigma_grid
+from diffguide.samplers.generation import generate, sigma_grid
 
 
 def blurred(mixture: GaussianMixture, s: float) -> GaussianMixture:
@@ -343,7 +343,7 @@ def test_train_with_amateur_writes_the_pair_and_the_note(pair):
     assert cfg["data"] == expert_cfg["data"]
     # the saved weights are those of a width-8 net: the run loads, and the layer that reads the 2-D
     # point maps it to 8 features
-    from diffguide.runs import load_run
+    from diffguide.models.runs import load_run
 
     shapes = [tuple(p.shape) for p in load_run(amateur).denoiser.parameters() if p.ndim == 2]
     assert [s for s in shapes if s[1] == 2] == [(8, 2)], shapes
@@ -390,8 +390,8 @@ def test_sample_classifier_guidance_is_the_librarys_and_favours_the_class(pair, 
     0.92 at 1, then saturates (0.945 at w = 2 and 3). Before the classifier's logits were scaled by
     sigma_data c_in, its sigma^2 grad log p(y | x) grew like sigma and the share fell to 0.25 at w = 2."""
     from diffguide import guidance as G
-    from diffguide.classifier2d import load_classifier
-    from diffguide.runs import load_run
+    from diffguide.classifiers.points import load_classifier
+    from diffguide.models.runs import load_run
 
     run = load_run(pair / "tiny")
     s = run.config.sample
@@ -447,8 +447,8 @@ def test_sample_guidance_errors(pair, cli_run, tmp_path, capsys):
 def test_sample_rescale_is_the_librarys(pair, tmp_path, capsys):
     """--rescale PHI samples exactly like the library's combinator with rescale=PHI (and not like PHI = 0)."""
     from diffguide import guidance as G
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     run = load_run(pair / "tiny")
     s = run.config.sample
@@ -468,7 +468,7 @@ def test_sample_rescale_is_the_librarys(pair, tmp_path, capsys):
 
 def test_amateur_config_defaults():
     from diffguide.config import load_preset
-    from diffguide.guidance_runs import amateur_config
+    from diffguide.guidance.pairing import amateur_config
 
     cfg = load_preset("tree-edm")
     a = amateur_config(cfg)
@@ -483,7 +483,7 @@ def test_amateur_config_defaults():
 
 
 def test_trained_classifier_is_accurate_and_round_trips_without_pickle(tmp_path):
-    from diffguide.classifier2d import ClassifierConfig, accuracy, load_classifier, train_classifier
+    from diffguide.classifiers.points import ClassifierConfig, accuracy, load_classifier, train_classifier
     from diffguide.config import load_preset
     from diffguide.errors import CheckpointError
 
@@ -521,8 +521,8 @@ def test_trained_classifier_is_accurate_and_round_trips_without_pickle(tmp_path)
 def test_guide_can_be_an_earlier_checkpoint_of_the_same_run(cli_run, tmp_path, capsys):
     """Seed 000's amateur: the same run's earlier snapshot, given as --guide RUN/checkpoints/FILE."""
     from diffguide import guidance as G
-    from diffguide.runs import load_run
-    from diffguide.sampling import generate, sigma_grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
 
     early = cli_run / "checkpoints" / "ckpt-00000030.safetensors"
     run, amateur = load_run(cli_run), load_run(cli_run, str(early))

@@ -147,9 +147,9 @@ def test_train_classifier_and_eval(tiny_run, tiny_classifier):
 def test_eval_metrics_of_an_oracle_that_serves_held_out_images(tiny_run, tiny_classifier):
     """A generator returning held-out digits of the requested class: precision 1, FID/KID at their floor
     (below an independent real set's), accuracy = the classifier's accuracy on those very images."""
-    from diffguide.image_classifier import load_classifier
-    from diffguide.metrics_images import evaluate_images, fid, kid, precision_recall
-    from diffguide.runs import load_run
+    from diffguide.classifiers.images import load_classifier
+    from diffguide.metrics.images import evaluate_images, fid, kid, precision_recall
+    from diffguide.models.runs import load_run
 
     run = load_run(tiny_run / "tiny")
     real, labels = run.dataset.heldout()
@@ -193,13 +193,13 @@ def test_eval_metrics_of_an_oracle_that_serves_held_out_images(tiny_run, tiny_cl
 def test_eval_inception_says_what_is_missing_before_sampling(tiny_run, tiny_classifier, monkeypatch, capsys):
     import importlib.util
 
-    import diffguide.sampling
-    from diffguide.metrics_images import INCEPTION_WEIGHTS
+    import diffguide.samplers.generation
+    from diffguide.metrics.images import INCEPTION_WEIGHTS
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("eval sampled before checking the --inception prerequisites")
 
-    monkeypatch.setattr(diffguide.sampling, "generate", no_sampling)
+    monkeypatch.setattr(diffguide.samplers.generation, "generate", no_sampling)
     torch_home = tiny_run / "torch-home"
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     out = tiny_run / "eval-inception.json"
@@ -218,7 +218,7 @@ def test_eval_inception_says_what_is_missing_before_sampling(tiny_run, tiny_clas
 
 
 def test_eval_keeps_the_metrics_when_inception_fid_fails(tiny_run, tiny_classifier, monkeypatch, capsys):
-    import diffguide.metrics_images as M
+    import diffguide.metrics.images as M
 
     def broken(real, fake):
         raise RuntimeError("feature extractor crashed")
@@ -294,7 +294,7 @@ def test_digits_auto_amateur_has_the_requested_width(auto_pair):
 def test_unet_amateur_defaults_to_half_the_channels():
     """A U-Net's width is model.channels (kept even); an MLP's is model.width."""
     from diffguide.config import ConfigError, load_preset
-    from diffguide.guidance_runs import amateur_config
+    from diffguide.guidance.pairing import amateur_config
 
     expert = load_preset("digits-auto")
     amateur = amateur_config(expert)
@@ -373,8 +373,8 @@ def test_image_likelihood_uses_the_held_out_images(tiny_run, monkeypatch):
     """run_likelihood on an image run integrates exactly the dataset's held-out images (dequantised)."""
     from types import SimpleNamespace
 
-    import diffguide.likelihood as L
-    from diffguide.runs import load_run
+    import diffguide.metrics.likelihood as L
+    from diffguide.models.runs import load_run
 
     seen = []
 

@@ -8,8 +8,8 @@ import torch
 
 from diffguide.denoiser import FunctionDenoiser, append_dims
 from diffguide.errors import ConfigError
-from diffguide.inpaint import inpainting_sampler, load_mask, shape_mask
-from diffguide.sampling import generate, sigma_grid
+from diffguide.samplers.generation import generate, sigma_grid
+from diffguide.samplers.inpaint import inpainting_sampler, load_mask, shape_mask
 
 SHAPE = (3, 6, 6)
 MEAN = torch.linspace(-0.8, 0.8, 3 * 36).reshape(SHAPE)

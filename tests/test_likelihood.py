@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from diffguide.likelihood import (
+from diffguide.metrics.likelihood import (
     bits_per_dim,
     dequantize,
     divergence_exact,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffguide.metrics2d import (
+from diffguide.metrics.points import (
     MixtureMetrics,
     class_labels,
     coverage,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffguide.errors import ConfigError
-from diffguide.metrics_images import (
+from diffguide.metrics.images import (
     conditional_accuracy,
     fid,
     frechet_distance,
@@ -88,7 +88,7 @@ def test_inception_fid_explains_what_is_missing():
 def test_w_sweep_plot_draws_one_curve_per_guidance(tmp_path):
     from PIL import Image
 
-    from diffguide.image_figures import save_w_sweep_plot
+    from diffguide.plots.images import save_w_sweep_plot
 
     rows = [
         {"guidance": g, "w": w, "accuracy": a, "fid_digits_clf": f}
@@ -111,7 +111,7 @@ def test_w_sweep_plot_draws_one_curve_per_guidance(tmp_path):
 def test_labelled_grids_stack_one_titled_row_per_condition(tmp_path):
     from PIL import Image
 
-    from diffguide.image_figures import save_labelled_grids
+    from diffguide.plots.images import save_labelled_grids
 
     x = torch.rand(3, 3, 24, 24) * 2 - 1
     one = Image.open(save_labelled_grids(tmp_path / "one.png", [("--type female", x)]))

@@ -10,7 +10,7 @@ from diffguide.grids import karras_sigmas
 from diffguide.mixtures import eight_gaussians
 from diffguide.noise import CHUNK, PerSampleNoise, noise_like, sample_seeds
 from diffguide.samplers import SAMPLERS
-from diffguide.sampling import generate
+from diffguide.samplers.generation import generate
 
 F64 = torch.float64
 

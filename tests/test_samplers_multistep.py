@@ -24,7 +24,7 @@ from diffguide.grids import karras_sigmas
 from diffguide.mixtures import eight_gaussians
 from diffguide.noise import PerSampleNoise
 from diffguide.samplers import SAMPLERS, sample_heun
-from diffguide.samplers_multistep import phi_weights, sample_dpmpp_3m, sample_ipndm, sample_unipc
+from diffguide.samplers.multistep import phi_weights, sample_dpmpp_3m, sample_ipndm, sample_unipc
 
 F64 = torch.float64
 SIGMA_MAX = 80.0

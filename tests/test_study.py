@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import run_cli
 
-from diffguide.study import (
+from diffguide.study.experiment import (
     StudySettings,
     choose_weight,
     report_weight,
     zoom_window,
 )
-from diffguide.study_plots import grid_points, integrate_score
+from diffguide.study.plots import grid_points, integrate_score
 
 METRIC_KEYS = {"precision", "coverage", "mean_logp", "sliced_w2", "w"}
 
@@ -128,7 +128,7 @@ def test_sweep_labels_do_not_overlap():
     """Three labels on one point and one on a neighbour: every text box ends up apart."""
     import matplotlib.pyplot as plt
 
-    from diffguide.study_plots import _place_labels
+    from diffguide.study.plots import _place_labels
 
     fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
     ax.plot([0, 1], [0, 1], "o-")

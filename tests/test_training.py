@@ -17,8 +17,8 @@ from diffguide.config import apply_overrides, load_preset
 from diffguide.denoiser import ProcessPrecond
 from diffguide.errors import CheckpointError
 from diffguide.losses import DenoisingLoss, LossConfig
+from diffguide.models.runs import load_run
 from diffguide.processes import PROCESSES
-from diffguide.runs import load_run
 from diffguide.train import train
 from diffguide.train.checkpoint import DIGEST_KEY, list_checkpoints, read_checkpoint
 from diffguide.train.logs import read_metrics
@@ -183,7 +183,6 @@ def test_logs_checkpoints_and_pointer(reference_run):
         assert s.value == pytest.approx(r["loss"], rel=1e-6)  # TensorBoard stores float32
     saved = json.loads((reference_run / "config.json").read_text())
     assert saved["train"]["steps"] == 40 and saved["model"]["dropout"] == 0.1
-    assert (reference_run / "samples.png").stat().st_size > 1000
     run = load_run(reference_run)  # the model rebuilds from the folder alone
     assert run.step == 40 and run.checkpoint.name == "ckpt-00000040.safetensors"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffguide.conditioning import null_condition
-from diffguide.data.attributes import drop_attributes, null_attributes
-from diffguide.nets.unet import UNet
+from diffguide.conditioning import null_attributes, null_condition
+from diffguide.data.attributes import drop_attributes
+from diffguide.models.nets.unet import UNet
 
 
 def _randomise_output(net):
@@ -37,7 +37,7 @@ def test_output_has_input_shape(channels, size, mult, attn):
 
 def test_attention_only_where_asked():
     net = UNet(1, 8, channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
-    from diffguide.nets.unet import Attention
+    from diffguide.models.nets.unet import Attention
 
     n_attn = sum(isinstance(m, Attention) for m in net.modules())
     # level 1 (4x4): 1 down block + 2 up blocks, plus the middle attention
@@ -112,9 +112,9 @@ def test_drop_attributes_each_part_independently():
 
 
 def test_build_network_for_image_data():
-    from diffguide.build import build_network
     from diffguide.config import apply_overrides, load_preset
     from diffguide.data import make_dataset
+    from diffguide.models.build import build_network
 
     cfg = apply_overrides(load_preset("digits-cfg"), ["model.channels=8"])
     ds = make_dataset(cfg.data)

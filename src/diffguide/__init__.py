@@ -1,8 +1,8 @@
 """diffguide: train, sample, guide and evaluate diffusion models around one denoiser type."""
 
-from .denoiser import Denoiser, EDMPrecond, ProcessPrecond, append_dims
-from .mixtures import GaussianMixture, make_mixture, tree_mixture
-from .samplers import SAMPLERS, get_sampler
+from diffguide.denoiser import Denoiser, EDMPrecond, ProcessPrecond, append_dims
+from diffguide.mixtures import GaussianMixture, make_mixture, tree_mixture
+from diffguide.samplers import SAMPLERS, get_sampler
 
 __version__ = "0.1.0"
 

@@ -15,8 +15,11 @@ def null_condition(cond, num_classes: int):
     if cond is None:
         return None
     if isinstance(cond, dict):
-        from .data.attributes import null_attributes  # multi-attribute conditions
-
         return null_attributes(cond)
     cond = torch.as_tensor(cond)
     return torch.full_like(cond.long(), num_classes)
+
+
+def null_attributes(cond: dict) -> dict:
+    """The null condition shaped like `cond`: every part set to -1."""
+    return {k: torch.full_like(torch.as_tensor(v), -1) for k, v in cond.items()}

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .errors import ConfigError, lookup
+from diffguide.errors import ConfigError, lookup
 
 
 @runtime_checkable

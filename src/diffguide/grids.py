@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import ConfigError, lookup
+from diffguide.errors import ConfigError, lookup
 
 
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:

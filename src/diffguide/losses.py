@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .denoiser import append_dims
-from .errors import ConfigError, lookup
+from diffguide.denoiser import append_dims
+from diffguide.errors import ConfigError, lookup
 
 
 @dataclass

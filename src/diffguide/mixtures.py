@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .denoiser import append_dims, batch_sigma
-from .errors import ConfigError, lookup
+from diffguide.denoiser import append_dims, batch_sigma
+from diffguide.errors import ConfigError, lookup
 
 
 def _weighted_sum(weights, terms: list[torch.Tensor]) -> torch.Tensor:

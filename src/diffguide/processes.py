@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError, lookup
+from diffguide.errors import ConfigError, lookup
 
 
 def _t(v) -> torch.Tensor:

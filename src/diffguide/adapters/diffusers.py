@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..denoiser import ProcessPrecond, append_dims, batch_sigma
-from ..errors import CheckpointError, ConfigError, lookup
-from ..processes import DDPM
+from diffguide.denoiser import ProcessPrecond, append_dims, batch_sigma
+from diffguide.errors import CheckpointError, ConfigError, lookup
+from diffguide.processes import DDPM
 
 # diffusers' prediction_type -> diffguide's ProcessPrecond target
 PREDICTION_TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}

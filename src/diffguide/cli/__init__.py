@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from ..errors import DiffguideError
+from diffguide.errors import DiffguideError
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
 MODULES = ["core", "demo", "images", "dashboard", "likelihood", "export_diffusers"]
@@ -15,7 +15,7 @@ MODULES = ["core", "demo", "images", "dashboard", "likelihood", "export_diffuser
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    from .. import __version__
+    from diffguide import __version__
 
     parser = argparse.ArgumentParser(
         prog="diffguide",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..errors import ConfigError
+from diffguide.errors import ConfigError
 
 
 def add_condition_args(p) -> None:
@@ -78,19 +78,19 @@ def sampler_and_callback(args, run, sampler):
         raise ConfigError("--inpaint IMAGE and --mask MASK go together")
     callback = None
     if getattr(args, "gif", False):
-        from ..image_figures import ProgressRecorder
+        from diffguide.plots.images import ProgressRecorder
 
         callback = args.progress_recorder = ProgressRecorder(keep=min(16, args.n))
     if inpaint is None:
         return sampler, callback
     if run.dataset.kind != "images":
         raise ConfigError("--inpaint is for image runs")
-    from ..inpaint import inpainting_sampler, load_image, load_mask
+    from diffguide.samplers.inpaint import inpainting_sampler, load_image, load_mask
 
     shape = tuple(run.dataset.shape)
     background = None
     if getattr(run.dataset, "attributes", None) is not None:
-        from ..data.punks import BACKGROUND
+        from diffguide.data.punks import BACKGROUND
 
         background = BACKGROUND
     known = load_image(inpaint, shape, background)

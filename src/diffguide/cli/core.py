@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import apply_overrides, load_config_file, load_preset, preset_summaries
-from ..errors import ConfigError, output_error
+from diffguide.cli.common import grid_overrides, make_output_folder, write_json
+from diffguide.config import apply_overrides, load_config_file, load_preset, preset_summaries
+from diffguide.errors import ConfigError, output_error
 
 
 def add_parsers(sub) -> None:
@@ -72,13 +73,13 @@ def add_parsers(sub) -> None:
 
 def add_train_extras(p) -> None:
     """Extra training options contributed by other features (guidance: --with-amateur)."""
-    from . import guidance_args
+    from diffguide.cli import guidance_args
 
     guidance_args.add_train_args(p)
 
 
 def add_sample_extras(p) -> None:
-    from . import condition_args, diffusers_args, guidance_args
+    from diffguide.cli import condition_args, diffusers_args, guidance_args
 
     diffusers_args.add_sample_args(p)
     condition_args.add_sample_args(p)
@@ -116,25 +117,30 @@ def resolve_config(args):
 
 
 def cmd_train(args) -> int:
-    from ..train import train
-    from . import guidance_args
+    from diffguide.cli import guidance_args
+    from diffguide.plots.points import write_run_figure
+    from diffguide.train import train
+    from diffguide.train.checkpoint import latest_step
+    from diffguide.train.distributed import is_main_process
 
     cfg = resolve_config(args)
     run_dir = Path(args.out) / cfg.name
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    if is_main_process() and latest_step(run_dir / "checkpoints") >= cfg.train.steps:
+        write_run_figure(run_dir)
     print(f"run written to {run_dir}")
     guidance_args.after_train(args, cfg, run_dir)
     return 0
 
 
 def cmd_sample(args) -> int:
-    from ..runs import load_run
-    from ..samplers import sampler_options
-    from ..sampling import generate, sigma_grid
-    from . import condition_args, guidance_args
+    from diffguide.cli import condition_args, guidance_args
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
+    from diffguide.samplers.registry import sampler_options
 
     if getattr(args, "diffusers", None) is not None or args.run is None:
-        from .diffusers_args import cmd_sample_diffusers
+        from diffguide.cli.diffusers_args import cmd_sample_diffusers
 
         return cmd_sample_diffusers(args)  # also refuses a run folder together with --diffusers
     if args.n < 1:
@@ -182,7 +188,7 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     import dataclasses
     import json
 
-    from ..metrics2d import MixtureMetrics
+    from diffguide.metrics.points import MixtureMetrics
 
     key = json.dumps(dataclasses.asdict(run.config.data), sort_keys=True)
     if key not in _METRICS_CACHE:
@@ -203,38 +209,6 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
         record["against_p(x)"] = {k: v for k, v in result.items() if k != "per_class"}
     write_json(out.with_name(out.stem + ".metrics.json"), record)
     return result
-
-
-def make_output_folder(out: Path) -> None:
-    """Create the folder `out` goes in; an unwritable place is our error naming the path and why."""
-    try:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(out, e) from None
-
-
-def write_json(out: Path, data) -> None:
-    """Write `data` as indented JSON to `out` (atomically), creating its folder."""
-    import json
-
-    from ..train.checkpoint import atomic_write_text
-
-    make_output_folder(out)
-    try:
-        atomic_write_text(Path(out), json.dumps(data, indent=2) + "\n")
-    except OSError as e:
-        raise output_error(out, e) from None
-
-
-def grid_overrides(args, sample_config=None) -> tuple:
-    """(sigma_min, sigma_max, rho) for sigma_grid: the command line's where given, else the run's."""
-    s = sample_config
-
-    def pick(name, default):
-        value = getattr(args, name, None)
-        return value if value is not None else (getattr(s, name) if s is not None else default)
-
-    return pick("sigma_min", None), pick("sigma_max", None), pick("rho", 7.0)
 
 
 def prepare_output(out: Path, run) -> None:
@@ -258,7 +232,7 @@ def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
         except OSError as e:
             raise output_error(out, e) from None
         if x.shape[1] == 2:
-            from ..figures import save_scatter
+            from diffguide.plots.points import save_scatter
 
             png = out.with_suffix(".png")
             save_scatter(
@@ -270,6 +244,6 @@ def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
         if getattr(run.dataset, "mixture", None) is not None and not getattr(args, "no_metrics", False):
             write_exact_metrics(out, x, run, labels)
         return
-    from ..image_figures import write_image_samples
+    from diffguide.plots.images import write_image_samples
 
     write_image_samples(out, x, run, args)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from diffguide.errors import ConfigError
 
 
 def add_parsers(sub) -> None:
@@ -75,8 +75,8 @@ def cmd_dashboard(args) -> int:
         raise ConfigError(
             "the dashboard needs Streamlit: pip install streamlit (or `make venv`, which installs it)"
         ) from None
-    from ..dashboard import app_path
-    from ..dashboard.ui import ENV_RUNS
+    from diffguide.dashboard import app_path
+    from diffguide.dashboard.ui import ENV_RUNS
 
     runs = Path(args.runs).expanduser().absolute()
     if runs.exists() and not runs.is_dir():

@@ -16,8 +16,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ..study import StudySettings, run_study
-    from ..study_report import metrics_table
+    from diffguide.study import StudySettings, run_study
+    from diffguide.study.report import metrics_table
 
     settings = StudySettings.fast(args.seed) if args.fast else StudySettings(seed=args.seed)
     if args.no_progress:

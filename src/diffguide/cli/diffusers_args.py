@@ -2,7 +2,7 @@
 
 The folder loads through `diffguide.adapters.diffusers.load_diffusers` (a UNet2DModel or
 UNet2DConditionModel with its scheduler config; nothing is downloaded) and is sampled by
-`diffguide.sampling.generate`, exactly as the library path `generate(load_diffusers(DIR).denoiser, ...)`.
+`diffguide.samplers.generation.generate`, exactly as the library path `generate(load_diffusers(DIR).denoiser, ...)`.
 Options that need a run (its checkpoints, its null class, its attribute vocabulary) are refused
 with a message. Conditions: --class K for class-conditional UNets (num_class_embeds);
 --encoder-hidden-states FILE, which a UNet2DConditionModel needs (e.g. a text encoder's output, the
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, output_error
-from .core import grid_overrides, make_output_folder
+from diffguide.cli.common import grid_overrides, make_output_folder
+from diffguide.errors import ConfigError, output_error
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 32
@@ -99,8 +99,12 @@ RUN_ONLY = [
     ("raw", "--raw", "a diffusers folder has no separate EMA weights"),
     ("attr_type", "--type", "attribute conditions are for CryptoPunks runs"),
     ("accessory", "--accessory", "attribute conditions are for CryptoPunks runs"),
-    ("inpaint", "--inpaint", "inpainting from the CLI needs a run (use diffguide.inpaint in Python)"),
-    ("mask", "--mask", "inpainting from the CLI needs a run (use diffguide.inpaint in Python)"),
+    (
+        "inpaint",
+        "--inpaint",
+        "inpainting from the CLI needs a run (use diffguide.samplers.inpaint in Python)",
+    ),
+    ("mask", "--mask", "inpainting from the CLI needs a run (use diffguide.samplers.inpaint in Python)"),
     ("w_cfg", "--w-cfg", "--guidance cfg+auto needs a class-conditional run"),
 ]
 
@@ -185,8 +189,8 @@ def guided_denoiser(args, model, cond=None):
     """The model's denoiser, autoguidance by a weaker diffusers model (--guidance auto --guide DIR), or
     classifier-free guidance of a UNet2DConditionModel by its null condition (--guidance cfg); cond is
     build_condition's."""
-    from .. import guidance as G
-    from ..adapters.diffusers import NullTextConditioned, load_diffusers
+    from diffguide import guidance as G
+    from diffguide.adapters.diffusers import NullTextConditioned, load_diffusers
 
     kind = getattr(args, "guidance", "none") or "none"
     rescale = getattr(args, "rescale", 0.0) or 0.0
@@ -238,10 +242,10 @@ def guided_denoiser(args, model, cond=None):
 
 
 def cmd_sample_diffusers(args) -> int:
-    from ..adapters.diffusers import load_diffusers
-    from ..image_figures import ProgressRecorder, write_image_samples
-    from ..samplers import sampler_options
-    from ..sampling import generate, sigma_grid
+    from diffguide.adapters.diffusers import load_diffusers
+    from diffguide.plots.images import ProgressRecorder, write_image_samples
+    from diffguide.samplers.generation import generate, sigma_grid
+    from diffguide.samplers.registry import sampler_options
 
     check_args(args)
     options = sampler_options(args.sampler or DEFAULT_SAMPLER, getattr(args, "sampler_option", []))

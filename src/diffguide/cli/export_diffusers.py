@@ -21,7 +21,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_export_diffusers(args) -> int:
-    from ..adapters.export import export_run
+    from diffguide.adapters.export import export_run
 
     out = export_run(args.run, args.out, args.checkpoint, use_ema=not args.raw)
     print(

@@ -6,7 +6,7 @@ diffusers' guidance_scale is w (see docs/guidance.md).
 
 from __future__ import annotations
 
-from ..errors import ConfigError, lookup
+from diffguide.errors import ConfigError, lookup
 
 KINDS = {
     "none": "the run's own denoiser",
@@ -80,7 +80,7 @@ def add_sample_args(p) -> None:
 
 def after_train(args, cfg, run_dir) -> None:
     """Train the requested guides after the expert and note them in its folder."""
-    from ..guidance_runs import train_amateur, train_run_classifier
+    from diffguide.guidance.pairing import train_amateur, train_run_classifier
 
     width, steps = getattr(args, "amateur_width", None), getattr(args, "amateur_steps", None)
     for name, value in (("--amateur-width", width), ("--amateur-steps", steps)):
@@ -100,7 +100,7 @@ def after_train(args, cfg, run_dir) -> None:
 def guided_denoiser(args, run):
     """The denoiser to sample with, built from --guidance, --w, --guide, --interval, --rescale and
     --clip-denoised (applied last, to the guided x0 estimate)."""
-    from ..denoiser import ClipDenoised
+    from diffguide.denoiser import ClipDenoised
 
     denoiser = _guided(args, run)
     clip = getattr(args, "clip_denoised", None)
@@ -112,8 +112,8 @@ def guided_denoiser(args, run):
 
 
 def _guided(args, run):
-    from .. import guidance as G
-    from ..guidance_runs import check_compatible, find_guide
+    from diffguide import guidance as G
+    from diffguide.guidance.pairing import check_compatible, find_guide
 
     kind = getattr(args, "guidance", "none") or "none"
     lookup("guidance kind", kind, KINDS)
@@ -144,7 +144,7 @@ def _guided(args, run):
             run.denoiser, w, run.num_classes, interval=interval, rescale=rescale
         )
     if kind == "classifier":
-        from ..classifier2d import load_classifier
+        from diffguide.classifiers.points import load_classifier
 
         if run.dataset.kind != "points":
             raise ConfigError(
@@ -174,8 +174,8 @@ def load_amateur(run, guide, use_ema: bool):
     000's amateur)."""
     from pathlib import Path
 
-    from ..guidance_runs import find_guide
-    from ..runs import load_run
+    from diffguide.guidance.pairing import find_guide
+    from diffguide.models.runs import load_run
 
     if guide is not None and Path(guide).is_file():
         checkpoint = Path(guide)

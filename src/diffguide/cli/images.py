@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .core import write_json
+from diffguide.cli.common import write_json
+from diffguide.errors import ConfigError
 
 
 def add_parsers(sub) -> None:
@@ -43,7 +43,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--out", help="JSON file for the results (default: RUN/eval.json)")
     p.add_argument("--samples", help="also write the samples as a PNG grid here")
-    from . import guidance_args
+    from diffguide.cli import guidance_args
 
     guidance_args.add_sample_args(p)
     p.set_defaults(func=cmd_eval)
@@ -54,8 +54,8 @@ def default_classifier_dir(data_name: str) -> Path:
 
 
 def cmd_train_classifier(args) -> int:
-    from ..data.registry import DataConfig
-    from ..image_classifier import train_classifier
+    from diffguide.classifiers.images import train_classifier
+    from diffguide.data.registry import DataConfig
 
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
@@ -75,9 +75,9 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..metrics_images import evaluate_images
-    from ..runs import load_run
-    from . import guidance_args
+    from diffguide.cli import guidance_args
+    from diffguide.metrics.images import evaluate_images
+    from diffguide.models.runs import load_run
 
     if args.n < 2:
         raise ConfigError(f"--n must be >= 2, got {args.n}")
@@ -100,7 +100,7 @@ def cmd_eval(args) -> int:
             print(f"{key:28s} {value:.4f}")
     print(f"wrote {out}")
     if args.samples:
-        from ..image_figures import save_grid
+        from diffguide.plots.images import save_grid
 
         save_grid(args.samples, x[:100])
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .core import write_json
+from diffguide.cli.common import write_json
+from diffguide.errors import ConfigError
 
 
 def add_parsers(sub) -> None:
@@ -13,7 +13,7 @@ def add_parsers(sub) -> None:
         "likelihood",
         help="NLL (nats/dim, bits/dim for images) of fresh data by the probability-flow ODE",
         description="Negative log-likelihood by the probability-flow ODE (Song et al. 2021, appendix D), "
-        "integrated from sigma_min to sigma_max with an adaptive solver. See diffguide.likelihood.",
+        "integrated from sigma_min to sigma_max with an adaptive solver. See diffguide.metrics.likelihood.",
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--n", type=int, default=1000, help="number of data points (default 1000)")
@@ -41,8 +41,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_likelihood(args) -> int:
-    from ..likelihood import run_likelihood
-    from ..runs import load_run
+    from diffguide.metrics.likelihood import run_likelihood
+    from diffguide.models.runs import load_run
 
     for name in ("rtol", "atol"):
         if getattr(args, name) <= 0:

@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig, preset_summaries
-from ..errors import DiffguideError
-from ..runs import load_config
-from ..train.checkpoint import list_checkpoints
-from ..train.logs import read_metrics
-from .safety import NAME, RunsFolder, UnsafePath, check_name, inside, split_run_id
+from diffguide.config import RunConfig, preset_summaries
+from diffguide.dashboard.safety import NAME, RunsFolder, UnsafePath, check_name, inside, split_run_id
+from diffguide.errors import DiffguideError
+from diffguide.models.runs import load_config
+from diffguide.train.checkpoint import list_checkpoints
+from diffguide.train.logs import read_metrics
 
 
 @dataclass
@@ -166,7 +166,7 @@ def format_eta(seconds: float | None) -> str:
 
 def _noted(folder: RunsFolder, run_id: str, key: str) -> str | None:
     """The id (relative to the runs folder) of the guide a run's guidance.json names, if inside the folder."""
-    from ..guidance_runs import read_guidance_note
+    from diffguide.guidance.pairing import read_guidance_note
 
     run_dir = folder.run_dir(run_id)
     try:
@@ -221,7 +221,7 @@ def split_guide(guide_id: str) -> tuple[str, str | None]:
 def classifier_candidates(folder: RunsFolder, run_id: str) -> list[str]:
     """Noise-conditional classifier folders (classifier2d) for a run: the one its guidance.json names,
     RUN-classifier beside it, and any inside its folder."""
-    from ..classifier2d import CONFIG_FILE, WEIGHTS_FILE
+    from diffguide.classifiers.points import CONFIG_FILE, WEIGHTS_FILE
 
     def ok(path: Path) -> bool:
         return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file() and folder.contains(path)

@@ -1,6 +1,6 @@
 """The Compare page's computations: the same seeds under several guidance settings, and weight sweeps.
 
-2D runs on an exact mixture are scored by diffguide.metrics2d (precision: share of samples inside the
+2D runs on an exact mixture are scored by diffguide.metrics.points (precision: share of samples inside the
 region holding 99% of the true mass; coverage: 1 - TV distance of the component occupancy). Image
 runs are scored in the feature space of the dataset's classifier when RUNS/classifier-DATA exists.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from .generation import GuidanceChoice, guided_denoiser, is_2d, sample
+from diffguide.dashboard.generation import GuidanceChoice, guided_denoiser, is_2d, sample
+from diffguide.errors import ConfigError
 
 
 def parse_weights(text: str) -> list[float]:
@@ -60,7 +60,7 @@ class Scorer:
     """Scores a set of samples: exact 2D metrics, a sliced W2 to the data, or image metrics.
 
     Image runs are scored in the feature space of the dataset's small classifier (RUNS/classifier-DATA,
-    written by `diffguide train-classifier`), with diffguide.metrics_images: conditional accuracy and
+    written by `diffguide train-classifier`), with diffguide.metrics.images: conditional accuracy and
     the classifier-feature FID against held-out images (not comparable with Inception FIDs).
     """
 
@@ -69,7 +69,7 @@ class Scorer:
         self.kind = "none"
         mixture = getattr(run.dataset, "mixture", None)
         if mixture is not None:
-            from ..metrics2d import MixtureMetrics
+            from diffguide.metrics.points import MixtureMetrics
 
             self.metrics = MixtureMetrics(mixture, n_reference=n_reference)
             self.kind = "mixture"
@@ -77,7 +77,7 @@ class Scorer:
             self.reference = run.dataset.points[:n_reference]
             self.kind = "points"
         elif image_classifier is not None:
-            from ..image_classifier import load_classifier
+            from diffguide.classifiers.images import load_classifier
 
             self.classifier, meta = load_classifier(image_classifier)
             trained_on = meta.get("data", {}).get("name")
@@ -108,11 +108,11 @@ class Scorer:
                 result = result["per_class"].get(names[y] if y < len(names) else str(y), result)
             return {k: float(result[k]) for k in ("precision", "coverage", "sliced_w2")}
         if self.kind == "points":
-            from ..metrics2d import sliced_w2
+            from diffguide.metrics.points import sliced_w2
 
             return {"sliced_w2": sliced_w2(x, self.reference)}
         if self.kind == "images":
-            from ..metrics_images import conditional_accuracy, feature_metrics
+            from diffguide.metrics.images import conditional_accuracy, feature_metrics
 
             features, pred = self.classifier.predict(x)
             out = feature_metrics(self.real_features, features.numpy(), self.tag)

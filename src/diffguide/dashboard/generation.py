@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import guidance
-from ..conditioning import null_condition
-from ..errors import ConfigError
-from ..sampling import generate, sigma_grid
+from diffguide import guidance
+from diffguide.conditioning import null_condition
+from diffguide.errors import ConfigError
+from diffguide.samplers.generation import generate, sigma_grid
 
 # what the guidance select shows -> internal kind
 GUIDANCE_KINDS = {
@@ -62,7 +62,7 @@ class GuidanceChoice:
 def guided_denoiser(run, choice: GuidanceChoice):
     """The denoiser to sample with: the run's own, or a guidance combinator around it; with
     choice.clip, its x0 estimates clamped to that range (ClipDenoised, after guidance)."""
-    from ..denoiser import ClipDenoised
+    from diffguide.denoiser import ClipDenoised
 
     denoiser = _guided(run, choice)
     return ClipDenoised(denoiser, *choice.clip) if choice.clip else denoiser
@@ -84,7 +84,7 @@ def _guided(run, choice: GuidanceChoice):
     if choice.kind == "auto":
         if choice.guide is None:
             raise ConfigError("autoguidance needs a guide run: choose a weaker run trained on the same data")
-        from ..guidance_runs import check_compatible
+        from diffguide.guidance.pairing import check_compatible
 
         check_compatible(run, choice.guide)
         return guidance.autoguidance(
@@ -110,7 +110,7 @@ def exact_classifier(run):
     mixture = getattr(run.dataset, "mixture", None)
     if mixture is None or mixture.num_classes < 2:
         return None
-    from ..classifier2d import ExactClassifier
+    from diffguide.classifiers.points import ExactClassifier
 
     return ExactClassifier(mixture)
 
@@ -145,7 +145,7 @@ def class_condition(run, choice: str, n: int):
     if choice == ALL_CLASSES:
         mixture = getattr(run.dataset, "mixture", None)
         if mixture is not None and mixture.num_classes == run.num_classes:
-            from ..metrics2d import class_labels
+            from diffguide.metrics.points import class_labels
 
             labels = class_labels(mixture, n)
         else:
@@ -249,7 +249,7 @@ _DENSITY_CACHE: dict[tuple, np.ndarray] = {}
 
 def density_background(mixture, lim: float, res: int = 160) -> np.ndarray:
     """exp(log-density) of the mixture on a res x res grid over [-lim, lim]^2, computed once per (mixture, lim)."""
-    from ..figures import density_image
+    from diffguide.plots.points import density_image
 
     key = (id(mixture), round(lim, 6), res)
     if key not in _DENSITY_CACHE:
@@ -263,7 +263,7 @@ def scatter_png(points: torch.Tensor, run, title: str = "", labels=None, lim: fl
     """2D samples over the run's ground-truth density (when the data has one), coloured by class."""
     import matplotlib.pyplot as plt
 
-    from ..figures import scatter_2d
+    from diffguide.plots.points import scatter_2d
 
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
     color = "C0" if labels is None else [f"C{int(c) % 10}" for c in np.asarray(labels)]
@@ -299,7 +299,7 @@ def plot_limit(run, points=None) -> float:
 
 def grid_png(x: torch.Tensor, nrow: int | None = None) -> bytes:
     """Images [N, C, H, W] in [-1, 1] tiled into one PNG."""
-    from ..image_figures import grid_image
+    from diffguide.plots.images import grid_image
 
     buf = io.BytesIO()
     grid_image(x, nrow).save(buf, format="PNG")

@@ -30,11 +30,12 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import RunConfig, apply_overrides, load_preset, preset_names
-from ..errors import ConfigError, DiffguideError, unknown
-from ..runs import load_config
-from ..train.checkpoint import atomic_write_text, list_checkpoints
-from .safety import RunsFolder, check_name, inside
+from diffguide.config import RunConfig, apply_overrides, load_preset, preset_names
+from diffguide.dashboard.safety import RunsFolder, check_name, inside
+from diffguide.errors import ConfigError, DiffguideError, unknown
+from diffguide.io import atomic_write_text
+from diffguide.models.runs import load_config
+from diffguide.train.checkpoint import list_checkpoints
 
 # Popen handles of the processes started by this Python process (the Streamlit server): lets us
 # reap them and read their exit codes; module state survives Streamlit's script reruns.
@@ -351,7 +352,7 @@ def train_flags() -> set[str]:
     """The option strings `diffguide train` accepts (some are added by other features, e.g. --with-amateur)."""
     import argparse
 
-    from ..cli import build_parser
+    from diffguide.cli import build_parser
 
     parser = build_parser()
     for action in parser._actions:

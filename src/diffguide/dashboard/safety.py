@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import DiffguideError
+from diffguide.errors import DiffguideError
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 MAX_DEPTH = 2  # a run id has at most this many parts ("expert/amateur")

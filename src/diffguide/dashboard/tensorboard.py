@@ -12,8 +12,8 @@ import sys
 import time
 import urllib.request
 
-from ..errors import ConfigError
-from .jobs import Job, JobRegistry, is_our_process
+from diffguide.dashboard.jobs import Job, JobRegistry, is_our_process
+from diffguide.errors import ConfigError
 
 HOST = "127.0.0.1"
 ACTION = "tensorboard"
@@ -51,7 +51,7 @@ def start(registry: JobRegistry, timeout: float = 60.0) -> Job:
         return job
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("TensorBoard is not installed here: pip install tensorboard")
-    from ..cli.dashboard import free_port
+    from diffguide.cli.dashboard import free_port
 
     # TensorBoard reads every event file below the folder: no link there may lead out of it
     registry.folder.checked_dir(registry.folder.root, "")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from ..errors import DiffguideError
-from ..samplers import SAMPLERS, sampler_option_defaults, sampler_options
-from .safety import RunsFolder, UnsafePath, check_name
+from diffguide.dashboard.safety import RunsFolder, UnsafePath, check_name
+from diffguide.errors import DiffguideError
+from diffguide.samplers.registry import SAMPLERS, sampler_option_defaults, sampler_options
 
 ENV_RUNS = "DIFFGUIDE_DASHBOARD_RUNS"  # set by `diffguide dashboard --runs DIR`
 DEFAULT_RUNS = "runs"
@@ -54,7 +54,7 @@ def readable_errors(what: str = ""):
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the run ...")
 def _load_run(run_dir: str, checkpoint: str | None, stamp: float):
-    from ..runs import load_run
+    from diffguide.models.runs import load_run
 
     return load_run(run_dir, checkpoint)
 
@@ -79,7 +79,7 @@ def load_run(folder: RunsFolder, run_id: str, checkpoint: str | None = None):
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_classifier(path: str, stamp: float):
-    from ..classifier2d import load_classifier
+    from diffguide.classifiers.points import load_classifier
 
     return load_classifier(path)
 
@@ -106,7 +106,7 @@ def query_choice(key: str, options: list[str], default: str | None = None) -> in
 
 
 def check_name_path(run_id: str) -> None:
-    from .safety import split_run_id
+    from diffguide.dashboard.safety import split_run_id
 
     split_run_id(run_id)
 

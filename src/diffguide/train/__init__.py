@@ -1,5 +1,5 @@
 """Training: the loop, checkpoints and logs."""
 
-from .loop import train
+from diffguide.train.loop import train
 
 __all__ = ["train"]

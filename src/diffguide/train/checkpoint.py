@@ -11,67 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from ..errors import CheckpointError
+from diffguide.errors import CheckpointError
+from diffguide.io import atomic_save_tensors, atomic_write_text
 
 FORMAT = "diffguide-checkpoint-1"
 DIGEST_KEY = "sha256"  # metadata key of tensor_digest; checkpoints written before it have none
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temporary file in path's folder, fsync it, rename it to path, fsync the folder.
-
-    A crash at any point leaves either the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to `path` via a temporary file in the same folder, fsync, rename, fsync folder."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors.save_file through a temporary file + rename."""
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -110,6 +60,12 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:08d}.safetensors"
+
+
+def latest_step(folder: Path) -> int:
+    """The step of the newest checkpoint file in `folder` (0 when there is none)."""
+    found = list_checkpoints(folder)
+    return int(found[-1].name[len("ckpt-") : -len(".safetensors")]) if found else 0
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -176,3 +132,33 @@ def latest_good_checkpoint(folder: Path) -> tuple[Path, dict, dict] | None:
         except CheckpointError as e:
             warnings.warn(f"skipping bad checkpoint {path.name}: {e}", stacklevel=2)
     return None
+
+
+def load_module_tensors(
+    module: torch.nn.Module, tensors: dict, prefix: str, source: str | None = None
+) -> None:
+    """Load `prefix`-named tensors into a module; mismatches raise naming the tensors involved."""
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if extra:
+            parts.append(f"unexpected {extra[:5]}")
+        if shape:
+            parts.append(
+                "shape mismatch "
+                + ", ".join(
+                    f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:5]
+                )
+            )
+        raise CheckpointError(
+            "checkpoint does not fit this architecture ("
+            + "; ".join(parts)
+            + f"); was {source or 'it'} written by another config?"
+        )
+    module.load_state_dict(state)

@@ -101,3 +101,8 @@ def all_gather_ints(values: tuple[int, ...], info: DistInfo) -> list[tuple[int, 
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """True in a plain process and in rank 0 of a torchrun job (read from the environment)."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_text
+from diffguide.io import atomic_write_text
 
 
 class RunLogger:

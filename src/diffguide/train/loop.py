@@ -17,22 +17,23 @@ from pathlib import Path
 
 import torch
 
-from ..build import build_denoiser, build_network
-from ..config import RunConfig, from_dict, to_dict, validate
-from ..data import make_dataset
-from ..errors import CheckpointError, ConfigError, DiffguideError, output_error
-from ..losses import DenoisingLoss
-from ..processes import make_process
-from . import distributed
-from .checkpoint import (
+from diffguide.config import RunConfig, from_dict, to_dict, validate
+from diffguide.data import make_dataset
+from diffguide.errors import CheckpointError, ConfigError, DiffguideError, output_error
+from diffguide.io import atomic_write_text
+from diffguide.losses import DenoisingLoss
+from diffguide.models.build import build_denoiser, build_network
+from diffguide.processes import make_process
+from diffguide.train import distributed
+from diffguide.train.checkpoint import (
     DIGEST_KEY,
-    atomic_write_text,
     latest_good_checkpoint,
+    load_module_tensors,
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_checkpoint,
 )
-from .logs import RunLogger
+from diffguide.train.logs import RunLogger
 
 
 class TrainingDiverged(DiffguideError):
@@ -181,7 +182,7 @@ def train(
     """Train the model a config describes into `run_dir` (resuming from its latest checkpoint if asked).
 
     Under torchrun each process trains on its slice of the same global batch (see distributed.py);
-    rank 0 alone writes checkpoints, logs and figures.
+    rank 0 alone writes checkpoints and logs.
     stop_after: stop once this step is reached (checkpointing it), as if interrupted; used by tests.
     on_log: optional function called with each logged record (the dashboard's live progress).
     on_finish: optional function called on every rank with (net, ema) when the loop ends.
@@ -314,10 +315,6 @@ def train(
         print(f"stopped at step {step} (checkpoint kept); continue with --resume")
     if on_finish is not None:
         on_finish(net, ema)
-    if step >= t.steps and info.is_main:
-        from ..figures import write_run_figure
-
-        write_run_figure(run_dir)
     distributed.barrier(info)
     return run_dir
 
@@ -361,7 +358,7 @@ def _to(labels, device):
 def drop_condition(labels, num_classes: int, p: float, generator: torch.Generator):
     """Label dropout for any condition: class labels here, attribute dicts via data.attributes."""
     if isinstance(labels, dict):
-        from ..data.attributes import drop_attributes
+        from diffguide.data.attributes import drop_attributes
 
         return drop_attributes(labels, p, generator)
     return drop_labels(labels, num_classes, p, generator)
@@ -384,33 +381,3 @@ def load_training_state(tensors, meta, net, ema, optimizer, generator) -> int:
     optimizer_from_tensors(optimizer, tensors, meta["optimizer_groups"])
     generator.set_state(tensors["rng.generator"])
     return int(meta["step"])
-
-
-def load_module_tensors(
-    module: torch.nn.Module, tensors: dict, prefix: str, source: str | None = None
-) -> None:
-    """Load `prefix`-named tensors into a module; mismatches raise naming the tensors involved."""
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or extra or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}")
-        if extra:
-            parts.append(f"unexpected {extra[:5]}")
-        if shape:
-            parts.append(
-                "shape mismatch "
-                + ", ".join(
-                    f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:5]
-                )
-            )
-        raise CheckpointError(
-            "checkpoint does not fit this architecture ("
-            + "; ".join(parts)
-            + f"); was {source or 'it'} written by another config?"
-        )
-    module.load_state_dict(state)

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import ConfigError, DiffguideError
-from .grids import make_sigmas
-from .noise import PerSampleNoise
-from .samplers import get_sampler
+from diffguide.errors import ConfigError, DiffguideError
+from diffguide.grids import make_sigmas
+from diffguide.noise import PerSampleNoise
+from diffguide.samplers.registry import get_sampler
 
 
 def sigma_grid(

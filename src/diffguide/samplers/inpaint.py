@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoiser import append_dims
-from .errors import ConfigError, DataError
-from .noise import noise_like
-from .samplers import get_sampler
+from diffguide.denoiser import append_dims
+from diffguide.errors import ConfigError, DataError
+from diffguide.noise import noise_like
+from diffguide.samplers.registry import get_sampler
 
 MASK_SHAPES = ("left", "right", "top", "bottom", "center", "border")
 
@@ -83,7 +83,7 @@ def shape_mask(name: str, shape: tuple[int, ...]) -> torch.Tensor:
     elif name == "border":  # only the centre is known
         m[:, h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = 1
     else:
-        from .errors import unknown
+        from diffguide.errors import unknown
 
         raise unknown("mask shape", name, MASK_SHAPES)
     return m

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import RunConfig
-from .denoiser import EDMPrecond, ProcessPrecond
-from .processes import make_process
+from diffguide.config import RunConfig
+from diffguide.denoiser import EDMPrecond, ProcessPrecond
+from diffguide.processes import make_process
 
 
 def build_network(cfg: RunConfig, dataset) -> nn.Module:
@@ -14,13 +14,13 @@ def build_network(cfg: RunConfig, dataset) -> nn.Module:
     m = cfg.model
     num_classes = dataset.num_classes if cfg.data.conditional else 0
     if m.arch == "mlp":
-        from .nets.mlp import MLP
+        from diffguide.models.nets.mlp import MLP
 
         dim = 1
         for s in dataset.shape:
             dim *= s
         return MLP(dim, m.width, m.depth, m.emb_dim, num_classes, m.dropout, m.embedding)
-    from .nets.unet import build_unet  # images issue
+    from diffguide.models.nets.unet import build_unet  # images issue
 
     return build_unet(cfg, dataset)
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .denoiser import batch_sigma
-from .errors import ConfigError, lookup
+from diffguide.denoiser import batch_sigma
+from diffguide.errors import ConfigError, lookup
 
 PROBES = ("rademacher", "gaussian")
 DIVERGENCES = ("auto", "exact", "hutchinson")

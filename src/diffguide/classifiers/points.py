@@ -18,15 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import RunConfig, from_dict
-from .data import make_dataset
-from .data.registry import DataConfig
-from .denoiser import batch_sigma
-from .errors import CheckpointError, ConfigError
-from .losses import DenoisingLoss, LossConfig
-from .nets.embedding import make_embedding
-from .nets.mlp import ResidualBlock
-from .processes import ProcessConfig, make_process
+from diffguide.config import RunConfig, from_dict
+from diffguide.data import make_dataset
+from diffguide.data.registry import DataConfig
+from diffguide.denoiser import batch_sigma
+from diffguide.errors import CheckpointError, ConfigError
+from diffguide.losses import DenoisingLoss, LossConfig
+from diffguide.models.nets.embedding import make_embedding
+from diffguide.models.nets.mlp import ResidualBlock
+from diffguide.processes import ProcessConfig, make_process
 
 FORMAT = "diffguide-classifier-2"  # 2: logits scaled by sigma_data c_in, learned log prior
 CONFIG_FILE = "classifier.json"

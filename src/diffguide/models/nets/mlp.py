@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .embedding import make_embedding
+from diffguide.models.nets.embedding import make_embedding
 
 
 class ResidualBlock(nn.Module):

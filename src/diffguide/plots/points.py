@@ -59,13 +59,13 @@ def save_scatter(path: Path, points, title: str = "", mixture=None, labels=None)
 
 def write_run_figure(run_dir: Path, n: int | None = None, seed: int = 0) -> Path | None:
     """samples.png for a finished run: 2D scatter (images issue adds grids for image runs)."""
-    from .runs import load_run
-    from .sampling import sample_run
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import sample_run
 
     run = load_run(run_dir)
     n = n or run.config.sample.n
     if run.dataset.kind != "points" or run.dataset.shape != (2,):
-        from . import image_figures
+        from diffguide.plots import images as image_figures
 
         return image_figures.write_run_grid(run, run_dir / "samples.png", seed=seed)
     cond = None

@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from .denoiser import score_from_denoiser  # noqa: E402
-from .figures import density_image  # noqa: E402
+from diffguide.denoiser import score_from_denoiser  # noqa: E402
+from diffguide.plots.points import density_image  # noqa: E402
 
 CLASS_COLORS = ["#1f5fa8", "#c2410c", "#15803d", "#7e22ce"]
 

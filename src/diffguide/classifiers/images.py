@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import make_dataset
-from .data.registry import DataConfig
-from .errors import CheckpointError, output_error
+from diffguide.data import make_dataset
+from diffguide.data.registry import DataConfig
+from diffguide.errors import CheckpointError, output_error
 
 
 class ImageClassifier(nn.Module):
@@ -173,7 +173,7 @@ def train_classifier(
     model.train()
     for step in range(steps):
         idx = dataset.train_index[torch.randint(0, len(dataset.train_index), (batch_size,), generator=g)]
-        from .data.images import to_unit
+        from diffguide.data.images import to_unit
 
         x = to_unit(dataset.images[idx])
         x = x + 0.05 * torch.randn(x.shape, generator=g)  # robustness to the small noise left in samples

@@ -40,7 +40,7 @@ class FourierEmbedding(nn.Module):
 
 
 def make_embedding(kind: str, dim: int) -> nn.Module:
-    from ..errors import lookup
+    from diffguide.errors import lookup
 
     return lookup("noise embedding", kind, {"positional": PositionalEmbedding, "fourier": FourierEmbedding})(
         dim

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .embedding import make_embedding
+from diffguide.models.nets.embedding import make_embedding
 
 
 def group_norm(channels: int, groups: int = 0) -> nn.GroupNorm:
@@ -243,7 +243,7 @@ class UNet(nn.Module):
 
 def build_unet(cfg, dataset) -> UNet:
     """The U-Net for a RunConfig and dataset (shape (C, H, W); labels from the dataset if conditional)."""
-    from ..errors import ConfigError
+    from diffguide.errors import ConfigError
 
     if len(dataset.shape) != 3:
         raise ConfigError(

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from diffguide.errors import ConfigError
 
 METRICS = ("precision", "coverage", "mean_logp", "sliced_w2")
 

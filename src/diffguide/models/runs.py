@@ -8,13 +8,17 @@ from pathlib import Path
 
 import torch
 
-from .build import build_denoiser, build_network
-from .config import RunConfig, from_dict, validate
-from .data import make_dataset
-from .errors import CheckpointError
-from .processes import NoiseProcess, make_process
-from .train.checkpoint import latest_good_checkpoint, list_checkpoints, read_checkpoint
-from .train.loop import load_module_tensors
+from diffguide.config import RunConfig, from_dict, validate
+from diffguide.data import make_dataset
+from diffguide.errors import CheckpointError
+from diffguide.models.build import build_denoiser, build_network
+from diffguide.processes import NoiseProcess, make_process
+from diffguide.train.checkpoint import (
+    latest_good_checkpoint,
+    list_checkpoints,
+    load_module_tensors,
+    read_checkpoint,
+)
 
 
 @dataclass

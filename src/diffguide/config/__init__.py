@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .data.registry import DataConfig, check_data_config
-from .errors import ConfigError, lookup, unknown
-from .grids import GRIDS
-from .losses import DenoisingLoss, LossConfig
-from .processes import ProcessConfig, make_process
-from .samplers import SAMPLERS
+from diffguide.data.registry import DataConfig, check_data_config
+from diffguide.errors import ConfigError, lookup, unknown
+from diffguide.grids import GRIDS
+from diffguide.io import parse_override
+from diffguide.losses import DenoisingLoss, LossConfig
+from diffguide.processes import ProcessConfig, make_process
+from diffguide.samplers.registry import SAMPLERS
 
 try:
     import tomllib
@@ -194,18 +195,6 @@ def all_keys(cls=RunConfig, prefix: str = "") -> dict[str, type]:
         else:
             out[f"{prefix}{f.name}"] = tp
     return out
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'train.steps=100' -> ('train.steps', 100); the value is read as TOML, else as a bare string."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.steps=100")
-    key, raw = (part.strip() for part in text.split("=", 1))
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

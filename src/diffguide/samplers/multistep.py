@@ -22,8 +22,8 @@ import math
 
 import torch
 
-from .errors import ConfigError
-from .samplers import _d, _denoise, _report
+from diffguide.errors import ConfigError
+from diffguide.samplers.base import _d, _denoise, _report
 
 # DPM-Solver++(3M), as diffusers: on grids of fewer steps the second-to-last step is taken at order 2.
 LOWER_ORDER_BELOW = 15

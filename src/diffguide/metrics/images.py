@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from .errors import ConfigError
+from diffguide.errors import ConfigError
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -169,7 +169,7 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     check_inception()
     import torch_fidelity
 
-    from .data.images import to_uint8
+    from diffguide.data.images import to_uint8
 
     class _Images(torch.utils.data.Dataset):
         def __init__(self, x):
@@ -215,9 +215,9 @@ def evaluate_images(
     if inception:
         check_inception()
 
-    from .image_classifier import load_classifier
-    from .image_figures import example_conditions
-    from .sampling import generate, sigma_grid
+    from diffguide.classifiers.images import load_classifier
+    from diffguide.plots.images import example_conditions
+    from diffguide.samplers.generation import generate, sigma_grid
 
     classifier, meta = load_classifier(classifier_dir)
     data_name = run.config.data.name

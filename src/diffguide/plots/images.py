@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, output_error
+from diffguide.errors import ConfigError, output_error
 
 
 def to_pil(x: torch.Tensor, scale: int = 1):
     """One image [C, H, W] in [-1, 1] as a Pillow image (nearest-neighbour upscaled by `scale`)."""
     from PIL import Image
 
-    from .data.images import to_uint8
+    from diffguide.data.images import to_uint8
 
     arr = to_uint8(x).permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
@@ -114,7 +114,7 @@ def example_conditions(run, n: int):
 
 def write_run_grid(run, path: Path, seed: int = 0, n: int | None = None) -> Path:
     """samples.png for a finished image run: n samples (one column per class for class-conditional runs)."""
-    from .sampling import sample_run
+    from diffguide.samplers.generation import sample_run
 
     n = n or min(run.config.sample.n, 100)
     cond = example_conditions(run, n)

@@ -1,0 +1,1 @@
+"""Noise-aware classifiers: for 2D points (`points`) and images (`images`)."""

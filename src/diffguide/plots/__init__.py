@@ -1,0 +1,1 @@
+"""Figures: 2D scatter and density plots (`points`), image grids and progress recordings (`images`)."""

@@ -1,0 +1,56 @@
+"""Samplers as plain functions, their registry, and batched generation with per-sample noise.
+
+Modules: `single_step` (Euler, Heun, DDIM, DDPM, Euler-Maruyama, predictor-corrector, DPM-Solver++ 2M),
+`multistep` (DPM-Solver++ 3M, UniPC, iPNDM), `registry` (name -> function, options, evaluations per
+step), `generation` (n samples in batches, sigma grids, a run's saved defaults), `inpaint`.
+"""
+
+from diffguide.samplers.generation import generate, labels_for, sample_run, sigma_grid
+from diffguide.samplers.multistep import sample_dpmpp_3m, sample_ipndm, sample_unipc, sample_unipc_3
+from diffguide.samplers.registry import (
+    EVALS_PER_STEP,
+    SAMPLERS,
+    STOCHASTIC,
+    get_sampler,
+    sampler_option_defaults,
+    sampler_options,
+    steps_for_evals,
+)
+from diffguide.samplers.single_step import (
+    ancestral_step,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_euler,
+    sample_euler_maruyama,
+    sample_heun,
+    sample_pc,
+)
+
+__all__ = [
+    "EVALS_PER_STEP",
+    "SAMPLERS",
+    "STOCHASTIC",
+    "ancestral_step",
+    "generate",
+    "get_sampler",
+    "labels_for",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m",
+    "sample_euler",
+    "sample_euler_maruyama",
+    "sample_heun",
+    "sample_ipndm",
+    "sample_pc",
+    "sample_run",
+    "sample_unipc",
+    "sample_unipc_3",
+    "sampler_option_defaults",
+    "sampler_options",
+    "sigma_grid",
+    "steps_for_evals",
+]
