@@ -1,4 +1,4 @@
-"""`diffguide demo`: the guidance study on the two-class tree (and seed 000's S-curve)."""
+"""`diffguide demo`: the guidance study on the two-class tree (and the S-curve autoguidance experiment)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def amateur_config(cfg: RunConfig, width: int | None = None, steps: int | None =
     but its nets learn from exact scores; trained by denoising score matching as here, a 1/8-step
     amateur is so poor that guiding by it trades variety away quickly (measured on the tree: w32 x 1000
     steps against a w64 x 2000 expert kept coverage within 0.025 at w = 1.5, a 250-step amateur did
-    not). Width and steps given explicitly replace the defaults; pass the expert's width for the seed's
+    not). Width and steps given explicitly replace the defaults; pass the expert's width for the S-curve experiment's
     "same net, fewer steps".
     Data, conditioning, label dropout, noise process and loss stay the expert's: the amateur must make
     the same kind of errors, only more of them.

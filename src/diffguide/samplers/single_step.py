@@ -105,7 +105,7 @@ def sample_ddpm(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
 def sample_euler_maruyama(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
     """Euler-Maruyama on the reverse SDE dx = -d[sigma^2] score + sqrt(d[sigma^2]) dw (Song et al. 2021).
 
-    With the seed's VE SDE dx = sigma^t dw, g(t)^2 dt = d[sigma(t)^2]: this is the seed's
+    With the S-curve experiment's VE SDE dx = sigma^t dw, g(t)^2 dt = d[sigma(t)^2]: this is its
     x + g^2 score dt + g sqrt(dt) z, using the exact sigma^2 increment over each step.
     """
     for i in range(len(sigmas) - 1):

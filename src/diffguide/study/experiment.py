@@ -4,7 +4,7 @@
    amateur (narrower and shorter, Karras et al. 2024) on the two-class tree mixture.
 2. Sample the same per-sample seeds and labels with no guidance, CFG and autoguidance over a sweep of
    weights (and once with both guides), and score every set with the exact metrics of metrics2d.
-3. On the S-curve of seed 000, train one net for `scurve_steps` steps and use its snapshot at
+3. On the S-curve (the S-curve autoguidance experiment), train one net for `scurve_steps` steps and use its snapshot at
    `scurve_amateur_steps` as the amateur; draw the expert, amateur and difference fields.
 4. Write report.md, metrics.json and the figures; return the metrics.
 
@@ -546,7 +546,7 @@ def scurve_study(settings: StudySettings, runs_dir: Path, png: Path, log=print) 
             "w": settings.scurve_w,
             "samples": {"none": x_none.numpy(), "autoguidance": x_auto.numpy()},
             "suptitle": (
-                f"S-curve (seed 000): expert = {expert.step} steps, amateur = the same net's snapshot at "
+                f"S-curve: expert = {expert.step} steps, amateur = the same net's snapshot at "
                 f"{amateur.step} steps\nwith autoguidance: mean distance to the data "
                 f"{metrics['distance_to_data_none']:.3f} -> {metrics['distance_to_data_autoguidance']:.3f}, "
                 f"sliced W2 {metrics['sliced_w2_none']:.3f} -> {metrics['sliced_w2_autoguidance']:.3f}"

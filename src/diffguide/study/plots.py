@@ -372,7 +372,7 @@ def sweep_figure(path: Path, sweep: list[dict], none: dict, truth: dict, reporte
 
 
 def scurve_figure(path: Path, d: dict) -> Path:
-    """S-curve (seed 000): data, the expert/amateur/difference fields at one sigma, samples +- guidance."""
+    """The S-curve autoguidance experiment: data, the expert/amateur/difference fields at one sigma, samples +- guidance."""
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 9.2), dpi=110)
     lim = d["lim"]
     c = (0.0, 0.0)

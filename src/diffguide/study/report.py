@@ -48,15 +48,9 @@ def sweep_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, metrics: dict, settings, expert, amateur) -> Path:
-    """report.md: what was trained, the table, the rule, the figures and how to read them, timings."""
+def _header(settings, expert, amateur) -> str:
     e, a = expert.config, amateur.config
-    t = metrics["timings_s"]
-    sc = metrics["scurve"]
-    fd = metrics["figures_detail"]
-    ends = fd["trajectory_ends_inside"]
-    timing = "\n".join(f"| {k} | {v:.1f} |" for k, v in t.items())
-    text = f"""# Guidance study: no guidance, classifier-free guidance and autoguidance
+    return f"""# Guidance study: no guidance, classifier-free guidance and autoguidance
 
 Data: the two-class tree mixture (`tree`), an exact Gaussian mixture, so every metric below is computed
 from the true density. Seed {settings.seed}. {settings.n_samples} samples per method, the same per-sample
@@ -71,7 +65,11 @@ sampler {settings.sampler}, {settings.sampler_steps} steps, Karras grid, sigma_m
 
 Guidance weight convention: guide + w (main - guide); w = 1 is no guidance.
 
-## Results
+"""
+
+
+def _results(metrics: dict, settings) -> str:
+    return f"""## Results
 
 {metrics_table(metrics)}
 
@@ -92,7 +90,13 @@ Per-class metrics (against p(x | class)) are in metrics.json under "per_class".
 
 ![weight sweep](weight_sweep.png)
 
-## Figures
+"""
+
+
+def _figures(metrics: dict, settings) -> str:
+    fd = metrics["figures_detail"]
+    ends = fd["trajectory_ends_inside"]
+    return f"""## Figures
 
 ![study panel](study_panel.png)
 
@@ -117,9 +121,14 @@ highest peak), the ratio only where the main model's log-density is within those
 lengths grow with the score up to its 90% quantile, then saturate. The grey background in sample
 panels is the exact mixture density.
 
-![S-curve](scurve_autoguidance.png)
+"""
 
-`scurve_autoguidance.png` (seed 000's experiment): one net trained {sc["expert_steps"]} steps on the
+
+def _scurve(metrics: dict) -> str:
+    sc = metrics["scurve"]
+    return f"""![S-curve](scurve_autoguidance.png)
+
+`scurve_autoguidance.png` (the S-curve autoguidance experiment): one net trained {sc["expert_steps"]} steps on the
 S-curve (expert D1) and its own snapshot at step {sc["amateur_steps"]} (amateur D0), VE SDE with
 {sc["sampler"]}. The three fields at one noise level are the displacements D1(x) - x and D0(x) - x
 (sigma^2 times each score; arrow tips are the denoised points) and their difference D1 - D0 (the
@@ -129,7 +138,13 @@ Without -> with autoguidance at w = {sc["w"]:g}: mean distance of a sample to th
 curve: quality), sliced W2 to the data {sc["sliced_w2_none"]:.4f} -> {sc["sliced_w2_autoguidance"]:.4f}
 (the distribution along the curve is distorted: the variety side of the trade-off).
 
-## Timings (wall-clock seconds)
+"""
+
+
+def _timings(metrics: dict, expert) -> str:
+    e = expert.config
+    timing = "\n".join(f"| {k} | {v:.1f} |" for k, v in metrics["timings_s"].items())
+    return f"""## Timings (wall-clock seconds)
 
 | phase | s |
 |---|---|
@@ -138,5 +153,16 @@ curve: quality), sliced W2 to the data {sc["sliced_w2_none"]:.4f} -> {sc["sliced
 Runs are in `runs/`; `runs/{e.name}/guidance.json` names the amateur, so
 `diffguide sample {Path(str(expert.path))} --guidance auto --w 2 --class 0 --out x.npz` samples with it.
 """
-    Path(path).write_text(text)
+
+
+def write_report(path: Path, metrics: dict, settings, expert, amateur) -> Path:
+    """report.md: what was trained, the table, the rule, the figures and how to read them, timings."""
+    parts = (
+        _header(settings, expert, amateur),
+        _results(metrics, settings),
+        _figures(metrics, settings),
+        _scurve(metrics),
+        _timings(metrics, expert),
+    )
+    Path(path).write_text("".join(parts))
     return Path(path)
