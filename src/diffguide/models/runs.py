@@ -10,6 +10,7 @@ import torch
 
 from diffguide.config import RunConfig, from_dict, validate
 from diffguide.data import make_dataset
+from diffguide.data.files import resolve_data_path
 from diffguide.errors import CheckpointError
 from diffguide.models.build import build_denoiser, build_network
 from diffguide.processes import NoiseProcess, make_process
@@ -79,7 +80,7 @@ def load_run(
         if not path.is_absolute() and not path.exists():
             path = run_dir / "checkpoints" / path
         tensors, meta = read_checkpoint(path)
-    dataset = make_dataset(cfg.data)
+    dataset = make_dataset(resolve_data_path(cfg.data, run_dir))
     net = build_network(cfg, dataset)
     load_module_tensors(net, tensors, "ema." if use_ema else "model.", source=repr(str(path)))
     denoiser = build_denoiser(cfg, net).to(device).eval()

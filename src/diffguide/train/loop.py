@@ -19,6 +19,7 @@ import torch
 
 from diffguide.config import RunConfig, from_dict, to_dict, validate
 from diffguide.data import make_dataset
+from diffguide.data.files import keep_data_file
 from diffguide.errors import CheckpointError, ConfigError, DiffguideError, output_error
 from diffguide.io import atomic_write_text
 from diffguide.losses import DenoisingLoss
@@ -164,6 +165,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, json.dumps(to_dict(cfg), indent=2) + "\n")
+        keep_data_file(cfg.data, run_dir)
     except OSError as e:
         raise output_error(run_dir, e) from None
     return run_dir
