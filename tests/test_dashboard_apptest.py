@@ -506,6 +506,7 @@ def wait_for(predicate, timeout: float = 90, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.e2e  # two real training processes, launched, stopped and resumed
 def test_train_launch_stop_resume(runs):
     from diffguide.dashboard.catalog import progress
     from diffguide.train.checkpoint import list_checkpoints

@@ -28,6 +28,8 @@ from diffguide.dashboard.jobs import JobRegistry, is_our_process
 from diffguide.dashboard.safety import RunsFolder
 from diffguide.plots.points import write_run_figure
 
+pytestmark = pytest.mark.browser  # `make test-fast` leaves these out
+
 CHROMIUM = os.environ.get("DIFFGUIDE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DIFFGUIDE_CHROMEDRIVER", "/usr/bin/chromedriver")
 SCREENSHOTS = os.environ.get("DIFFGUIDE_SCREENSHOTS")

@@ -20,6 +20,7 @@ from diffguide.study.plots import grid_points, integrate_score
 METRIC_KEYS = {"precision", "coverage", "mean_logp", "sliced_w2", "w"}
 
 
+@pytest.mark.e2e
 def test_demo_fast_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--fast", "--out", str(out), "--seed", "1", timeout=400)
