@@ -137,6 +137,24 @@ def find_cycles(edges: dict[str, dict[str, int]]) -> list[list[str]]:
     return cycles
 
 
+def shortest_loop(edges: dict[str, dict[str, int]], component: list[str]) -> str:
+    """One import loop inside a cycle, as 'a -> b (line 3) -> a (line 7)', found breadth first."""
+    start, inside = component[0], set(component)
+    paths = {start: [start]}
+    queue = [start]
+    for module in queue:
+        for target in sorted(edges[module]):
+            if target.startswith(module + "."):  # a package __init__ importing its children
+                continue
+            if target == start:
+                loop = [*paths[module], start]
+                return " -> ".join([loop[0]] + [f"{b} (line {edges[a][b]})" for a, b in zip(loop, loop[1:])])
+            if target in inside and target not in paths:
+                paths[target] = [*paths[module], target]
+                queue.append(target)
+    return " <-> ".join(component)
+
+
 def layer_of(module: str, package: str, layers: dict[int, tuple[str, ...]]) -> tuple[int, str] | None:
     """(layer, pattern) of the longest pattern in `layers` that matches `module`, or None."""
     relative = "__init__" if module == package else module.removeprefix(package + ".")
@@ -201,9 +219,10 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_cycles():
-    cycles = find_cycles(import_edges(SRC, PACKAGE))
-    assert not cycles, "modules that import each other around a loop:\n" + "\n".join(
-        " <-> ".join(c) for c in cycles
+    edges = import_edges(SRC, PACKAGE)
+    cycles = find_cycles(edges)
+    assert not cycles, "modules that import each other around a loop (one loop of each group):\n" + "\n".join(
+        f"{len(c)} modules: {shortest_loop(edges, c)}" for c in cycles
     )
 
 
@@ -266,7 +285,11 @@ def test_checker_reports_a_cycle_through_a_function_level_import(tmp_path):
             "mid/c.py": "def h():\n    from fake.mid import a\n",
         },
     )
-    assert find_cycles(import_edges(src, "fake")) == [["fake.mid.a", "fake.mid.b", "fake.mid.c"]]
+    edges = import_edges(src, "fake")
+    assert find_cycles(edges) == [["fake.mid.a", "fake.mid.b", "fake.mid.c"]]
+    assert shortest_loop(edges, ["fake.mid.a", "fake.mid.b", "fake.mid.c"]) == (
+        "fake.mid.a -> fake.mid.b (line 1) -> fake.mid.c (line 2) -> fake.mid.a (line 2)"
+    )
 
 
 def test_checker_reports_a_layer_violation_naming_both_modules_and_layers(tmp_path):
