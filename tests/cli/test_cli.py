@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from diffguide.cli import main
 from diffguide.config import preset_names
+from tests.helpers import run_cli
 
 
 def test_presets_lists_every_preset():

@@ -22,11 +22,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_dashboard_apptest import copy_runs, dashboard_source_runs, shared_runs  # noqa: F401 (fixture)
 
 from diffguide.dashboard.jobs import JobRegistry, is_our_process
 from diffguide.dashboard.safety import RunsFolder
 from diffguide.plots.points import write_run_figure
+from tests.helpers import copy_runs, shared_runs
 
 pytestmark = pytest.mark.browser  # `make test-fast` leaves these out
 

@@ -39,7 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 def parity():
     pytest.importorskip("diffusers", reason="diffusers is needed for the parity tests")
     import diffusers
-    from test_diffusers_parity import run_both
+
+    from tests.samplers.diffusers_loops import run_both
 
     return diffusers, run_both
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from diffguide.study.experiment import (
     StudySettings,
@@ -16,6 +15,7 @@ from diffguide.study.experiment import (
     zoom_window,
 )
 from diffguide.study.plots import grid_points, integrate_score
+from tests.helpers import run_cli
 
 METRIC_KEYS = {"precision", "coverage", "mean_logp", "sliced_w2", "w"}
 
