@@ -3,7 +3,7 @@
 Opens each page, generates from a tiny 2D run, compares guidance, launches and stops a training run,
 and checks that no page shows an error or a stack trace. Screenshots go to the test's temporary
 folder, and also to $DIFFGUIDE_SCREENSHOTS (e.g. docs/img) when that is set:
-    DIFFGUIDE_SCREENSHOTS=docs/img pytest tests/test_dashboard_browser.py
+    DIFFGUIDE_SCREENSHOTS=docs/img pytest tests/dashboard/test_dashboard_browser.py
 Chromium and chromedriver come from Debian (`apt-get install chromium chromium-driver`, which
 `make test` runs); without them these tests fail rather than skip.
 """
