@@ -4,7 +4,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 test: lint
 	sh scripts/ensure-browser.sh
 	$(PY) -m pytest -n 2 -q tests
+
+# everything but the end-to-end and browser tests (see docs/testing.md)
+test-fast: lint
+	$(PY) -m pytest -n 2 -q -m "not e2e and not browser" tests
 
 bench: $(STAMP)
 	$(PIP) install -c constraints.txt --no-deps k-diffusion denoising-diffusion-pytorch einops

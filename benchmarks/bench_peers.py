@@ -521,7 +521,7 @@ def summary_text(rows, best_ours, best_peer, best_name) -> str:
             + "; ".join(" = ".join(g) for g in groups)
             + ". Where such rows differ in the last digits, that is float32 arithmetic in diffusers' steps "
             "and grids (docs/interop.md). "
-            "Parity with diffusers is tested (tests/test_diffusers_parity.py); agreement with k-diffusion "
+            "Parity with diffusers is tested (tests/samplers/test_diffusers_parity.py); agreement with k-diffusion "
             "is only measured here (k-diffusion is a benchmark-only dependency)."
         )
     for b in BUDGETS:

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from filelock import FileLock
 
+from tests.helpers import run_cli
+
 # Two xdist workers on a 2-core machine: one intra-op thread each avoids oversubscription (and keeps
 # timings of the heavy mixture tests stable). Results do not depend on it: every test compares
 # against closed forms or between runs in the same process.
 torch.set_num_threads(1)
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m diffguide ARGS` in a subprocess (the real entry point), output captured."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "diffguide", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -66,19 +51,3 @@ def cli_run(tmp_path_factory) -> Path:
     if record["returncode"] != 0:
         pytest.fail(f"`diffguide train --preset tiny` failed:\n{record['stdout']}\n{record['stderr']}")
     return run_dir
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Fail (instead of hanging) when the block runs longer than `seconds` (SIGALRM; main thread)."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)

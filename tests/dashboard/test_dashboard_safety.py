@@ -98,12 +98,10 @@ def test_state_dir_symlink_is_refused(tmp_path, runs):
 
 
 @pytest.fixture
-def real_runs(tmp_path, tmp_path_factory):
+def real_runs(tmp_path, dashboard_source_runs):
     """A runs folder holding a copy of the tiny run the AppTest tests train once per session, and an empty
     folder outside it."""
-    from test_dashboard_apptest import shared_runs, train_source_runs
-
-    source = shared_runs(tmp_path_factory, "dashboard-runs", train_source_runs)
+    source = dashboard_source_runs
     root = tmp_path / "runs"
     shutil.copytree(source / "tiny", root / "tiny")
     outside = tmp_path / "outside"

@@ -6,7 +6,7 @@ the usual pipeline loop (scale_model_input, model, step); our side wraps the sam
 adapter (`diffusers_denoiser`, which is what `load_diffusers` returns for a real UNet) and runs our
 sampler on the matching sigma grid, from the same starting noise and, for the stochastic samplers,
 the same torch.Generator (diffusers' step() draws its noise with torch.randn(shape, generator=g),
-the same call our samplers make, at the same steps).
+the same call our samplers make, at the same steps). Both sides: diffusers_loops.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ import torch
 diffusers = pytest.importorskip("diffusers", reason="diffusers is needed for the parity tests")
 
 from diffguide import samplers  # noqa: E402
-from diffguide.adapters.diffusers import (  # noqa: E402
-    EpsModelFromDenoiser,
-    diffusers_denoiser,
-    process_from_scheduler_config,
-)
+from diffguide.adapters.diffusers import process_from_scheduler_config  # noqa: E402
 from diffguide.grids import karras_sigmas, spaced_sigmas, spaced_timesteps  # noqa: E402
-from diffguide.mixtures import eight_gaussians  # noqa: E402
+from tests.samplers.diffusers_loops import N, diffusers_loop, models, run_both  # noqa: E402
 
-N = 256
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
@@ -36,43 +31,6 @@ def float64(scheduler):
         if torch.is_tensor(value):
             setattr(scheduler, name, value.to(torch.float64))
     return scheduler
-
-
-def models(scheduler):
-    """(exact eps model in the scheduler's VP coordinates, our denoiser wrapping it through the adapter)."""
-    config = dict(scheduler.config)
-    eps_model = EpsModelFromDenoiser(
-        eight_gaussians(radius=2.0, std=0.3), process_from_scheduler_config(config)
-    )
-    return eps_model, diffusers_denoiser(eps_model, config)
-
-
-def diffusers_loop(scheduler, eps_model, x, generator=None, **step_kwargs):
-    """The standard diffusers pipeline loop."""
-    if generator is not None:
-        step_kwargs["generator"] = generator
-    for t in scheduler.timesteps:
-        eps = eps_model(scheduler.scale_model_input(x, t), t, return_dict=False)[0]
-        x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
-    return x
-
-
-def run_both(scheduler, sampler, sigmas, *, vp: bool, seed: int | None = None, **step_kwargs):
-    """Final samples (diffusers, ours) from the same start; vp: diffusers' x lives in VP coordinates."""
-    eps_model, denoiser = models(scheduler)
-    z = torch.randn(N, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    sigmas = sigmas.to(torch.float64)
-    if vp:  # diffusers starts from x_T = z; in scale-free coordinates that is z * sqrt(1 + sigma_max^2)
-        x_theirs, x_ours = z, z * (1 + sigmas[0] ** 2).sqrt()
-    else:  # Euler/Heun already work in scale-free coordinates, starting at z * init_noise_sigma
-        x_theirs = z * float(scheduler.init_noise_sigma)
-        x_ours = x_theirs.clone()
-    g_theirs = None if seed is None else torch.Generator().manual_seed(seed)
-    g_ours = None if seed is None else torch.Generator().manual_seed(seed)
-    theirs = diffusers_loop(scheduler, eps_model, x_theirs, g_theirs, **step_kwargs)
-    ours = sampler(denoiser, x_ours, sigmas, generator=g_ours)
-    assert torch.isfinite(ours).all()
-    return theirs.to(torch.float64), ours
 
 
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from diffguide.cli import main
 from diffguide.config import preset_names
+from tests.helpers import run_cli
 
 
 def test_presets_lists_every_preset():
@@ -44,7 +44,7 @@ def test_sample_is_deterministic_across_runs_and_batch_sizes(cli_run, tmp_path):
     samples = [np.load(p)["samples"] for p in (a, b, c)]
     assert samples[0].shape == (50, 2) and np.isfinite(samples[0]).all()
     assert np.array_equal(samples[0], samples[2]), "a second run changed the samples"
-    # Across batch sizes the noise streams are the same (tests/test_noise.py checks that bit for bit);
+    # Across batch sizes the noise streams are the same (tests/core/test_noise.py checks that bit for bit);
     # the float32 MLP's matrix products round differently for 7 rows than for 50 (measured: up to
     # 3e-7 apart), so here equality is to float32 rounding. A wrong noise stream moves samples by O(1).
     np.testing.assert_allclose(samples[1], samples[0], rtol=0, atol=1e-5)

@@ -1,8 +1,9 @@
 """Every dashboard page through Streamlit's AppTest, on tiny runs trained once per test session.
 
-Runs used (see `train_source_runs`): `tiny` (2D tree mixture, class-conditional, 60 steps), its
-`tiny-amateur` (same data and conditioning, smaller and shorter-trained: the autoguidance guide, named
-in tiny/guidance.json as `diffguide train --with-amateur` does) and `tiny-uncond` (unconditional).
+Runs used (see `train_source_runs` in tests/dashboard/conftest.py): `tiny` (2D tree mixture,
+class-conditional, 60 steps), its `tiny-amateur` (same data and conditioning, smaller and shorter-trained:
+the autoguidance guide, named in tiny/guidance.json as `diffguide train --with-amateur` does) and
+`tiny-uncond` (unconditional).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from filelock import FileLock
 
 pytest.importorskip("streamlit", reason="the dashboard needs Streamlit: run `make test` (installs it)")
 
@@ -27,53 +27,9 @@ from diffguide.dashboard import app_path  # noqa: E402
 from diffguide.dashboard.jobs import JobRegistry, is_our_process  # noqa: E402
 from diffguide.dashboard.safety import RunsFolder  # noqa: E402
 from diffguide.dashboard.ui import ENV_RUNS  # noqa: E402
-from diffguide.plots.points import write_run_figure
+from tests.helpers import copy_runs, shared_runs
 
 TIMEOUT = 120  # seconds per AppTest script run (the machine may be busy)
-
-
-def train_source_runs(out: Path) -> None:
-    """tiny, its amateur tiny-amateur and an unconditional tiny-uncond, trained with diffguide.train.train."""
-    from diffguide.config import apply_overrides, load_preset
-    from diffguide.guidance.pairing import write_guidance_note
-    from diffguide.train import train
-
-    train(load_preset("tiny"), out / "tiny", progress=False)
-    write_run_figure(out / "tiny")  # samples.png, as the train command writes it
-    small = ["model.width=16", "train.steps=20", "train.ckpt_every=20", "train.log_every=5", "sample.n=100"]
-    amateur = apply_overrides(load_preset("tiny"), small)
-    amateur.name = "tiny-amateur"
-    train(amateur, out / "tiny-amateur", progress=False)
-    write_guidance_note(out / "tiny", amateur=out / "tiny-amateur")
-    uncond = apply_overrides(load_preset("tiny"), [*small, "data.conditional=false", "train.steps=10"])
-    uncond.name = "tiny-uncond"
-    train(uncond, out / "tiny-uncond", progress=False)
-
-
-def shared_runs(tmp_path_factory, name: str, build) -> Path:
-    """A folder built once per session by `build(folder)`, shared by pytest-xdist workers (file lock)."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    out = base / name
-    with FileLock(str(base / f"{name}.lock")):
-        if not (out / "done").is_file():
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            build(out)
-            (out / "done").write_text("ok")
-    return out
-
-
-@pytest.fixture(scope="session")
-def dashboard_source_runs(tmp_path_factory) -> Path:
-    return shared_runs(tmp_path_factory, "dashboard-runs", train_source_runs)
-
-
-def copy_runs(source: Path, dest: Path) -> Path:
-    """A private copy of the source runs (tests write into their runs folder)."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("done"))
-    return dest
 
 
 @pytest.fixture
@@ -506,6 +462,7 @@ def wait_for(predicate, timeout: float = 90, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.e2e  # two real training processes, launched, stopped and resumed
 def test_train_launch_stop_resume(runs):
     from diffguide.dashboard.catalog import progress
     from diffguide.train.checkpoint import list_checkpoints

@@ -57,6 +57,7 @@ def torchrun(args: list[str], cwd, timeout: int = 240) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_ranks_identical_and_match_single_process(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
@@ -137,6 +138,7 @@ def test_ranks_resuming_different_checkpoints_refuse(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_torchrun_cli_resume_is_bit_equal(tmp_path):
     """`torchrun -m diffguide train`, interrupted after step 6 and resumed, equals the full run."""
     sets = [a for o in OVERRIDES for a in ("--set", o)]

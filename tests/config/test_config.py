@@ -286,7 +286,7 @@ JSON_VALUE = st.recursive(
 
 
 def _valid_or_config_error(text: str, fmt: str) -> None:
-    from conftest import time_limit
+    from tests.helpers import time_limit
 
     with time_limit(10):
         try:

@@ -3,7 +3,7 @@
 Opens each page, generates from a tiny 2D run, compares guidance, launches and stops a training run,
 and checks that no page shows an error or a stack trace. Screenshots go to the test's temporary
 folder, and also to $DIFFGUIDE_SCREENSHOTS (e.g. docs/img) when that is set:
-    DIFFGUIDE_SCREENSHOTS=docs/img pytest tests/test_dashboard_browser.py
+    DIFFGUIDE_SCREENSHOTS=docs/img pytest tests/dashboard/test_dashboard_browser.py
 Chromium and chromedriver come from Debian (`apt-get install chromium chromium-driver`, which
 `make test` runs); without them these tests fail rather than skip.
 """
@@ -22,11 +22,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_dashboard_apptest import copy_runs, dashboard_source_runs, shared_runs  # noqa: F401 (fixture)
 
 from diffguide.dashboard.jobs import JobRegistry, is_our_process
 from diffguide.dashboard.safety import RunsFolder
 from diffguide.plots.points import write_run_figure
+from tests.helpers import copy_runs, shared_runs
+
+pytestmark = pytest.mark.browser  # `make test-fast` leaves these out
 
 CHROMIUM = os.environ.get("DIFFGUIDE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DIFFGUIDE_CHROMEDRIVER", "/usr/bin/chromedriver")

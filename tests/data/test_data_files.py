@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.numpy import save_file
 
 from diffguide.data import make_dataset
@@ -18,6 +17,7 @@ from diffguide.data.files import read_mixture, read_points, resolve_data_path
 from diffguide.data.registry import DataConfig
 from diffguide.errors import DataError
 from diffguide.mixtures import make_mixture
+from tests.helpers import run_cli
 
 
 def mixture_dict(m) -> dict:

@@ -231,7 +231,7 @@ IDX_OR_GZIP = st.one_of(
 @example(_flip(gzip.compress(_idx_bytes(0x08, [3], b"abc")), 12, 0xFF))  # a corrupt deflate stream
 @example(_idx_bytes(0x0B, [0, 0, 256, 2**24, 2**30], b""))  # empty, but numpy cannot hold that shape
 def test_read_idx_gives_the_described_array_or_data_error(tmp_path_factory, data):
-    from conftest import time_limit
+    from tests.helpers import time_limit
 
     path = tmp_path_factory.getbasetemp() / "property.idx"
     path.write_bytes(data)

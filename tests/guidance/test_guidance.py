@@ -3,7 +3,7 @@
 The science tests use exact denoisers with controlled imperfections, so they are fast and
 deterministic: the "expert" is the ground-truth mixture with covariances inflated a little, the
 "amateur" with covariances inflated more (a blurred expert), as in Karras et al. 2024's analysis.
-The same science on trained models (at reduced size) is checked in tests/test_study.py.
+The same science on trained models (at reduced size) is checked in tests/study/test_study.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from diffguide.study.experiment import (
     StudySettings,
@@ -16,10 +15,12 @@ from diffguide.study.experiment import (
     zoom_window,
 )
 from diffguide.study.plots import grid_points, integrate_score
+from tests.helpers import run_cli
 
 METRIC_KEYS = {"precision", "coverage", "mean_logp", "sliced_w2", "w"}
 
 
+@pytest.mark.e2e
 def test_demo_fast_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--fast", "--out", str(out), "--seed", "1", timeout=400)

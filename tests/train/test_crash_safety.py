@@ -29,6 +29,7 @@ SETS = [
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_then_resume_is_bit_equal(tmp_path):
     # both runs in subprocesses with the same thread count: CPU results are bit-reproducible only then
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -2,7 +2,7 @@
 
 - Parity with diffusers' DPMSolverMultistepScheduler(solver_order=3) and UniPCMultistepScheduler
   (bh2, solver_order 1, 2, 3) on the same exact eps model and the same sigmas (the set-up of
-  tests/test_diffusers_parity.py).
+  tests/samplers/test_diffusers_parity.py).
 - The exponential-integrator weights against numerical quadrature, and a 3M step against the exact
   integral of the ODE when D is a polynomial in lambda: exact for quadratics with
   exact_third_order=True, an O(h^3) error per step with the reference code's weight.
@@ -39,7 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 def parity():
     pytest.importorskip("diffusers", reason="diffusers is needed for the parity tests")
     import diffusers
-    from test_diffusers_parity import run_both
+
+    from tests.samplers.diffusers_loops import run_both
 
     return diffusers, run_both
 
