@@ -3,6 +3,7 @@ the source experiments are named by their subject, not by a file number."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -99,3 +100,28 @@ def test_experiments_are_named_by_subject():
     pattern = re.compile(r"\bseed \d{3}\b|\bseed's\b|\bseeds/", re.I)
     found = [f"{where}: {m.group(0)!r}" for where, text in texts.items() for m in pattern.finditer(text)]
     assert not found, found
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_named_modules_and_functions_exist():
+    """A page that names `diffguide.samplers.generation.generate` names something importable."""
+    names = {
+        n for p in PAGES for n in re.findall(r"\bdiffguide(?:\.[A-Za-z_]\w*)+", p.read_text(encoding="utf-8"))
+    }
+    missing = sorted(n.rstrip(".") for n in names if not _resolves(n.rstrip(".")))
+    assert not missing, f"pages name modules or attributes that do not exist: {missing}"
