@@ -164,7 +164,7 @@ def test_cryptopunks_from_package():
     ]
     exact = sum(f == {"earring", "blondeBob"} for f in females)
     more = sum({"earring", "blondeBob"} <= f for f in females)
-    assert exact == 0 and more > 0  # the README's example: only with further accessories
+    assert exact == 0 and more > 0  # docs/images.md's example: only with further accessories
     assert [str(w.message) for w in caught] == [
         "no training image has type 'female' with exactly the accessories 'blonde bob', 'earring' "
         f"({more} have them plus other accessories: name those too to ask for such a punk); unnamed "

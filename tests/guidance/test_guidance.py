@@ -248,8 +248,8 @@ def test_autoguidance_sharpens_without_losing_variety_and_cfg_does_lose_it(board
 
 
 def test_autoguidance_on_the_tree_recovers_precision(tree):
-    """The README's toy: a blurred expert guided by a blurrier amateur gets most of the way back to
-    the true precision (measured 0.81 -> 0.97 at w=2) with coverage within 0.02."""
+    """docs/guidance.md's toy: a blurred expert guided by a blurrier amateur gets most of the way back to
+    the true precision (measured 0.81 -> 0.97 at w=2) with coverage within 0.03."""
     expert, amateur = blurred(tree, 0.03), blurred(tree, 0.08)
     r = _sweep(tree, {"none": expert, "auto": autoguidance(expert, amateur, 2.0)}, n=500)
     assert r["auto"]["precision"] > r["none"]["precision"] + 0.1
@@ -258,7 +258,7 @@ def test_autoguidance_on_the_tree_recovers_precision(tree):
 
 
 def test_cfg_on_the_tree_needs_an_exact_main_model(tree):
-    """The README's explanation of why CFG lowers precision on the trained tree: with the exact tree as
+    """docs/guidance.md's explanation of why CFG lowers precision on the trained tree: with the exact tree as
     main CFG keeps precision at ~0.99 (its classes barely overlap, so p(c | x)^(w-1) changes little on
     the data), but with a slightly blurred main (+0.03^2 I, like a trained expert) it pushes samples
     away from the other class, out beyond the thin branch tips, and precision falls.
