@@ -207,3 +207,11 @@ def test_image_classifier_as_guide_of_a_2d_run_exits_2(cli_run, tmp_path, capsys
         "here; train one with `diffguide train ... --with-classifier`\n"
     )
     assert not out.exists()
+
+
+def test_unwritable_classifier_folder_names_the_path(tmp_path):
+    (tmp_path / "file").write_text("")
+    net, sizes = points_net()
+    record = ClassifierRecord(kind="points", architecture=asdict(sizes), data=DataConfig(conditional=True))
+    with pytest.raises(ConfigError, match="/file' is a file, not a folder"):
+        write_classifier(tmp_path / "file" / "clf", net, record)
