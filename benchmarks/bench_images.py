@@ -192,7 +192,11 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
         "p_uncond": cfg.train.p_uncond,
         "expert": shown(expert_dir),
         "amateur": {"path": shown(amateur_dir), "channels": acfg.model.channels, "steps": acfg.train.steps},
-        "classifier": {"path": shown(clf), "steps": settings["classifier_steps"], "heldout": meta["heldout"]},
+        "classifier": {
+            "path": shown(clf),
+            "steps": settings["classifier_steps"],
+            "heldout": meta["training"]["heldout"],
+        },
         "n": n,
         "n_real": base["n_real"],
         "sampler": f"{base['sampler']} {base['steps']} steps",

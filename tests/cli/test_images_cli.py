@@ -129,8 +129,8 @@ def eval_args(tiny_run, tiny_classifier, out) -> list[str]:
 
 
 def test_train_classifier_and_eval(tiny_run, tiny_classifier):
-    meta = json.loads((tiny_classifier / "classifier.json").read_text())
-    assert meta["kind"] == "image-classifier" and "class_accuracy" in meta["heldout"]
+    record = json.loads((tiny_classifier / "classifier.json").read_text())
+    assert record["kind"] == "images" and "class_accuracy" in record["training"]["heldout"]
     out = tiny_run / "eval.json"
     args = eval_args(tiny_run, tiny_classifier, out)
     guidance = ["--guidance", "cfg", "--w", "1.5", "--rescale", "0.5", "--interval", "0.1", "5"]
@@ -142,6 +142,38 @@ def test_train_classifier_and_eval(tiny_run, tiny_classifier):
     assert result["guidance"] == {
         "guidance": "cfg", "w": 1.5, "w_cfg": None, "guide": None, "interval": [0.1, 5.0], "rescale": 0.5
     }  # fmt: skip
+
+
+def test_eval_with_a_2d_classifier_exits_2_naming_the_file_and_kinds(tiny_run, tmp_path):
+    """`eval RUN --classifier DIR` given a noise-conditional classifier of 2D points, through the real
+    entry point: exit 2, one line on stderr naming the file, its kind and the expected kind, no
+    traceback, and no file in the run or classifier folder changed or added (this used to be a raw
+    KeyError: 'sizes')."""
+    import shutil
+
+    from tests.helpers import run_cli
+
+    from diffguide.classifiers.points import ClassifierConfig, train_classifier
+    from diffguide.config import load_preset
+
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny_run / "tiny", run)
+    clf = train_classifier(
+        load_preset("tiny"),
+        tmp_path / "runs" / "clf2d",
+        ClassifierConfig(width=8, depth=1, steps=2, batch_size=16),
+    )
+
+    def files():
+        return {p: p.read_bytes() for p in sorted((tmp_path / "runs").rglob("*")) if p.is_file()}
+
+    before = files()
+    result = run_cli("eval", str(run), "--classifier", str(clf), "--n", "4")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"diffguide eval: error: {str(clf / 'classifier.json')!r} is a ")
+    assert "(kind 'points')" in result.stderr and "(kind 'images') is expected" in result.stderr
+    assert files() == before
 
 
 def test_eval_metrics_of_an_oracle_that_serves_held_out_images(tiny_run, tiny_classifier):

@@ -503,7 +503,9 @@ def test_trained_classifier_is_accurate_and_round_trips_without_pickle(tmp_path)
     sigma = torch.full((50,), 0.3)
     assert torch.equal(clf(x[:50].float(), sigma), again(x[:50].float(), sigma))
     record = json.loads((folder / "classifier.json").read_text())
-    assert record["noise"] == json.loads(json.dumps(cfg.diffusion.loss.__dict__))  # the run's noise levels
+    assert record["kind"] == "points" and record["format"] == "diffguide-classifier-3"
+    # the run's noise levels
+    assert record["training"]["noise"] == json.loads(json.dumps(cfg.diffusion.loss.__dict__))
     # a folder of another kind is refused with a clear message
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "classifier.json").write_text('{"data": {}}')

@@ -2,24 +2,44 @@
 
 Heads: class logits for class-labelled sets; type logits + accessory logits (multi-label) for
 CryptoPunks. `features(x)` (the penultimate layer, `feature_dim` wide) is where metrics_images
-computes FID, KID, precision and recall. Saved as a folder: classifier.json (data config, sizes,
-held-out accuracy) + model.safetensors; rebuilt from the folder alone.
+computes FID, KID, precision and recall. Saved as a folder: classifier.json (the common classifier
+record, kind "images": see classifiers/record.py) + model.safetensors; rebuilt from the folder alone.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffguide.classifiers.record import (
+    ClassifierRecord,
+    architecture,
+    load_weights,
+    read_record,
+    write_classifier,
+)
 from diffguide.data import make_dataset
+from diffguide.data.images import to_unit
 from diffguide.data.registry import DataConfig
 from diffguide.errors import CheckpointError, output_error
+
+
+@dataclass
+class ImageArchitecture:
+    """ImageClassifier's constructor arguments: the record's `architecture` for kind "images"."""
+
+    in_channels: int = 1
+    num_classes: int = 0
+    num_types: int = 0
+    num_accessories: int = 0
+    width: int = 32
+    feature_dim: int = 64
+    pool: int = 1
 
 
 class ImageClassifier(nn.Module):
@@ -155,16 +175,16 @@ def train_classifier(
         raise output_error(out_dir, e) from None
     torch.manual_seed(seed)
     attrs = getattr(dataset, "attributes", None)
-    sizes = {
-        "in_channels": dataset.shape[0],
-        "num_classes": 0 if attrs else dataset.num_classes,
-        "num_types": len(attrs.types) if attrs else 0,
-        "num_accessories": len(attrs.accessories) if attrs else 0,
-        "width": width,
-        "feature_dim": feature_dim,
-        "pool": 1 if max(dataset.shape[1:]) <= 8 else 4,
-    }
-    model = ImageClassifier(**sizes)
+    sizes = ImageArchitecture(
+        in_channels=dataset.shape[0],
+        num_classes=0 if attrs else dataset.num_classes,
+        num_types=len(attrs.types) if attrs else 0,
+        num_accessories=len(attrs.accessories) if attrs else 0,
+        width=width,
+        feature_dim=feature_dim,
+        pool=1 if max(dataset.shape[1:]) <= 8 else 4,
+    )
+    model = ImageClassifier(**asdict(sizes))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     g = torch.Generator().manual_seed(seed + 1)
@@ -173,8 +193,6 @@ def train_classifier(
     model.train()
     for step in range(steps):
         idx = dataset.train_index[torch.randint(0, len(dataset.train_index), (batch_size,), generator=g)]
-        from diffguide.data.images import to_unit
-
         x = to_unit(dataset.images[idx])
         x = x + 0.05 * torch.randn(x.shape, generator=g)  # robustness to the small noise left in samples
         loss = classifier_loss(model, x, _targets(dataset, labels_all[idx]))
@@ -186,40 +204,23 @@ def train_classifier(
             log(f"step {step + 1}/{steps}  loss {loss.item():.4f}")
     model.eval()
     acc = heldout_accuracy(model, dataset)
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    meta = {
-        "kind": "image-classifier",
-        "data": asdict(data),
-        "sizes": sizes,
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "train_seconds": round(time.time() - t0, 1),
-        "heldout": acc,
-    }
-    (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2) + "\n")
+    training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+    training.update(train_seconds=round(time.time() - t0, 1), heldout=acc)
+    record = ClassifierRecord(kind="images", architecture=asdict(sizes), data=data, training=training)
+    write_classifier(out_dir, model, record)
     if log:
         log(f"held-out accuracy: {acc}")
     return out_dir
 
 
-def load_classifier(folder: str | Path) -> tuple[ImageClassifier, dict]:
-    """(model in eval mode, its classifier.json) from a folder written by train_classifier."""
-    folder = Path(folder)
-    meta_path = folder / "classifier.json"
-    if not meta_path.is_file():
-        raise CheckpointError(
-            f"{str(folder)!r} holds no classifier.json; train one with "
-            "`diffguide train-classifier --data NAME --out FOLDER`"
-        )
-    meta = json.loads(meta_path.read_text())
-    model = ImageClassifier(**meta["sizes"])
-    from safetensors.torch import load_file
+def build_classifier(record: ClassifierRecord, folder: str | Path) -> ImageClassifier:
+    """An untrained ImageClassifier of the record's architecture (kind "images")."""
+    return ImageClassifier(**asdict(architecture(record, ImageArchitecture, folder)))
 
-    try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"cannot load {folder / 'model.safetensors'}: {e}") from None
-    return model.eval(), meta
+
+def load_classifier(folder: str | Path) -> tuple[ImageClassifier, dict]:
+    """(model in eval mode, its classifier.json as a dict in the current layout) from a classifier
+    folder; the model's `.record` is the ClassifierRecord. A classifier of another kind is a ConfigError."""
+    record = read_record(folder, expected="images")
+    model = load_weights(build_classifier(record, folder), folder, record)
+    return model, asdict(record)

@@ -3,34 +3,41 @@
 Dhariwal & Nichol 2021 train a classifier on noisy inputs x = x0 + sigma eps at the noise levels the
 diffusion model sees, and shift the sampler by its gradient. Here the classifier is trained on the same
 data and the same noise-level distribution as a diffusion run, and saved like a run: a folder with
-classifier.json (config, no code) and classifier.safetensors (weights), loadable without pickle.
+classifier.json (the common classifier record, kind "points": see classifiers/record.py) and
+classifier.safetensors (weights), loadable without pickle.
 `ExactClassifier` is the Bayes classifier of an analytic mixture, the known answer for tests.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffguide.config import RunConfig, from_dict
+from diffguide.classifiers.record import (
+    RECORD_FILE,
+    WEIGHTS_FILES,
+    ClassifierRecord,
+    architecture,
+    load_weights,
+    read_record,
+    write_classifier,
+)
+from diffguide.config import RunConfig
 from diffguide.data import make_dataset
 from diffguide.data.registry import DataConfig
 from diffguide.denoiser import batch_sigma
-from diffguide.errors import CheckpointError, ConfigError
-from diffguide.losses import DenoisingLoss, LossConfig
+from diffguide.errors import ConfigError
+from diffguide.losses import DenoisingLoss
 from diffguide.models.nets.embedding import make_embedding
 from diffguide.models.nets.mlp import ResidualBlock
-from diffguide.processes import ProcessConfig, make_process
+from diffguide.processes import make_process
 
-FORMAT = "diffguide-classifier-2"  # 2: logits scaled by sigma_data c_in, learned log prior
-CONFIG_FILE = "classifier.json"
-WEIGHTS_FILE = "classifier.safetensors"
+CONFIG_FILE = RECORD_FILE  # the names the dashboard looks for
+WEIGHTS_FILE = WEIGHTS_FILES["points"]
 
 
 @dataclass
@@ -48,18 +55,15 @@ class ClassifierConfig:
 
 
 @dataclass
-class ClassifierRecord:
-    """What classifier.json holds: the classifier's config and the data / noise it was trained on."""
+class PointsArchitecture:
+    """NoisyClassifier's constructor arguments: the record's `architecture` for kind "points"."""
 
-    format: str = FORMAT
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    noise: LossConfig = field(default_factory=LossConfig)
-    process: ProcessConfig = field(default_factory=ProcessConfig)
     dim: int = 2
     num_classes: int = 2
-    step: int = 0
-    final_loss: float = 0.0
+    width: int = 128
+    depth: int = 3
+    emb_dim: int = 32
+    sigma_data: float = 0.5
 
 
 class NoisyClassifier(nn.Module):
@@ -139,7 +143,8 @@ def train_classifier(
     dim = math.prod(dataset.shape)
     noise = DenoisingLoss(run_cfg.diffusion.loss, make_process(run_cfg.diffusion.process))
     torch.manual_seed(cfg.seed)
-    net = NoisyClassifier(dim, dataset.num_classes, cfg.width, cfg.depth, cfg.emb_dim, cfg.sigma_data)
+    sizes = PointsArchitecture(dim, dataset.num_classes, cfg.width, cfg.depth, cfg.emb_dim, cfg.sigma_data)
+    net = NoisyClassifier(**asdict(sizes))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     loss_value = float("nan")
@@ -158,64 +163,28 @@ def train_classifier(
         loss_value = float(loss.detach())
         if progress and (step + 1) % max(1, cfg.steps // 10) == 0:
             print(f"classifier step {step + 1}/{cfg.steps}: cross-entropy {loss_value:.4f}")
-    record = ClassifierRecord(
-        classifier=cfg,
-        data=data_cfg,
-        noise=run_cfg.diffusion.loss,
-        process=run_cfg.diffusion.process,
-        dim=dim,
-        num_classes=dataset.num_classes,
-        step=cfg.steps,
-        final_loss=loss_value,
-    )
-    return save_classifier(net, record, out_dir)
-
-
-def save_classifier(net: NoisyClassifier, record: ClassifierRecord, out_dir: str | Path) -> Path:
-    """Write classifier.json and classifier.safetensors (weights only, no pickle)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS_FILE))
-    (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
-    return out_dir
+    training = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
+    training.update(final_loss=loss_value, noise=asdict(run_cfg.diffusion.loss))
+    training.update(process=asdict(run_cfg.diffusion.process))
+    record = ClassifierRecord(kind="points", architecture=asdict(sizes), data=data_cfg, training=training)
+    return write_classifier(out_dir, net, record)
 
 
 def is_classifier_dir(path: str | Path) -> bool:
+    """Whether `path` holds a classifier record (of either kind)."""
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+def build_classifier(record: ClassifierRecord, folder: str | Path) -> NoisyClassifier:
+    """An untrained NoisyClassifier of the record's architecture (kind "points")."""
+    return NoisyClassifier(**asdict(architecture(record, PointsArchitecture, folder)))
+
+
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> NoisyClassifier:
-    """Rebuild a classifier from its folder (classifier.json + classifier.safetensors), in eval mode."""
-    path = Path(path)
-    cfg_path, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
-    if not cfg_path.is_file() or not weights.is_file():
-        raise CheckpointError(
-            f"{str(path)!r} is not a classifier folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
-            "(train one with `diffguide train ... --with-classifier`)"
-        )
-    try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
-    found = data.get("format") if isinstance(data, dict) else None
-    if isinstance(found, str) and found.startswith("diffguide-classifier-") and found != FORMAT:
-        raise CheckpointError(
-            f"{cfg_path} is a classifier of an older format ({found!r}, this version reads {FORMAT!r}: its "
-            "logits are scaled for high noise); retrain it with `diffguide train ... --with-classifier`"
-        )
-    if found != FORMAT:
-        raise CheckpointError(
-            f"{cfg_path} is not a noise-conditional classifier (format {found!r}, expected {FORMAT!r})"
-        )
-    record = from_dict(ClassifierRecord, data)
-    c = record.classifier
-    net = NoisyClassifier(record.dim, record.num_classes, c.width, c.depth, c.emb_dim, c.sigma_data)
-    try:
-        net.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError) as e:
-        raise CheckpointError(f"cannot load {weights}: {e}") from None
-    net.record = record
-    return net.to(device).eval()
+    """Rebuild a classifier from its folder (classifier.json + classifier.safetensors), in eval mode;
+    `.record` is its ClassifierRecord. A classifier of another kind is a ConfigError."""
+    record = read_record(path, expected="points")
+    return load_weights(build_classifier(record, path), path, record).to(device)
 
 
 def accuracy(classifier, x: torch.Tensor, labels: torch.Tensor, sigma: float) -> float:

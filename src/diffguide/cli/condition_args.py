@@ -44,9 +44,7 @@ def add_sample_args(p) -> None:
 
 def build_condition(args, run, n: int):
     """The condition for n samples from the CLI options: None, a class for all, or an attribute dict."""
-    class_label = getattr(args, "class_label", None)
-    attr_type = getattr(args, "attr_type", None)
-    accessories = getattr(args, "accessory", None)
+    class_label, attr_type, accessories = args.class_label, args.attr_type, args.accessory
     attrs = getattr(run.dataset, "attributes", None)
     if attr_type is not None or accessories:
         if attrs is None:
@@ -72,15 +70,16 @@ def build_condition(args, run, n: int):
 
 
 def sampler_and_callback(args, run, sampler):
-    """The sampler (wrapped for --inpaint) and the step callback (recording frames for --gif)."""
-    inpaint, mask = getattr(args, "inpaint", None), getattr(args, "mask", None)
+    """The sampler (wrapped for --inpaint) and the step callback: a ProgressRecorder of the frames
+    for --gif, else None."""
+    inpaint, mask = args.inpaint, args.mask
     if (inpaint is None) != (mask is None):
         raise ConfigError("--inpaint IMAGE and --mask MASK go together")
     callback = None
-    if getattr(args, "gif", False):
+    if args.gif:
         from diffguide.plots.images import ProgressRecorder
 
-        callback = args.progress_recorder = ProgressRecorder(keep=min(16, args.n))
+        callback = ProgressRecorder(keep=min(16, args.n))
     if inpaint is None:
         return sampler, callback
     if run.dataset.kind != "images":

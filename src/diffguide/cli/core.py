@@ -97,13 +97,13 @@ def cmd_presets(args) -> int:
 def speed_overrides(args) -> list[str]:
     """The --set overrides that --precision, --compile, --channels-last and --accum-steps stand for."""
     sets = []
-    if getattr(args, "precision", None):
+    if args.precision:
         sets.append(f'train.precision="{args.precision}"')
-    if getattr(args, "compile", False):
+    if args.compile:
         sets.append("train.compile=true")
-    if getattr(args, "channels_last", False):
+    if args.channels_last:
         sets.append("train.channels_last=true")
-    if getattr(args, "accum_steps", None) is not None:
+    if args.accum_steps is not None:
         sets.append(f"train.accum_steps={args.accum_steps}")
     return sets
 
@@ -139,13 +139,13 @@ def cmd_sample(args) -> int:
     from diffguide.samplers.generation import generate, sigma_grid
     from diffguide.samplers.registry import sampler_options
 
-    if getattr(args, "diffusers", None) is not None or args.run is None:
+    if args.diffusers is not None or args.run is None:
         from diffguide.cli.diffusers_args import cmd_sample_diffusers
 
         return cmd_sample_diffusers(args)  # also refuses a run folder together with --diffusers
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
-    if getattr(args, "encoder_hidden_states", None) or getattr(args, "null_encoder_hidden_states", None):
+    if args.encoder_hidden_states or args.null_encoder_hidden_states:
         raise ConfigError(
             "--encoder-hidden-states and --null-encoder-hidden-states are for --diffusers DIR "
             "(a UNet2DConditionModel), not for a run folder"
@@ -172,8 +172,10 @@ def cmd_sample(args) -> int:
         callback=callback,
         sampler_kwargs=options,
     )
-    out = Path(args.out)
-    write_samples(out, x, run, cond, args)
+    write_samples(
+        Path(args.out), x, run, cond, exact_metrics=not args.no_metrics, per_sample=args.per_sample,
+        progress=callback,
+    )  # fmt: skip
     return 0
 
 
@@ -220,7 +222,18 @@ def prepare_output(out: Path, run) -> None:
     make_output_folder(out)
 
 
-def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
+def write_samples(
+    out: Path,
+    x: torch.Tensor,
+    run,
+    cond,
+    *,
+    exact_metrics: bool = True,
+    per_sample: bool = False,
+    progress=None,
+) -> None:
+    """2D samples as OUT.npz (+ a scatter plot, + the exact metrics where the data has a known
+    density); image samples as a PNG grid (+ per-sample PNGs, + a GIF from the recorded `progress`)."""
     prepare_output(out, run)
     if run.dataset.kind == "points":
         labels = None if cond is None else np.asarray(torch.as_tensor(cond).expand(len(x)))
@@ -241,9 +254,9 @@ def write_samples(out: Path, x: torch.Tensor, run, cond, args) -> None:
             print(f"wrote {out} and {png}")
         else:
             print(f"wrote {out}")
-        if getattr(run.dataset, "mixture", None) is not None and not getattr(args, "no_metrics", False):
+        if exact_metrics and getattr(run.dataset, "mixture", None) is not None:
             write_exact_metrics(out, x, run, labels)
         return
-    from diffguide.plots.images import write_image_samples
+    from diffguide.plots.images import save_image_samples
 
-    write_image_samples(out, x, run, args)
+    save_image_samples(out, x, per_sample=per_sample, progress=progress)

@@ -44,9 +44,9 @@ def cmd_likelihood(args) -> int:
     from diffguide.metrics.likelihood import run_likelihood
     from diffguide.models.runs import load_run
 
-    for name in ("rtol", "atol"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name} must be > 0, got {getattr(args, name)}")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value}")
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
     result = run_likelihood(
         run,

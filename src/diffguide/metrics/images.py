@@ -219,11 +219,11 @@ def evaluate_images(
     from diffguide.plots.images import example_conditions
     from diffguide.samplers.generation import generate, sigma_grid
 
-    classifier, meta = load_classifier(classifier_dir)
-    data_name = run.config.data.name
-    if meta["data"]["name"] != data_name:
+    classifier, _ = load_classifier(classifier_dir)  # refuses a classifier of 2D points
+    data_name, trained_on = run.config.data.name, classifier.record.data.name
+    if trained_on != data_name:
         raise ConfigError(
-            f"classifier {str(classifier_dir)!r} was trained on {meta['data']['name']!r}, the run on {data_name!r}"
+            f"classifier {str(classifier_dir)!r} was trained on {trained_on!r}, the run on {data_name!r}"
         )
     s = run.config.sample
     sigmas = sigma_grid(s.grid, steps or s.steps, run.process, s.sigma_min, s.sigma_max, s.rho)
@@ -248,7 +248,7 @@ def evaluate_images(
         "steps": steps or s.steps,
         "sample_seconds": round(seconds, 1),
         "classifier": str(classifier_dir),
-        "classifier_heldout": meta.get("heldout", {}),
+        "classifier_heldout": classifier.record.training.get("heldout", {}),
         **feature_metrics(real_f.numpy(), fake_f.numpy(), tag, k),
     }
     attrs = getattr(run.dataset, "attributes", None)

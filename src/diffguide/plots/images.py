@@ -80,13 +80,16 @@ def save_progress_gif(
     return path
 
 
-def write_image_samples(out: Path, x: torch.Tensor, run, args) -> None:
-    """`diffguide sample` output for image runs: out (.png grid), out_stem/ per-sample PNGs, out .gif."""
+def save_image_samples(
+    out: str | Path, x: torch.Tensor, *, per_sample: bool = False, progress: ProgressRecorder | None = None
+) -> list[Path]:
+    """Image samples [N, C, H, W] in [-1, 1] as a PNG grid `out`; with per_sample also one PNG each in
+    OUT_STEM/, with `progress` (the sampler's recorded steps) also OUT_STEM.gif. Returns what was written."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"image samples are written as a .png grid; got --out {str(out)!r}")
     written = [save_grid(out, x)]
-    if getattr(args, "per_sample", False):
+    if per_sample:
         folder = out.with_suffix("")
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -95,10 +98,21 @@ def write_image_samples(out: Path, x: torch.Tensor, run, args) -> None:
         except OSError as e:
             raise output_error(folder, e) from None
         written.append(folder)
-    recorder = getattr(args, "progress_recorder", None)
-    if getattr(args, "gif", False) and recorder is not None:
-        written.append(save_progress_gif(out.with_suffix(".gif"), recorder, x))
+    if progress is not None:
+        written.append(save_progress_gif(out.with_suffix(".gif"), progress, x))
     print("wrote " + ", ".join(str(w) for w in written))
+    return written
+
+
+def write_image_samples(out: Path, x: torch.Tensor, run, args) -> None:
+    """Deprecated: save_image_samples from a `diffguide sample` namespace.
+
+    Kept only because cli/diffusers_args.py, being rewritten on another branch, still calls it; that
+    call becomes save_image_samples(out, x, per_sample=args.per_sample, progress=callback). Remove
+    this then: the library takes no argparse namespace."""
+    recorder = getattr(args, "progress_recorder", None)
+    progress = recorder if getattr(args, "gif", False) else None
+    save_image_samples(out, x, per_sample=getattr(args, "per_sample", False), progress=progress)
 
 
 def example_conditions(run, n: int):
