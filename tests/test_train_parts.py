@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from diffguide.config import apply_overrides, load_preset
-from diffguide.train.loop import EMA, _make_optimizer, lr_at
+from diffguide.optim import make_optimizer
+from diffguide.train.ema import EMA
+from diffguide.train.loop import lr_schedule
+
+
+def lr_at(step: int, cfg) -> float:
+    return lr_schedule(cfg.train)(step)
 
 
 class Holder(nn.Module):
@@ -96,7 +102,10 @@ def test_weight_decay_is_coupled_in_adam_and_decoupled_in_adamw(optimizer):
     )
     for start, adam, adamw in ((2.0, 1.9, 1.9), (20.0, 19.9, 19.0)):
         theta = nn.Parameter(torch.tensor([start], dtype=torch.float64))
-        opt = _make_optimizer(cfg, [theta])
+        t = cfg.train
+        opt = make_optimizer(
+            t.optimizer, [theta], lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
+        )
         assert type(opt) is (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)
         theta.grad = torch.zeros_like(theta)
         opt.step()
