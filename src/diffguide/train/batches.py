@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffguide.data import Dataset
 from diffguide.data.attributes import drop_attributes
 from diffguide.losses import DenoisingLoss
 from diffguide.train import distributed
@@ -33,7 +34,7 @@ class Batch:
 
 
 def draw_batch(
-    dataset,
+    dataset: Dataset,
     loss_fn: DenoisingLoss,
     generator: torch.Generator,
     batch_size: int,
