@@ -27,6 +27,8 @@ class Batch:
 
     def micro_batches(self, count: int) -> Iterator[Batch]:
         """`count` consecutive equal slices (gradient accumulation); N must be divisible by count."""
+        if self.x0.shape[0] % count:
+            raise ValueError(f"a batch of {self.x0.shape[0]} does not split into {count} equal micro-batches")
         size = self.x0.shape[0] // count
         for k in range(count):
             part = slice(k * size, (k + 1) * size)

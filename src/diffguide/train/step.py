@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def seed_dropout(seed: int, step: int, rank: int = 0) -> None:
 def train_step(
     state: TrainingState,
     batch: Batch,
-    denoiser,
+    denoiser: Callable,
     loss_fn: DenoisingLoss,
     settings: TrainConfig,
     *,
@@ -70,7 +71,7 @@ def train_step(
 
     denoiser: D(x, sigma, cond) calling `model`, the module whose gradients are synchronised (DDP's
     wrapper under torchrun; state.net when None). settings: train.accum_steps, grad_clip, on_nan,
-    precision and seed. A non-finite loss or gradient norm on any rank raises TrainingDiverged
+    precision and seed (the global RNG, dropout's, is reseeded from it first). A non-finite loss or gradient norm on any rank raises TrainingDiverged
     (on_nan = "stop") or leaves the weights, the optimizer and the EMA untouched (on_nan = "skip")."""
     info = distributed.DistInfo() if info is None else info
     net, optimizer = state.net, state.optimizer
@@ -100,7 +101,7 @@ def train_step(
 
 def _accumulate_gradients(
     batch: Batch,
-    denoiser,
+    denoiser: Callable,
     loss_fn: DenoisingLoss,
     settings: TrainConfig,
     model: torch.nn.Module,
