@@ -147,14 +147,12 @@ def test_train_classifier_and_eval(tiny_run, tiny_classifier):
 def test_eval_with_a_2d_classifier_exits_2_naming_the_file_and_kinds(tiny_run, tmp_path):
     """`eval RUN --classifier DIR` given a noise-conditional classifier of 2D points, through the real
     entry point: exit 2, one line on stderr naming the file, its kind and the expected kind, no
-    traceback, and no file in the run or classifier folder changed or added (this used to be a raw
-    KeyError: 'sizes')."""
+    traceback, and no file in the run or classifier folder changed or added."""
     import shutil
-
-    from tests.helpers import run_cli
 
     from diffguide.classifiers.points import ClassifierConfig, train_classifier
     from diffguide.config import load_preset
+    from tests.helpers import run_cli
 
     run = tmp_path / "runs" / "tiny"
     shutil.copytree(tiny_run / "tiny", run)

@@ -286,17 +286,17 @@ def test_cfg_on_the_tree_needs_an_exact_main_model(tree):
 
 def test_label_dropout_is_per_sample_in_the_training_loop(monkeypatch, tmp_path):
     from diffguide.config import apply_overrides, load_preset
-    from diffguide.train import loop
+    from diffguide.train import batches, loop
 
     seen = []
-    original = loop.drop_condition
+    original = batches.drop_condition
 
     def recording(labels, num_classes, p, generator):
         out = original(labels, num_classes, p, generator)
         seen.append((labels.clone(), out.clone(), num_classes, p))
         return out
 
-    monkeypatch.setattr(loop, "drop_condition", recording)
+    monkeypatch.setattr(batches, "drop_condition", recording)
     cfg = apply_overrides(
         load_preset("tiny"),
         ["train.steps=4", "train.batch_size=2000", "train.p_uncond=0.1", "train.ckpt_every=4", "sample.n=10"],

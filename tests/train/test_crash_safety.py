@@ -16,7 +16,7 @@ from diffguide.config import apply_overrides, load_preset
 from diffguide.train import loop, train
 from diffguide.train.checkpoint import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
 from diffguide.train.logs import read_metrics
-from diffguide.train.loop import TrainingDiverged
+from diffguide.train.step import TrainingDiverged
 
 SETS = [
     "train.steps=400",

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from diffguide.config import apply_overrides, load_preset
 from diffguide.errors import CheckpointError
-from diffguide.train import loop, train
+from diffguide.train import state as training_state
+from diffguide.train import train
 from diffguide.train.checkpoint import checkpoint_name, list_checkpoints, read_checkpoint
 from diffguide.train.logs import read_metrics
 
@@ -102,7 +103,7 @@ def _resume_rank(rank: int, port: int, run_dir, results) -> None:
     )
     os.environ["MASTER_PORT"] = str(port)
     if rank == 1:
-        loop.latest_good_checkpoint = lambda folder: None
+        training_state.latest_good_checkpoint = lambda folder: None
     try:
         train(apply_overrides(load_preset("tiny"), OVERRIDES), run_dir, progress=False, resume=True)
         results.put((rank, "no error"))

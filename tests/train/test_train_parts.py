@@ -1,16 +1,39 @@
 """The training loop's parts against closed forms: the EMA with its warm-up decay, the learning-rate
-schedules at their defining points, and Adam vs AdamW weight decay on a first step."""
+schedules at their defining points, and Adam vs AdamW weight decay on a first step; the optimizer and
+schedule registries (diffguide.optim), and train()'s pieces called on their own: one draw_batch and
+train_step against the step written out by hand, the NaN policy on one step, the state's checkpoint
+round trip, the signal handler."""
 
 from __future__ import annotations
 
+import ast
+import copy
 import math
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import diffguide.optim
 from diffguide.config import apply_overrides, load_preset
-from diffguide.train.loop import EMA, _make_optimizer, lr_at
+from diffguide.data import make_dataset
+from diffguide.errors import ConfigError
+from diffguide.losses import DenoisingLoss
+from diffguide.models.build import build_denoiser, build_network
+from diffguide.optim import LR_SCHEDULES, OPTIMIZERS, make_lr_schedule, make_optimizer
+from diffguide.processes import make_process
+from diffguide.train.batches import draw_batch
+from diffguide.train.ema import EMA
+from diffguide.train.loop import lr_schedule
+from diffguide.train.signals import StopOnSignal
+from diffguide.train.state import new_training_state, resume_training_state, save_training_state
+from diffguide.train.step import TrainingDiverged, train_step
+
+
+def lr_at(step: int, cfg) -> float:
+    return lr_schedule(cfg.train)(step)
 
 
 class Holder(nn.Module):
@@ -96,9 +119,199 @@ def test_weight_decay_is_coupled_in_adam_and_decoupled_in_adamw(optimizer):
     )
     for start, adam, adamw in ((2.0, 1.9, 1.9), (20.0, 19.9, 19.0)):
         theta = nn.Parameter(torch.tensor([start], dtype=torch.float64))
-        opt = _make_optimizer(cfg, [theta])
+        t = cfg.train
+        opt = make_optimizer(
+            t.optimizer, [theta], lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
+        )
         assert type(opt) is (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)
         theta.grad = torch.zeros_like(theta)
         opt.step()
         expected = adamw if optimizer == "adamw" else adam
         assert theta.item() == pytest.approx(expected, abs=1e-6), (start, theta.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# the registries in diffguide.optim: every name builds what it says
+
+
+def closed_form_lr(decay: str, step: int, lr: float, warmup: int, total: int, floor_ratio: float) -> float:
+    """Each schedule written another way: warm-up (step + 1) / warmup; cosine as a squared cosine,
+    0.5 (1 + cos(pi p)) = cos^2(pi p / 2); inv-sqrt as lr sqrt(warmup / step) (the rescaled
+    1 / sqrt(step) of Vaswani et al.)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / (total - warmup))
+    floor = floor_ratio * lr
+    return {
+        "none": lr,
+        "cosine": floor + (lr - floor) * math.cos(math.pi * p / 2) ** 2,
+        "linear": lr - (lr - floor) * p,
+        "inv-sqrt": lr * math.sqrt(warmup / step) if warmup else lr / math.sqrt(step + 1),
+    }[decay]
+
+
+def test_every_lr_schedule_has_a_closed_form_here():
+    """A schedule added to the registry without a closed form in this test file fails here."""
+    assert set(LR_SCHEDULES) == {"none", "cosine", "linear", "inv-sqrt"}
+
+
+@pytest.mark.parametrize("decay", sorted(LR_SCHEDULES))
+@pytest.mark.parametrize("warmup", [0, 20])
+def test_lr_schedule_matches_its_closed_form(decay, warmup):
+    lr, total, floor_ratio = 3e-3, 220, 0.1
+    schedule = make_lr_schedule(decay, lr, warmup_steps=warmup, total_steps=total, min_lr_ratio=floor_ratio)
+    for step in (0, 1, 7, 19, 20, 21, 70, 120, 219, 220, 500):
+        expected = closed_form_lr(decay, step, lr, warmup, total, floor_ratio)
+        assert schedule(step) == pytest.approx(expected, rel=1e-12), (decay, warmup, step)
+    assert schedule(warmup) == pytest.approx(lr, rel=1e-12)  # every schedule starts its decay at lr
+
+
+def test_unknown_lr_schedule_names_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown learning-rate decay 'cosin'; did you mean 'cosine'"):
+        make_lr_schedule("cosin", 1e-3, warmup_steps=0, total_steps=10, min_lr_ratio=0.0)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_builds_its_class_with_the_given_settings(name):
+    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    assert set(OPTIMIZERS) == set(expected)  # a new entry needs its class here
+    theta = nn.Parameter(torch.zeros(2))
+    opt = make_optimizer(name, [theta], lr=0.25, betas=(0.8, 0.95), weight_decay=0.125)
+    assert type(opt) is expected[name]
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (0.25, (0.8, 0.95), 0.125)
+    assert group["params"] == [theta]
+
+
+def test_unknown_optimizer_names_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adamx'; did you mean 'adam' or 'adamw'\?"):
+        make_optimizer("adamx", [nn.Parameter(torch.zeros(1))], lr=0.1, betas=(0.9, 0.999), weight_decay=0)
+    with pytest.raises(ConfigError, match="choices: adam, adamw"):
+        make_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1, betas=(0.9, 0.999), weight_decay=0)
+
+
+def test_optim_imports_neither_config_nor_train():
+    """diffguide.optim is for config's validation to import: it may import only torch, the standard
+    library and diffguide.errors (config imports optim; train imports config)."""
+    tree = ast.parse(Path(diffguide.optim.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    ours = {name for name in imported if name.split(".")[0] == "diffguide"}
+    assert ours == {"diffguide.errors"}, ours
+    assert {name.split(".")[0] for name in imported} <= {
+        "__future__",
+        "math",
+        "collections",
+        "torch",
+        "diffguide",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# train()'s pieces on their own
+
+
+def tiny_parts(extra=()):
+    """The tiny preset's config, data, MLP, denoiser and loss, as train() builds them."""
+    cfg = apply_overrides(load_preset("tiny"), ["train.device=cpu", "train.p_uncond=0.3", *extra])
+    dataset = make_dataset(cfg.data)
+    torch.manual_seed(0)
+    net = build_network(cfg, dataset)
+    loss_fn = DenoisingLoss(cfg.diffusion.loss, make_process(cfg.diffusion.process))
+    return cfg, dataset, net, loss_fn
+
+
+def test_draw_batch_and_train_step_equal_a_hand_written_step():
+    """One draw_batch + train_step equals the step written out with torch: the same generator draws
+    (data, label dropout, noise), one backward, clipping, Adam, the EMA at step 1: bit for bit."""
+    cfg, dataset, net, loss_fn = tiny_parts()
+    t = cfg.train
+    hand_net = copy.deepcopy(net)
+    state = new_training_state(cfg, net)
+    batch = draw_batch(
+        dataset, loss_fn, state.generator, 64, num_classes=dataset.num_classes, p_uncond=t.p_uncond
+    )
+    result = train_step(state, batch, build_denoiser(cfg, net), loss_fn, t, lr=0.01)
+
+    generator = torch.Generator().manual_seed(t.seed + 1)
+    x0, labels = dataset.sample_batch(64, generator)
+    labels = torch.where(torch.rand(64, generator=generator) < t.p_uncond, dataset.num_classes, labels)
+    sigma, eps = loss_fn.draw_noise(x0, generator)
+    for drawn, by_hand in ((batch.x0, x0), (batch.labels, labels), (batch.sigma, sigma), (batch.eps, eps)):
+        assert torch.equal(drawn, by_hand)
+    optimizer = torch.optim.Adam(hand_net.parameters(), lr=0.01, betas=(t.beta1, t.beta2))
+    ema = EMA(hand_net, t.ema_decay)
+    loss = loss_fn(build_denoiser(cfg, hand_net), x0, labels, noise=(sigma, eps)).mean()
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(hand_net.parameters(), t.grad_clip)
+    optimizer.step()
+    ema.update(hand_net, 1)
+
+    assert state.step == 1 and not result.skipped
+    assert torch.equal(result.loss, loss.detach()) and torch.equal(result.grad_norm, grad_norm)
+    for (name, value), hand in zip(net.state_dict().items(), hand_net.state_dict().values(), strict=True):
+        assert torch.equal(value, hand), name
+        assert torch.equal(state.ema.shadow[name], ema.shadow[name]), name
+
+
+@pytest.mark.parametrize("on_nan", ["skip", "stop"])
+def test_train_step_on_a_nan_batch(on_nan):
+    """A NaN loss: on_nan=skip leaves weights, optimizer and EMA untouched but counts the step;
+    on_nan=stop raises TrainingDiverged naming the step."""
+    cfg, dataset, net, loss_fn = tiny_parts([f'train.on_nan="{on_nan}"'])
+    state = new_training_state(cfg, net)
+    state.step = 6
+    before = copy.deepcopy(net.state_dict())
+    batch = draw_batch(dataset, loss_fn, state.generator, 32)
+    batch.x0[3, 0] = float("nan")
+    if on_nan == "stop":
+        with pytest.raises(TrainingDiverged, match=r"loss is nan at step 7\. Try a lower train.lr"):
+            train_step(state, batch, build_denoiser(cfg, net), loss_fn, cfg.train, lr=0.01)
+        return
+    result = train_step(state, batch, build_denoiser(cfg, net), loss_fn, cfg.train, lr=0.01)
+    assert result.skipped and result.problem == "loss is nan"
+    assert state.step == 7 and state.optimizer.state == {}
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in state.ema.shadow.items())
+
+
+def test_training_state_round_trips_through_a_checkpoint(tmp_path):
+    """save_training_state, then resume_training_state into a state built from other weights: the
+    weights, EMA, optimizer moments, generator and step all come back."""
+    cfg, dataset, net, loss_fn = tiny_parts()
+    state = new_training_state(cfg, net)
+    assert resume_training_state(state, tmp_path / "none") is None and state.step == 0
+    for _ in range(3):
+        batch = draw_batch(
+            dataset, loss_fn, state.generator, 32, num_classes=dataset.num_classes, p_uncond=0.3
+        )
+        train_step(state, batch, build_denoiser(cfg, net), loss_fn, cfg.train, lr=0.01)
+    path = save_training_state(tmp_path, state, keep_last=2)
+
+    torch.manual_seed(1)
+    other = new_training_state(cfg, build_network(cfg, dataset))
+    assert resume_training_state(other, tmp_path) == path and other.step == 3
+    for name, value in net.state_dict().items():
+        assert torch.equal(other.net.state_dict()[name], value), name
+        assert torch.equal(other.ema.shadow[name], state.ema.shadow[name]), name
+    saved, loaded = state.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
+    assert sorted(saved) == sorted(loaded) == list(range(len(list(net.parameters()))))
+    for index, moments in saved.items():
+        assert all(torch.equal(loaded[index][key], value) for key, value in moments.items()), index
+    assert torch.equal(other.generator.get_state(), state.generator.get_state())
+
+
+def test_stop_on_signal_asks_once_then_interrupts():
+    """The first SIGINT only sets `requested` (the loop checkpoints and returns); a second raises
+    KeyboardInterrupt; restore() puts the previous handler back."""
+    previous = signal.getsignal(signal.SIGINT)
+    stop = StopOnSignal()
+    try:
+        assert not stop.requested
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is previous

@@ -22,7 +22,7 @@ from diffguide.processes import PROCESSES
 from diffguide.train import train
 from diffguide.train.checkpoint import DIGEST_KEY, list_checkpoints, read_checkpoint
 from diffguide.train.logs import read_metrics
-from diffguide.train.loop import lr_at
+from diffguide.train.loop import lr_schedule
 
 # Conditional tree data with label dropout (p_uncond) and dropout in the MLP: the training generator
 # (data, noise, label dropout) must be restored from the checkpoint and the dropout masks reproduced
@@ -197,11 +197,12 @@ def test_fresh_train_refuses_a_used_folder(reference_run):
 def test_learning_rate_schedule():
     """Linear warm-up to lr, then cosine decay to min_lr_ratio * lr at the last step."""
     cfg = apply_overrides(load_preset("tiny"), ["train.steps=100", "train.warmup_steps=10", "train.lr=0.01"])
-    assert lr_at(0, cfg) == pytest.approx(0.001) and lr_at(9, cfg) == pytest.approx(0.01)
-    assert lr_at(10, cfg) == pytest.approx(0.01)
+    lr_at = lr_schedule(cfg.train)
+    assert lr_at(0) == pytest.approx(0.001) and lr_at(9) == pytest.approx(0.01)
+    assert lr_at(10) == pytest.approx(0.01)
     floor = cfg.train.min_lr_ratio * 0.01
-    assert lr_at(55, cfg) == pytest.approx(floor + (0.01 - floor) * 0.5)  # half way: cos = 0
-    assert lr_at(100, cfg) == pytest.approx(floor)
+    assert lr_at(55) == pytest.approx(floor + (0.01 - floor) * 0.5)  # half way: cos = 0
+    assert lr_at(100) == pytest.approx(floor)
 
 
 # ---------------------------------------------------------------------------------------------

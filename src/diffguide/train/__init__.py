@@ -1,4 +1,4 @@
-"""Training: the loop, checkpoints and logs."""
+"""Training: the loop (loop.py) and its parts: one step, the state, batches, checkpoints, logs."""
 
 from diffguide.train.loop import train
 
