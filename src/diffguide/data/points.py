@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from diffguide.data.registry import DataConfig, Dataset, Option, register
-from diffguide.mixtures import MIXTURES
+from diffguide.mixtures import MIXTURES, make_mixture
 
 
 class MixtureDataset(Dataset):
@@ -94,7 +94,6 @@ MIXTURE_OPTIONS = {
 for _name in MIXTURES:
 
     def _factory(cfg: DataConfig, _name=_name):
-        from diffguide.mixtures import make_mixture
 
         return MixtureDataset(make_mixture(_name, **cfg.options), cfg.conditional)
 

@@ -15,7 +15,11 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from diffguide.classifiers.images import load_classifier
+from diffguide.data.images import to_uint8
 from diffguide.errors import ConfigError
+from diffguide.plots.images import example_conditions
+from diffguide.samplers.generation import generate, sigma_grid
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -169,8 +173,6 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     check_inception()
     import torch_fidelity
 
-    from diffguide.data.images import to_uint8
-
     class _Images(torch.utils.data.Dataset):
         def __init__(self, x):
             x = to_uint8(x)
@@ -214,10 +216,6 @@ def evaluate_images(
 
     if inception:
         check_inception()
-
-    from diffguide.classifiers.images import load_classifier
-    from diffguide.plots.images import example_conditions
-    from diffguide.samplers.generation import generate, sigma_grid
 
     classifier, _ = load_classifier(classifier_dir)  # refuses a classifier of 2D points
     data_name, trained_on = run.config.data.name, classifier.record.data.name

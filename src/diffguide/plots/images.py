@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffguide.data.images import to_uint8
 from diffguide.errors import ConfigError, output_error
+from diffguide.samplers.generation import sample_run
 
 
 def to_pil(x: torch.Tensor, scale: int = 1):
     """One image [C, H, W] in [-1, 1] as a Pillow image (nearest-neighbour upscaled by `scale`)."""
     from PIL import Image
-
-    from diffguide.data.images import to_uint8
 
     arr = to_uint8(x).permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
@@ -128,7 +128,6 @@ def example_conditions(run, n: int):
 
 def write_run_grid(run, path: Path, seed: int = 0, n: int | None = None) -> Path:
     """samples.png for a finished image run: n samples (one column per class for class-conditional runs)."""
-    from diffguide.samplers.generation import sample_run
 
     n = n or min(run.config.sample.n, 100)
     cond = example_conditions(run, n)

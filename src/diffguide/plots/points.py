@@ -11,6 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from diffguide.models.runs import load_run
+from diffguide.plots import images as image_figures
+from diffguide.samplers.generation import sample_run
+
 
 def density_image(mixture, lim: float, res: int = 300, sigma: float = 0.0, cond=None):
     """log-density of a mixture on a res x res grid over [-lim, lim]^2 (for imshow)."""
@@ -59,14 +63,10 @@ def save_scatter(path: Path, points, title: str = "", mixture=None, labels=None)
 
 def write_run_figure(run_dir: Path, n: int | None = None, seed: int = 0) -> Path | None:
     """samples.png for a finished run: 2D scatter (images issue adds grids for image runs)."""
-    from diffguide.models.runs import load_run
-    from diffguide.samplers.generation import sample_run
 
     run = load_run(run_dir)
     n = n or run.config.sample.n
     if run.dataset.kind != "points" or run.dataset.shape != (2,):
-        from diffguide.plots import images as image_figures
-
         return image_figures.write_run_grid(run, run_dir / "samples.png", seed=seed)
     cond = None
     labels = None

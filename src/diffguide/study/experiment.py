@@ -25,11 +25,16 @@ import torch
 from diffguide.config import apply_overrides, load_preset
 from diffguide.guidance import autoguidance, cfg_and_autoguidance, classifier_free_guidance
 from diffguide.guidance.pairing import amateur_config, write_guidance_note
-from diffguide.metrics.points import METRICS, MixtureMetrics, class_labels
+from diffguide.metrics.points import METRICS, MixtureMetrics, class_labels, sliced_w2
 from diffguide.models.runs import load_run
 from diffguide.noise import PerSampleNoise
 from diffguide.samplers.generation import generate, sigma_grid
 from diffguide.samplers.registry import get_sampler
+from diffguide.study import plots as study_plots
+from diffguide.study import report as study_report
+from diffguide.study.plots import grid_points, integrate_score, score_on, scurve_figure
+from diffguide.train import train
+from diffguide.train.checkpoint import checkpoint_name
 
 SELECTION_RULE = (
     "for each method, the w of the sweep with the highest precision among those whose coverage is at "
@@ -132,7 +137,6 @@ class Timer:
 
 def train_pair(settings: StudySettings, runs_dir: Path, log=print):
     """Train (or reuse, when finished) the tree expert and its amateur; returns (expert, amateur) runs."""
-    from diffguide.train import train
 
     cfg = apply_overrides(
         load_preset(settings.expert_preset), [f"train.seed={settings.seed}", *settings.expert_overrides]
@@ -148,8 +152,6 @@ def train_pair(settings: StudySettings, runs_dir: Path, log=print):
 
 def train_scurve(settings: StudySettings, runs_dir: Path, log=print):
     """One S-curve net; returns (expert at the last step, amateur = its snapshot at the earlier step)."""
-    from diffguide.train import train
-    from diffguide.train.checkpoint import checkpoint_name
 
     every = settings.scurve_amateur_steps
     cfg = apply_overrides(
@@ -270,7 +272,6 @@ def zoom_window(mixture, cls: int = 0) -> tuple[tuple[float, float], float]:
 
 def model_fields(main, guide, center, half, sigma: float, cond: int, res: int) -> dict:
     """Scores of both models on a zoom grid, their integrated log-densities and a coarse arrow grid."""
-    from diffguide.study.plots import grid_points, integrate_score, score_on
 
     xs, ys, pts = grid_points(center, half, res)
     h = xs[1] - xs[0]
@@ -329,7 +330,6 @@ def run_study(out_dir: str | Path, settings: StudySettings | None = None, log=pr
 
 
 def _run_study(out_dir, settings: StudySettings, log) -> dict:
-    from diffguide.study import report as study_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +407,6 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
 def tree_figures(out: Path, expert, amateur, evaluator: MixtureMetrics, settings: StudySettings, r: dict):
     """study_panel.png and weight_sweep.png from the sweep's results `r`; returns their names and the
     figures' own numbers (zoom window, weights shown, end points inside the 99% region)."""
-    from diffguide.study import plots as study_plots
 
     mixture, reported, results = expert.dataset.mixture, r["reported"], r["results"]
     cls = 0
@@ -487,8 +486,6 @@ def _title(name: str, results: list[dict], method: str, w: float) -> str:
 
 def scurve_study(settings: StudySettings, runs_dir: Path, png: Path, log=print) -> dict:
     """Seed 000's experiment: expert vs earlier snapshot on the S-curve, fields and samples."""
-    from diffguide.metrics.points import sliced_w2
-    from diffguide.study.plots import grid_points, scurve_figure
 
     expert, amateur = train_scurve(settings, runs_dir, log)
     s = expert.config.sample

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from diffguide.errors import lookup
+
 
 class PositionalEmbedding(nn.Module):
     """Transformer sinusoidal embedding of a scalar (Vaswani et al. 2017; DDPM's timestep embedding)."""
@@ -40,7 +42,6 @@ class FourierEmbedding(nn.Module):
 
 
 def make_embedding(kind: str, dim: int) -> nn.Module:
-    from diffguide.errors import lookup
 
     return lookup("noise embedding", kind, {"positional": PositionalEmbedding, "fourier": FourierEmbedding})(
         dim

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffguide.errors import ConfigError
 from diffguide.models.nets.embedding import make_embedding
 
 
@@ -243,7 +244,6 @@ class UNet(nn.Module):
 
 def build_unet(cfg, dataset) -> UNet:
     """The U-Net for a RunConfig and dataset (shape (C, H, W); labels from the dataset if conditional)."""
-    from diffguide.errors import ConfigError
 
     if len(dataset.shape) != 3:
         raise ConfigError(
