@@ -84,7 +84,9 @@ class SampleConfig:
     steps: int = 32
     grid: GridName = "karras"
     rho: float = 7.0
-    sigma_min: float | None = None  # None (left out): the process's own range
+    # None (left out of the TOML): the process's own bound. A 0 read from a file or --set, which
+    # meant the same in run folders saved before, reads as None (config/convert.py).
+    sigma_min: float | None = None
     sigma_max: float | None = None
     n: int = 4000
 
