@@ -31,18 +31,12 @@ from diffguide.grids import karras_sigmas
 from diffguide.mixtures import tree_mixture
 from diffguide.models.nets.mlp import MLP
 from diffguide.noise import PerSampleNoise
-from diffguide.samplers import EVALS_PER_STEP, SAMPLERS, STOCHASTIC, steps_for_evals
+from diffguide.samplers import SAMPLERS, STOCHASTIC, evals_for_steps, steps_for_evals
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 BUDGETS = (4, 8, 16, 32, 64)
 WIDTH, DEPTH = 128, 3  # the MLP of the 2D presets (8gaussians-edm, moons-vp, scurve-ve)
-
-
-def evals_used(name: str, steps: int) -> int:
-    """Denoiser evaluations a sampler makes in `steps` steps (2nd-order steps skip sigma = 0)."""
-    per = EVALS_PER_STEP.get(name, 1)
-    return per * steps - 1 if per == 2 else steps
 
 
 def sliced_w2(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0) -> float:
@@ -79,7 +73,7 @@ def accuracy_tables(n: int, ref_steps: int) -> str:
             start = noise.randn((2,), F64) * SIGMA_MAX  # same initial noise as the reference
             out = fn(tree, start, karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX), generator=noise)
             key = (name, budget)
-            used[key] = evals_used(name, steps)
+            used[key] = evals_for_steps(name, steps)
             if name not in STOCHASTIC:
                 rms[key] = float(((out - ref) ** 2).sum(1).mean().sqrt())
             logp_err[key] = abs(float(tree.log_prob(out).mean()) - truth_logp)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,7 +48,28 @@ def uniform_t_sigmas(n: int, process) -> torch.Tensor:
     return process.uniform_t_sigmas(int(n))
 
 
-GRIDS = ("karras", "loglinear", "uniform-t")
+def _karras_grid(n, process, sigma_min, sigma_max, rho):
+    return karras_sigmas(n, sigma_min, sigma_max, rho)
+
+
+def _loglinear_grid(n, process, sigma_min, sigma_max, rho):
+    return loglinear_sigmas(n, sigma_min, sigma_max)
+
+
+def _uniform_t_grid(n, process, sigma_min, sigma_max, rho):
+    if process is None:
+        raise ConfigError("the 'uniform-t' grid needs a noise process")
+    return uniform_t_sigmas(n, process)
+
+
+# name -> grid(n, process, sigma_min, sigma_max, rho): read by the config check and make_sigmas alike.
+# Each takes every argument and uses those it needs (uniform-t: the process's own t range).
+GRIDS: dict[str, Callable[..., torch.Tensor]] = {
+    "karras": _karras_grid,
+    "loglinear": _loglinear_grid,
+    "uniform-t": _uniform_t_grid,
+}
+GridName = Literal["karras", "loglinear", "uniform-t"]  # the keys of GRIDS
 
 
 def make_sigmas(
@@ -57,19 +80,13 @@ def make_sigmas(
     sigma_max: float | None = None,
     rho: float = 7.0,
 ) -> torch.Tensor:
-    """Build a named grid; sigma_min/sigma_max default to the process's range."""
-    lookup("sigma grid", grid, dict.fromkeys(GRIDS))
-    if grid == "uniform-t":
-        if process is None:
-            raise ConfigError("the 'uniform-t' grid needs a noise process")
-        return uniform_t_sigmas(n, process)
+    """Build a named grid; sigma_min/sigma_max left as None take the process's range."""
+    make = lookup("sigma grid", grid, GRIDS)
     if sigma_min is None:
         sigma_min = process.sigma_min if process is not None else 0.002
     if sigma_max is None:
         sigma_max = process.sigma_max if process is not None else 80.0
-    if grid == "karras":
-        return karras_sigmas(n, sigma_min, sigma_max, rho)
-    return loglinear_sigmas(n, sigma_min, sigma_max)
+    return make(n, process, sigma_min, sigma_max, rho)
 
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")

@@ -14,27 +14,34 @@ so one code path serves all of them; `weighting` then chooses the loss weight pe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from diffguide.denoiser import append_dims
 from diffguide.errors import ConfigError, lookup
 
+Target = Literal["edm", "eps", "x0", "v", "score"]  # the keys of TARGET_WEIGHT
+Weighting = Literal["native", "snr", "min-snr", "edm"]  # the keys of WEIGHTINGS
+NoiseSampling = Literal["log-normal", "uniform-t"]  # the keys of NOISE_SAMPLING
+
 
 @dataclass
 class LossConfig:
     """Training target and how noise levels are drawn and weighted."""
 
-    target: str = "edm"  # edm | eps | x0 | v | score
-    weighting: str = "native"  # native | snr | min-snr | edm
+    target: Target = "edm"
+    weighting: Weighting = "native"
     min_snr_gamma: float = 5.0
-    noise_sampling: str = "log-normal"  # log-normal | uniform-t
+    noise_sampling: NoiseSampling = "log-normal"
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 0.5
 
 
+# prediction target -> its plain MSE as a weight on the x0-space error, w(sigma, sigma_data)
 TARGET_WEIGHT = {
     "eps": lambda s, sd: 1 / s**2,
     "score": lambda s, sd: 1 / s**2,
@@ -42,8 +49,32 @@ TARGET_WEIGHT = {
     "v": lambda s, sd: (1 + s**2) / s**2,
     "edm": lambda s, sd: (s**2 + sd**2) / (s * sd) ** 2,
 }
-WEIGHTINGS = ("native", "snr", "min-snr", "edm")
-NOISE_SAMPLING = ("log-normal", "uniform-t")
+
+# loss weighting -> w(sigma, cfg), the weight on the x0-space squared error
+WEIGHTINGS: dict[str, Callable[[torch.Tensor, LossConfig], torch.Tensor]] = {
+    "native": lambda s, cfg: TARGET_WEIGHT[cfg.target](s, cfg.sigma_data),
+    "snr": lambda s, cfg: 1 / s**2,
+    "min-snr": lambda s, cfg: (1 / s**2).clamp(max=cfg.min_snr_gamma),
+    "edm": lambda s, cfg: TARGET_WEIGHT["edm"](s, cfg.sigma_data),
+}
+
+
+def _log_normal_sigmas(n: int, generator, cfg: LossConfig, process) -> torch.Tensor:
+    """EDM's ln sigma ~ N(p_mean, p_std^2)."""
+    z = torch.randn(n, generator=generator, dtype=torch.float64)
+    return (cfg.p_mean + cfg.p_std * z).exp()
+
+
+def _uniform_t_sigmas(n: int, generator, cfg: LossConfig, process) -> torch.Tensor:
+    """sigma(t) at the process's uniform t (DDPM's uniform timesteps)."""
+    return process.sigma(process.sample_t(n, generator)).to(torch.float64)
+
+
+# noise sampling -> sigmas(n, generator, cfg, process), the training noise-level distribution
+NOISE_SAMPLING: dict[str, Callable[..., torch.Tensor]] = {
+    "log-normal": _log_normal_sigmas,
+    "uniform-t": _uniform_t_sigmas,
+}
 
 
 class DenoisingLoss:
@@ -51,29 +82,19 @@ class DenoisingLoss:
 
     def __init__(self, cfg: LossConfig, process):
         lookup("prediction target", cfg.target, TARGET_WEIGHT)
-        lookup("loss weighting", cfg.weighting, dict.fromkeys(WEIGHTINGS))
-        lookup("noise sampling", cfg.noise_sampling, dict.fromkeys(NOISE_SAMPLING))
+        self._weight = lookup("loss weighting", cfg.weighting, WEIGHTINGS)
+        self._sample_sigma = lookup("noise sampling", cfg.noise_sampling, NOISE_SAMPLING)
         if cfg.min_snr_gamma <= 0:
             raise ConfigError(f"min_snr_gamma must be > 0, got {cfg.min_snr_gamma}")
         self.cfg, self.process = cfg, process
 
     def sample_sigma(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         """Training noise levels [n] (float64): log-normal (EDM) or the process's uniform t."""
-        if self.cfg.noise_sampling == "log-normal":
-            z = torch.randn(n, generator=generator, dtype=torch.float64)
-            return (self.cfg.p_mean + self.cfg.p_std * z).exp()
-        return self.process.sigma(self.process.sample_t(n, generator)).to(torch.float64)
+        return self._sample_sigma(n, generator, self.cfg, self.process)
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample weight on the x0-space squared error."""
-        sd, w = self.cfg.sigma_data, self.cfg.weighting
-        if w == "native":
-            return TARGET_WEIGHT[self.cfg.target](sigma, sd)
-        if w == "snr":
-            return 1 / sigma**2
-        if w == "min-snr":
-            return (1 / sigma**2).clamp(max=self.cfg.min_snr_gamma)
-        return TARGET_WEIGHT["edm"](sigma, sd)
+        return self._weight(sigma, self.cfg)
 
     def draw_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None):
         """(sigma [N] float64, eps like x0), drawn on the CPU so a run is the same on any device."""

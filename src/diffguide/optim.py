@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 
@@ -81,6 +82,7 @@ LR_SCHEDULES: dict[str, Callable[..., LRSchedule]] = {
     "linear": linear_lr,
     "inv-sqrt": inverse_sqrt_lr,
 }
+ScheduleName = Literal["none", "cosine", "linear", "inv-sqrt"]  # the keys of LR_SCHEDULES
 
 
 def make_lr_schedule(
@@ -109,6 +111,7 @@ def adamw(
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": adam, "adamw": adamw}
+OptimizerName = Literal["adam", "adamw"]  # the keys of OPTIMIZERS
 
 
 def make_optimizer(

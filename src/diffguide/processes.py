@@ -8,7 +8,9 @@ preconditioning wrapper converts sigma back to the process's t with `t_of_sigma`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -26,6 +28,11 @@ class NoiseProcess:
     discrete = False
     t_min = 0.0
     t_max = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> NoiseProcess:
+        """The process with the parameters of a ProcessConfig it reads (the others are ignored)."""
+        return cls()
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -63,6 +70,28 @@ class NoiseProcess:
         return self.scale(t) * self.sigma(t)
 
 
+def linear_betas(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """Ho et al. 2020: betas evenly spaced from beta_start to beta_end."""
+    if not 0 < beta_start < beta_end < 1:
+        raise ConfigError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17, betas clipped at 0.999 (beta_start and beta_end are not used)."""
+    s = 0.008
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+# name -> betas(T, beta_start, beta_end), the DDPM process's `schedule` choices
+BETA_SCHEDULES: dict[str, Callable[[int, float, float], torch.Tensor]] = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+}
+
+
 class DDPM(NoiseProcess):
     """Ho et al. 2020 discrete VP process, t in {0, ..., T-1}; linear (1e-4..0.02) or cosine betas."""
 
@@ -76,22 +105,16 @@ class DDPM(NoiseProcess):
             raise ConfigError(f"DDPM needs T >= 2 steps, got T={T}")
         self.T = int(T)
         self.schedule = schedule
-        lookup("beta schedule", schedule, {"linear": 0, "cosine": 0})
-        if schedule == "linear":
-            if not 0 < beta_start < beta_end < 1:
-                raise ConfigError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
-            betas = torch.linspace(beta_start, beta_end, self.T, dtype=torch.float64)
-        else:  # Nichol & Dhariwal 2021, eq. 17, betas clipped at 0.999
-            s = 0.008
-            steps = torch.arange(self.T + 1, dtype=torch.float64) / self.T
-            f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
-        self.betas = betas
-        self.alphas = 1 - betas
+        self.betas = lookup("beta schedule", schedule, BETA_SCHEDULES)(self.T, beta_start, beta_end)
+        self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, 0)
         self.sigmas = ((1 - self.alpha_bar) / self.alpha_bar).sqrt()  # [T], increasing
         self.log_sigmas = self.sigmas.log()
         self.t_max = float(self.T - 1)
+
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> DDPM:
+        return cls(cfg.T, cfg.schedule, cfg.beta_start, cfg.beta_end)
 
     @classmethod
     def from_alpha_bar(cls, alpha_bar) -> DDPM:
@@ -153,6 +176,10 @@ class VPSDE(NoiseProcess):
             raise ConfigError(f"need 0 <= beta_min < beta_max (finite), got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_eps)
 
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> VPSDE:
+        return cls(cfg.beta_min, cfg.beta_max)
+
     def _log_alpha_bar(self, t):
         t = _t(t)
         return -0.5 * t**2 * (self.beta_max - self.beta_min) - t * self.beta_min
@@ -191,6 +218,10 @@ class VESDE(NoiseProcess):
         _check_sigma_range(sigma_min, sigma_max)
         self.s_min, self.s_max = float(sigma_min), float(sigma_max)
 
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> VESDE:
+        return cls(cfg.sigma_min, cfg.sigma_max)
+
     def sigma(self, t):
         return self.s_min * (self.s_max / self.s_min) ** _t(t)
 
@@ -211,6 +242,10 @@ class VESDESeed(NoiseProcess):
         if not 1 < sigma < math.inf:  # written so that NaN fails too
             raise ConfigError(f"the VE SDE dx = sigma^t dw needs a finite sigma > 1, got sigma={sigma}")
         self.base, self.t_min = float(sigma), float(t_eps)
+
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> VESDESeed:
+        return cls(cfg.sigma)
 
     def sigma(self, t):
         t = _t(t)
@@ -234,6 +269,10 @@ class EDMProcess(NoiseProcess):
         _check_sigma_range(sigma_min, sigma_max)
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> EDMProcess:
+        return cls(cfg.sigma_min, cfg.sigma_max)
+
     def sigma(self, t):
         return _t(t)
 
@@ -244,34 +283,35 @@ class EDMProcess(NoiseProcess):
         return torch.log(_t(t)) / 4
 
 
-PROCESSES = {"ddpm": DDPM, "vp": VPSDE, "ve": VESDE, "ve-seed": VESDESeed, "edm": EDMProcess}
+# name -> process class; each class's from_config reads the ProcessConfig fields it needs.
+PROCESSES: dict[str, type[NoiseProcess]] = {
+    "ddpm": DDPM,
+    "vp": VPSDE,
+    "ve": VESDE,
+    "ve-seed": VESDESeed,
+    "edm": EDMProcess,
+}
+
+ProcessName = Literal["ddpm", "vp", "ve", "ve-seed", "edm"]  # the keys of PROCESSES
+BetaSchedule = Literal["linear", "cosine"]  # the keys of BETA_SCHEDULES
 
 
 @dataclass
 class ProcessConfig:
     """Which noise process, with its parameters (unused ones are ignored by the other processes)."""
 
-    name: str = "edm"
-    T: int = 1000
-    schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma: float = 25.0
+    name: ProcessName = "edm"
+    T: int = 1000  # ddpm
+    schedule: BetaSchedule = "linear"  # ddpm
+    beta_start: float = 1e-4  # ddpm, linear schedule
+    beta_end: float = 0.02  # ddpm, linear schedule
+    beta_min: float = 0.1  # vp
+    beta_max: float = 20.0  # vp
+    sigma_min: float = 0.002  # ve, edm
+    sigma_max: float = 80.0  # ve, edm
+    sigma: float = 25.0  # ve-seed
 
 
 def make_process(cfg: ProcessConfig) -> NoiseProcess:
-    """Build a process from its config, checking the name."""
-    lookup("noise process", cfg.name, PROCESSES)
-    if cfg.name == "ddpm":
-        return DDPM(cfg.T, cfg.schedule, cfg.beta_start, cfg.beta_end)
-    if cfg.name == "vp":
-        return VPSDE(cfg.beta_min, cfg.beta_max)
-    if cfg.name == "ve":
-        return VESDE(cfg.sigma_min, cfg.sigma_max)
-    if cfg.name == "ve-seed":
-        return VESDESeed(cfg.sigma)
-    return EDMProcess(cfg.sigma_min, cfg.sigma_max)
+    """Build a process from its config, checking the name and the parameters it reads."""
+    return lookup("noise process", cfg.name, PROCESSES).from_config(cfg)

@@ -59,14 +59,14 @@ def truncate(path) -> None:
             ["sample.sigma_min=2.0", "sample.sigma_max=1.0"],
             "need 0 < sample.sigma_min < sample.sigma_max, got 2.0 and 1.0",
         ),
-        # a known gap: a negative sigma_min was accepted while sigma_max = 0 (the process's own)
+        # a known gap: a negative sigma_min was accepted while sigma_max was the process's own
         (
             ["sample.sigma_min=-1"],
-            "sample.sigma_min and sample.sigma_max must be >= 0 (0 = the process's own), got -1.0 and 0.0",
+            "sample.sigma_min must be a finite number > 0 (or left out: the process's own), got -1.0",
         ),
         (
             ["sample.sigma_min=100"],
-            "got 100.0 and 0.0 (0 = the edm process's own bound; its range is 0.002 .. 80)",
+            "got 100.0 and 80.0 (sample.sigma_max left out: the edm process's own; its range is 0.002 .. 80)",
         ),
         (
             ["diffusion.process.sigma_min=100.0"],
@@ -112,7 +112,9 @@ def test_config_gaps_are_closed_in_the_library_too(tmp_path):
     """The same checks hold for configs built in code (no parser in between)."""
     cfg = load_preset("tiny")
     cfg.sample.sigma_min = -1.0
-    with pytest.raises(ConfigError, match=r"must be >= 0 \(0 = the process's own\), got -1.0 and 0.0"):
+    with pytest.raises(
+        ConfigError, match=r"must be a finite number > 0 \(or left out: the process's own\), got -1.0"
+    ):
         validate(cfg)
     cfg = load_preset("tiny")
     cfg.diffusion.process = ProcessConfig(name="ve-seed", sigma=float("nan"))

@@ -21,8 +21,17 @@ from diffguide.config import (
     parse_override,
     preset_names,
     to_dict,
+    validate,
 )
 from diffguide.errors import ConfigError
+from diffguide.grids import GRIDS
+from diffguide.losses import NOISE_SAMPLING, TARGET_WEIGHT, WEIGHTINGS
+from diffguide.models.nets.embedding import EMBEDDINGS
+from diffguide.models.nets.registry import ARCHITECTURES
+from diffguide.optim import LR_SCHEDULES, OPTIMIZERS
+from diffguide.processes import BETA_SCHEDULES, PROCESSES, make_process
+from diffguide.samplers import sample_euler, sigma_grid
+from diffguide.samplers.registry import SAMPLER_SPECS, SamplerSpec
 
 
 def base() -> RunConfig:
@@ -307,3 +316,84 @@ def test_arbitrary_toml_gives_config_or_config_error(text):
 @given(JSON_VALUE)
 def test_arbitrary_json_gives_config_or_config_error(value):
     _valid_or_config_error(json.dumps(value), "json")
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling bounds: None (left out) is the process's own range; old run folders saved 0 for it
+
+
+def test_sigma_bounds_left_out_are_none_and_give_the_process_range():
+    cfg = parse_config('[sample]\ngrid = "karras"\n')
+    assert cfg.sample.sigma_min is None and cfg.sample.sigma_max is None
+    assert to_dict(cfg)["sample"]["sigma_min"] is None  # saved as null in config.json
+    process = make_process(cfg.diffusion.process)
+    sigmas = sigma_grid("karras", 4, process, cfg.sample.sigma_min, cfg.sample.sigma_max)
+    assert float(sigmas[0]) == process.sigma_max and float(sigmas[-2]) == pytest.approx(process.sigma_min)
+
+
+@pytest.mark.parametrize("zero", [0, 0.0])
+def test_saved_zero_sigma_bounds_read_as_not_set(zero):
+    """A config.json written when 0 meant "the process's own" loads with None there, so an old run
+    folder's config equals (and resumes as) today's config for the same settings."""
+    saved = to_dict(RunConfig())
+    saved["sample"]["sigma_min"] = saved["sample"]["sigma_max"] = zero
+    cfg = from_dict(RunConfig, saved)
+    assert cfg.sample.sigma_min is None and cfg.sample.sigma_max is None
+    assert to_dict(cfg) == to_dict(RunConfig())
+    assert parse_config(json.dumps(saved), "json") == validate(RunConfig())
+    saved["sample"]["sigma_max"] = 40.0  # a bound that was set stays set
+    assert from_dict(RunConfig, saved).sample.sigma_max == 40.0
+    saved["sample"]["sigma_min"] = False  # not a number: still a type error, not "not set"
+    with pytest.raises(ConfigError, match="sample.sigma_min: expected a number, got False"):
+        from_dict(RunConfig, saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# registries: each choice is read from the registry that builds it
+
+
+def test_literal_choices_are_the_registry_keys():
+    """The Literal types a reader sees on the config fields list exactly the registries' names."""
+    hints = {**all_keys()}
+    pairs = {
+        "model.arch": ARCHITECTURES,
+        "model.embedding": EMBEDDINGS,
+        "diffusion.process.name": PROCESSES,
+        "diffusion.process.schedule": BETA_SCHEDULES,
+        "diffusion.loss.target": TARGET_WEIGHT,
+        "diffusion.loss.weighting": WEIGHTINGS,
+        "diffusion.loss.noise_sampling": NOISE_SAMPLING,
+        "sample.grid": GRIDS,
+        "train.optimizer": OPTIMIZERS,
+        "train.decay": LR_SCHEDULES,
+    }
+    for key, registry in pairs.items():
+        assert typing.get_origin(hints[key]) is typing.Literal, key
+        assert set(typing.get_args(hints[key])) == set(registry), key
+
+
+@pytest.mark.parametrize(
+    ("registry", "name", "entry", "override", "kind"),
+    [
+        (SAMPLER_SPECS, "euler-copy", SamplerSpec(sample_euler), "sample.sampler", "sampler"),
+        (GRIDS, "karras-copy", GRIDS["karras"], "sample.grid", "sigma grid"),
+        (PROCESSES, "edm-copy", PROCESSES["edm"], "diffusion.process.name", "noise process"),
+        (ARCHITECTURES, "mlp-copy", ARCHITECTURES["mlp"], "model.arch", "architecture"),
+        (EMBEDDINGS, "fourier-copy", EMBEDDINGS["fourier"], "model.embedding", "noise embedding"),
+        (WEIGHTINGS, "snr-copy", WEIGHTINGS["snr"], "diffusion.loss.weighting", "loss weighting"),
+        (
+            NOISE_SAMPLING,
+            "uniform-copy",
+            NOISE_SAMPLING["uniform-t"],
+            "diffusion.loss.noise_sampling",
+            "noise sampling",
+        ),
+    ],
+)
+def test_one_registry_entry_makes_a_choice_valid(monkeypatch, registry, name, entry, override, kind):
+    """Validation reads the registries themselves: a name is refused, with the registry's closest
+    names, until one entry adds it; then the config accepts it with nothing else changed."""
+    with pytest.raises(ConfigError, match=f"unknown {kind} '{name}'"):
+        apply_overrides(base(), [f"{override}={name}"])
+    monkeypatch.setitem(registry, name, entry)
+    assert apply_overrides(base(), [f"{override}={name}"]) is not None

@@ -202,6 +202,7 @@ def test_optim_imports_neither_config_nor_train():
         "__future__",
         "math",
         "collections",
+        "typing",
         "torch",
         "diffguide",
     }

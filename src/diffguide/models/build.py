@@ -1,4 +1,4 @@
-"""Build networks and denoisers from a config: the one place that maps config names to classes."""
+"""Build networks and denoisers from a config: architectures come from the nets registry."""
 
 from __future__ import annotations
 
@@ -6,23 +6,13 @@ from torch import nn
 
 from diffguide.config import RunConfig
 from diffguide.denoiser import EDMPrecond, ProcessPrecond
+from diffguide.models.nets.registry import get_architecture
 from diffguide.processes import make_process
 
 
 def build_network(cfg: RunConfig, dataset) -> nn.Module:
     """The raw network F(x_in, c_noise, cond) for the config's architecture and the data's shape."""
-    m = cfg.model
-    num_classes = dataset.num_classes if cfg.data.conditional else 0
-    if m.arch == "mlp":
-        from diffguide.models.nets.mlp import MLP
-
-        dim = 1
-        for s in dataset.shape:
-            dim *= s
-        return MLP(dim, m.width, m.depth, m.emb_dim, num_classes, m.dropout, m.embedding)
-    from diffguide.models.nets.unet import build_unet  # images issue
-
-    return build_unet(cfg, dataset)
+    return get_architecture(cfg.model.arch).build(cfg, dataset)
 
 
 def build_denoiser(cfg: RunConfig, net: nn.Module) -> nn.Module:

@@ -20,8 +20,8 @@ def sigma_grid(
     sigma_max: float | None = None,
     rho: float = 7.0,
 ) -> torch.Tensor:
-    """The sigma grid for sampling; unset (None or 0) bounds default to the process's range."""
-    return make_sigmas(grid, steps, process, sigma_min or None, sigma_max or None, rho)
+    """The sigma grid for sampling; bounds left as None default to the process's range."""
+    return make_sigmas(grid, steps, process, sigma_min, sigma_max, rho)
 
 
 def labels_for(cond, start: int, n: int):

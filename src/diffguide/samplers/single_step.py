@@ -3,7 +3,7 @@
 `x` is the starting point at sigmas[0] (noise times sigmas[0]); `sigmas` is descending and ends in 0.
 Every sampler works in the scale-free coordinates x = x0 + sigma eps, so it runs any denoiser
 whatever process it was trained under. The callback gets {"i", "x", "sigma", "sigma_next", "denoised"}
-after each step. A sampler is one function plus one line in SAMPLERS.
+after each step. A sampler is one function plus one `SamplerSpec` line in registry.SAMPLER_SPECS.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -41,8 +42,11 @@ class FourierEmbedding(nn.Module):
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
-def make_embedding(kind: str, dim: int) -> nn.Module:
+# name -> embedding class (dim) -> module: the `model.embedding` choices of the MLP and the U-Net
+EMBEDDINGS: dict[str, type[nn.Module]] = {"positional": PositionalEmbedding, "fourier": FourierEmbedding}
+EmbeddingName = Literal["positional", "fourier"]  # the keys of EMBEDDINGS
 
-    return lookup("noise embedding", kind, {"positional": PositionalEmbedding, "fourier": FourierEmbedding})(
-        dim
-    )
+
+def make_embedding(kind: str, dim: int) -> nn.Module:
+    """The noise-level embedding registered under `kind`, of width `dim` (even)."""
+    return lookup("noise embedding", kind, EMBEDDINGS)(dim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffguide.errors import ConfigError
 from diffguide.models.nets.embedding import make_embedding
 
 
@@ -69,3 +70,20 @@ class MLP(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape).to(x.dtype)
+
+
+def check_mlp(model) -> None:
+    """Config-time checks of the model.* fields the MLP reads (width, depth), with no data needed."""
+    if not (model.width >= 1 and model.depth >= 0):
+        raise ConfigError(f"model.width must be >= 1 and model.depth >= 0, got {model.width}, {model.depth}")
+
+
+def build_mlp(cfg, dataset) -> MLP:
+    """The MLP for a RunConfig and its dataset (flattened input; labels if the run is conditional)."""
+    m = cfg.model
+    check_mlp(m)
+    dim = 1
+    for s in dataset.shape:
+        dim *= s
+    num_classes = dataset.num_classes if cfg.data.conditional else 0
+    return MLP(dim, m.width, m.depth, m.emb_dim, num_classes, m.dropout, m.embedding)

@@ -242,27 +242,27 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h))).to(x.dtype)
 
 
-def build_unet(cfg, dataset) -> UNet:
-    """The U-Net for a RunConfig and dataset (shape (C, H, W); labels from the dataset if conditional)."""
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
-    if len(dataset.shape) != 3:
+
+def check_unet(model) -> None:
+    """Config-time checks of the model.* fields the U-Net reads (channels .. norm_groups), no data needed."""
+    m = model
+    if not (m.channels >= 1 and m.num_blocks >= 1):
         raise ConfigError(
-            f"model.arch='unet' needs image data of shape (C, H, W); dataset {cfg.data.name!r} has "
-            f"shape {tuple(dataset.shape)} (use model.arch='mlp')"
+            f"model.channels and model.num_blocks must be >= 1, got {m.channels}, {m.num_blocks}"
         )
-    m = cfg.model
-    num_classes = num_types = num_accessories = 0
-    if cfg.data.conditional:
-        attrs = getattr(dataset, "attributes", None)
-        if attrs is not None:
-            num_types, num_accessories = len(attrs.types), len(attrs.accessories)
-        else:
-            num_classes = dataset.num_classes
-    if m.channels < 1 or m.num_blocks < 1 or not m.channel_mult:
+    if m.channels % 2:
         raise ConfigError(
-            "U-Net needs model.channels >= 1, model.num_blocks >= 1 and a non-empty model.channel_mult; "
-            f"got {m.channels}, {m.num_blocks}, {m.channel_mult}"
+            f"model.channels must be even for the U-Net (its noise embedding), got {m.channels}"
         )
+    if not (m.channel_mult and all(_positive_int(c) for c in m.channel_mult)):
+        raise ConfigError(
+            f"model.channel_mult must be a non-empty list of integers >= 1, got {m.channel_mult}"
+        )
+    if not all(_positive_int(r) for r in m.attn_resolutions):
+        raise ConfigError(f"model.attn_resolutions must be a list of integers >= 1, got {m.attn_resolutions}")
     # model.norm_groups: GroupNorm groups of every layer (diffusers' norm_num_groups, needed to export);
     # 0 = min(32, C/4) per layer. Read with a default so a config without the key builds the same net.
     norm_groups = getattr(m, "norm_groups", 0)
@@ -271,6 +271,24 @@ def build_unet(cfg, dataset) -> UNet:
             f"model.norm_groups must be 0 (min(32, C/4) groups per layer) or a group count >= 1 dividing "
             f"every layer's channels, got {norm_groups!r}"
         )
+
+
+def build_unet(cfg, dataset) -> UNet:
+    """The U-Net for a RunConfig and dataset (shape (C, H, W); labels from the dataset if conditional)."""
+    if len(dataset.shape) != 3:
+        raise ConfigError(
+            f"model.arch='unet' needs image data of shape (C, H, W); dataset {cfg.data.name!r} has "
+            f"shape {tuple(dataset.shape)} (use model.arch='mlp')"
+        )
+    m = cfg.model
+    check_unet(m)
+    num_classes = num_types = num_accessories = 0
+    if cfg.data.conditional:
+        attrs = getattr(dataset, "attributes", None)
+        if attrs is not None:
+            num_types, num_accessories = len(attrs.types), len(attrs.accessories)
+        else:
+            num_classes = dataset.num_classes
     try:
         return UNet(
             in_channels=dataset.shape[0],
@@ -285,7 +303,7 @@ def build_unet(cfg, dataset) -> UNet:
             num_classes=num_classes,
             num_types=num_types,
             num_accessories=num_accessories,
-            norm_groups=norm_groups,
+            norm_groups=getattr(m, "norm_groups", 0),
         )
     except ValueError as e:  # a norm_groups that does not divide some layer's channels
         raise ConfigError(f"model.norm_groups: {e}") from None
