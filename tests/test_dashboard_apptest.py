@@ -313,7 +313,11 @@ def test_generate_errors_are_readable(runs):
     at = open_page("generate", run="tiny-uncond", guidance="cfg")
     at.button(key="generate").click().run()
     assert not at.exception
-    assert any("unconditional" in e and "classifier-free guidance needs" in e for e in errors(at))
+    # the guidance builder's message, the same as the command line's (with the page's names)
+    assert any(
+        "guidance cfg needs a class-conditional run" in e and "'tiny-uncond' is unconditional" in e
+        for e in errors(at)
+    ), errors(at)
     # a run that has no checkpoint yet
     (runs / "half").mkdir()
     shutil.copy(runs / "tiny" / "config.json", runs / "half" / "config.json")
@@ -418,7 +422,8 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
     """Image runs offer "Clip x0 estimates to [-1, 1]" (2D runs, whose range is not known, do not): the
     caption says so, and the page's denoiser is the guided one clamped elementwise (checked with a
     narrow range, which the untrained net's guided estimates leave)."""
-    from diffguide.dashboard.generation import GuidanceChoice, guided_denoiser
+    from diffguide.dashboard.generation import guided_denoiser
+    from diffguide.guidance.spec import GuidanceSpec
     from diffguide.models.runs import load_run
 
     assert "gen-clip" not in [c.key for c in open_page("generate", run="tiny").checkbox]
@@ -437,8 +442,8 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
     run = load_run(folder / "digits")
     x = torch.randn(3, *run.dataset.shape, generator=torch.Generator().manual_seed(0)) * 5
     cond = torch.tensor([1, 2, 3])
-    free = guided_denoiser(run, GuidanceChoice("cfg", 4.0))(x, 5.0, cond)
-    clipped = guided_denoiser(run, GuidanceChoice("cfg", 4.0, clip=(-0.01, 0.01)))(x, 5.0, cond)
+    free = guided_denoiser(run, GuidanceSpec("cfg", 4.0))(x, 5.0, cond)
+    clipped = guided_denoiser(run, GuidanceSpec("cfg", 4.0, clip=(-0.01, 0.01)))(x, 5.0, cond)
     assert bool((free.abs() > 0.01).any())
     assert torch.equal(clipped, free.clamp(-0.01, 0.01))
 
