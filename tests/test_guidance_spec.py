@@ -338,3 +338,32 @@ def test_diffusers_models_use_the_same_builder(text_models):
         check(GuidanceSpec("classifier", 2.0), main)
     with pytest.raises(ConfigError, match="guidance auto of a diffusers model needs guide DIR"):
         build_guided(main, GuidanceSpec("auto", 2.0))
+
+
+def test_cli_diffusers_cfg_and_autoguidance(text_models, tmp_path):
+    """`sample --diffusers DIR --guidance cfg+auto --guide DIR2 --w-cfg W`, new with the one builder (the
+    CLI used to refuse --w-cfg there), samples like the library with the builder's denoiser."""
+    import diffusers
+    import numpy as np
+
+    from diffguide.adapters.diffusers import load_diffusers
+    from diffguide.cli import main
+    from diffguide.samplers.generation import generate, sigma_grid
+
+    folders = []
+    for name, model in zip(("main", "weak"), text_models):
+        model.denoiser.net.unet.save_pretrained(tmp_path / name)
+        diffusers.DDPMScheduler().save_pretrained(tmp_path / name)
+        folders.append(str(tmp_path / name))
+    prompt = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "prompt.npy", prompt.numpy())
+    out = tmp_path / "both.npz"
+    argv = ["sample", "--diffusers", folders[0], "--encoder-hidden-states", str(tmp_path / "prompt.npy")]
+    argv += ["--guidance", "cfg+auto", "--guide", folders[1], "--w", "2", "--w-cfg", "3"]
+    assert main([*argv, "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    model = load_diffusers(folders[0])
+    denoiser = build_guided(model, GuidanceSpec("cfg+auto", 2.0, w_cfg=3.0, guide=folders[1]))
+    sigmas = sigma_grid("karras", 2, model.process)
+    cond = prompt[None].expand(2, -1, -1)
+    expected = generate(denoiser, 2, model.shape, sigmas=sigmas, sampler="dpmpp-2m", seed=0, cond=cond)
+    assert np.array_equal(np.load(out)["samples"], expected.numpy())
