@@ -296,6 +296,32 @@ def test_generate_sampler_options_and_rescale_match_the_library(runs):
     assert any("unknown option 'etaa' for sampler 'ddim'; did you mean 'eta'?" in e for e in errors(at))
 
 
+def test_generate_cfg_and_autoguidance_matches_the_library(runs):
+    """CFG + autoguidance, which the page gained from the one guidance builder: its own weights and the
+    guide select; the library's cfg_and_autoguidance from the same seeds."""
+    from diffguide import guidance
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
+
+    at = open_page("generate", run="tiny", guidance="cfg+auto")
+    at.selectbox(key="gen-sampler-tiny").set_value("euler")
+    at.number_input(key="gen-steps-tiny").set_value(4)
+    at.number_input(key="gen-n-2d").set_value(100)
+    at.selectbox(key="gen-class").set_value("A")
+    at.slider(key="gen-w").set_value(1.5)
+    at.slider(key="gen-w-cfg").set_value(2.5).run()
+    assert at.selectbox(key="gen-guide").value == "tiny-amateur"
+    at.button(key="generate").click().run()
+    assert_clean(at)
+    assert "autoguidance w=1.5 + CFG w=2.5" in at.image[0].captions[0]
+    run, amateur = load_run(runs / "tiny"), load_run(runs / "tiny-amateur")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 4, run.process, s.sigma_min, s.sigma_max, s.rho)
+    guided = guidance.cfg_and_autoguidance(run.denoiser, amateur.denoiser, 1.5, 2.5, run.num_classes)
+    expected = generate(guided, 100, (2,), sigmas=sigmas, sampler="euler", seed=0, cond=0)
+    np.testing.assert_allclose(result_samples(at), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_generate_classifier_guidance_and_interval(runs):
     at = open_page("generate", run="tiny", guidance="classifier")
     assert at.selectbox(key="gen-classifier").value.startswith("exact Bayes classifier")

@@ -69,13 +69,13 @@ def guidance_spec(
             EXACT if classifier_id == EXACT_CLASSIFIER else catalog.classifier_dir(folder, classifier_id)
         )
     return GuidanceSpec(
-        kind,
-        w,
-        w_cfg if "w_cfg" in fields else None,
-        interval if "interval" in fields else None,
-        rescale if "rescale" in fields else 0.0,
-        guide,
-        classifier,
+        kind=kind,
+        w=w,
+        w_cfg=w_cfg if "w_cfg" in fields else None,
+        interval=interval if "interval" in fields else None,
+        rescale=rescale if "rescale" in fields else 0.0,
+        guide=guide,
+        classifier=classifier,
         clip=clip,
     )
 

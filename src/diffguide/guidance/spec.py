@@ -34,7 +34,7 @@ from diffguide.guidance.combinators import (
     guidance,
 )
 from diffguide.guidance.pairing import check_compatible, find_guide
-from diffguide.models.runs import load_run
+from diffguide.models.runs import Run, load_run
 
 EXACT = "exact"  # GuidanceSpec.classifier: the exact Bayes classifier of the run's ground-truth mixture
 
@@ -223,7 +223,9 @@ class DiffusersParts:
 Parts = RunParts | DiffusersParts
 
 
-def model_parts(model, names: Mapping[str, str] | None = None, loaders: Loaders | None = None) -> Parts:
+def model_parts(
+    model: Run | DiffusersModel, names: Mapping[str, str] | None = None, loaders: Loaders | None = None
+) -> Parts:
     """The parts of a loaded run (anything with .denoiser, .num_classes, .dataset, .path, .config) or of
     a DiffusersModel."""
     names = {**NAMES, **(names or {})}
@@ -303,7 +305,7 @@ METHODS: dict[str, Method] = {
     "cfg+auto": Method(
         _cfg_and_auto,
         frozenset({"w_cfg", "interval", "rescale", "guide", "null"}),
-        "CFG + autoguidance (weights w_cfg and w)",
+        "CFG + autoguidance (both guides at once)",
         "autoguidance w={w:g} + CFG w={w_cfg:g}",
         null_guide=True,
     ),
@@ -314,7 +316,11 @@ METHODS: dict[str, Method] = {
 # validation and construction
 
 
-def check(spec: GuidanceSpec, model=None, names: Mapping[str, str] | None = None) -> Method:
+def check(
+    spec: GuidanceSpec,
+    model: Run | DiffusersModel | Parts | None = None,
+    names: Mapping[str, str] | None = None,
+) -> Method:
     """The spec's method, after checking every value (and, given the model, what the method needs of
     it) without loading anything; ConfigError naming the bad value and what would be right."""
     names = {**NAMES, **(names or {})}
@@ -353,8 +359,12 @@ def _users(field: str, names: Mapping[str, str]) -> str:
 
 
 def build_guided(
-    model, spec: GuidanceSpec, *, names: Mapping[str, str] | None = None, loaders: Loaders | None = None
-):
+    model: Run | DiffusersModel,
+    spec: GuidanceSpec,
+    *,
+    names: Mapping[str, str] | None = None,
+    loaders: Loaders | None = None,
+) -> Callable:
     """The denoiser to sample with: `model`'s own (a Run or a DiffusersModel), or spec's guidance
     combinator around it; with spec.clip its x0 estimates clamped to that range (after guidance)."""
     parts = model_parts(model, names, loaders)
