@@ -121,6 +121,19 @@ def test_cli_and_dashboard_build_the_same_denoiser(runs, run, kind):
         assert a.abs().max() <= 0.5 and torch.equal(a, _out(run.denoiser).clamp(-0.5, 0.5))
 
 
+def test_exact_classifier_from_both_front_ends(runs, run):
+    """`--guide exact` and the page's "exact Bayes classifier" choice: the same Bayes classifier guidance."""
+    args = _cli_args(runs, "classifier", ["--w", "2", "--guide", "exact"])
+    spec = generation.guidance_spec(
+        RunsFolder(runs), "classifier", w=2.0, classifier_id=generation.EXACT_CLASSIFIER
+    )
+    expected = classifier_guidance(
+        NullConditioned(run.denoiser, 2), ExactClassifier(run.dataset.mixture), 2.0
+    )
+    assert torch.equal(_out(cli_guided_denoiser(args, run)), _out(expected))
+    assert torch.equal(_out(generation.guided_denoiser(run, spec)), _out(expected))
+
+
 # ---------------------------------------------------------------------------------------------
 # the builder against the combinators
 
