@@ -151,7 +151,9 @@ def weight_sweep(
             "no metric is available for this run: 2D runs are scored exactly; image runs need the dataset's "
             "feature classifier in the runs folder: diffguide train-classifier --data NAME --out RUNS/classifier-NAME"
         )
-    kinds = [k for k, ok in (("cfg", run.num_classes > 0), ("auto", guide is not None)) if ok]
+    # the methods the builder's rules allow here (the same as the side-by-side panels)
+    available = comparison_choices(run, guide, 1.0, 1.0, interval)[1:]
+    kinds = [spec.kind for spec in available if isinstance(spec, GuidanceSpec)]
     if not kinds:
         raise ConfigError(
             "nothing to sweep: CFG needs a class-conditional run and autoguidance a guide run on the same data"
