@@ -249,8 +249,26 @@ def test_bad_specs_name_the_value(spec, message):
         check(spec)
 
 
-def test_front_ends_name_the_fields_their_way():
-    """One rule, one message; each front end names the field as its user sees it."""
+def test_front_ends_name_the_fields_their_way(runs, tmp_path, capsys):
+    """One rule, one message; each front end names the field as its user sees it (through the CLI's
+    entry point: options that used to be ignored there are refused)."""
+    from diffguide.cli import main
+
+    argv = ["sample", str(runs / "tiny"), "--out", str(tmp_path / "x.npz"), "--class", "0"]
+    for extra, message in (
+        (
+            ["--guidance", "cfg", "--guide", str(runs / "tiny-amateur")],
+            "--guide applies to --guidance auto, ",
+        ),
+        (["--guidance", "auto", "--w-cfg", "2"], "--w-cfg applies to --guidance cfg+auto, not auto"),
+        (
+            ["--interval", "0.1", "5"],
+            "--interval applies to --guidance cfg, auto, classifier or cfg+auto, not",
+        ),
+    ):
+        capsys.readouterr()
+        assert main([*argv, *extra]) == 2
+        assert f"diffguide sample: error: {message}" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"^--w must be >= 0 \(1 = no guidance\), got -1.0$"):
         check(GuidanceSpec("cfg", -1), names=CLI_NAMES)
     with pytest.raises(
