@@ -53,7 +53,8 @@ class GuidanceSpec:
     # a diffusers folder; None: the amateur named in the run's guidance.json
     classifier: str | Path | None = None  # a classifier folder, EXACT, or None: the run's guidance.json's
     null: torch.Tensor | str | Path | None = None  # cfg of a UNet2DConditionModel: the null
-    # encoder_hidden_states [1, L, D] (None: zeros shaped like the condition); runs use their null class
+    # encoder_hidden_states [1, L, D] (None: zeros shaped like the condition); runs use their null class.
+    # check() also takes a file name here, so the CLI refuses the option before reading the file
     clip: tuple[float, float] | None = None  # clamp every guided x0 estimate to [lo, hi] (ClipDenoised)
     use_ema: bool = True  # load guide runs' EMA weights (the CLI's --raw loads the raw ones)
 
