@@ -263,7 +263,7 @@ def test_cli_diffusers_errors(tmp_path, unet, capsys):
         (["sample", "--diffusers", str(folder), "--class", "1"], "needs a class-conditional UNet2DModel"),
         (
             ["sample", "--diffusers", str(folder), "--guidance", "cfg"],
-            "cfg with --diffusers needs a UNet2DCondition",
+            "--guidance cfg of a diffusers model needs a UNet2DConditionModel",
         ),
         (["sample", "--diffusers", str(folder), "--guidance", "classifier"], "classifier is not available"),
         (["sample", "--diffusers", str(folder), "--raw"], "--raw is not available with --diffusers"),
@@ -392,7 +392,7 @@ def test_cli_condition_unet_errors(text_model, tmp_path, capsys):
         (["--encoder-hidden-states", str(tmp_path / "x.txt")], "takes a .npy or .safetensors file"),
         (
             [*prompt, "--null-encoder-hidden-states", str(files["null"])],
-            "is the guide's condition of --guidance cfg, not none",
+            "--null-encoder-hidden-states applies to --guidance cfg or cfg+auto, not none",
         ),
         ([*prompt, "--null-encoder-hidden-states", str(tmp_path / "wide.npy"), "--guidance", "cfg"], "D = 6"),
         (

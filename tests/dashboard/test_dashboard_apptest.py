@@ -252,6 +252,32 @@ def test_generate_sampler_options_and_rescale_match_the_library(runs):
     assert any("unknown option 'etaa' for sampler 'ddim'; did you mean 'eta'?" in e for e in errors(at))
 
 
+def test_generate_cfg_and_autoguidance_matches_the_library(runs):
+    """CFG + autoguidance, which the page gained from the one guidance builder: its own weights and the
+    guide select; the library's cfg_and_autoguidance from the same seeds."""
+    from diffguide import guidance
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate, sigma_grid
+
+    at = open_page("generate", run="tiny", guidance="cfg+auto")
+    at.selectbox(key="gen-sampler-tiny").set_value("euler")
+    at.number_input(key="gen-steps-tiny").set_value(4)
+    at.number_input(key="gen-n-2d").set_value(100)
+    at.selectbox(key="gen-class").set_value("A")
+    at.slider(key="gen-w").set_value(1.5)
+    at.slider(key="gen-w-cfg").set_value(2.5).run()
+    assert at.selectbox(key="gen-guide").value == "tiny-amateur"
+    at.button(key="generate").click().run()
+    assert_clean(at)
+    assert "autoguidance w=1.5 + CFG w=2.5" in at.image[0].captions[0]
+    run, amateur = load_run(runs / "tiny"), load_run(runs / "tiny-amateur")
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 4, run.process, s.sigma_min, s.sigma_max, s.rho)
+    guided = guidance.cfg_and_autoguidance(run.denoiser, amateur.denoiser, 1.5, 2.5, run.num_classes)
+    expected = generate(guided, 100, (2,), sigmas=sigmas, sampler="euler", seed=0, cond=0)
+    np.testing.assert_allclose(result_samples(at), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_generate_classifier_guidance_and_interval(runs):
     at = open_page("generate", run="tiny", guidance="classifier")
     assert at.selectbox(key="gen-classifier").value.startswith("exact Bayes classifier")
@@ -269,7 +295,11 @@ def test_generate_errors_are_readable(runs):
     at = open_page("generate", run="tiny-uncond", guidance="cfg")
     at.button(key="generate").click().run()
     assert not at.exception
-    assert any("unconditional" in e and "classifier-free guidance needs" in e for e in errors(at))
+    # the guidance builder's message, the same as the command line's (with the page's names)
+    assert any(
+        "guidance cfg needs a class-conditional run" in e and "'tiny-uncond' is unconditional" in e
+        for e in errors(at)
+    ), errors(at)
     # a run that has no checkpoint yet
     (runs / "half").mkdir()
     shutil.copy(runs / "tiny" / "config.json", runs / "half" / "config.json")
@@ -374,7 +404,8 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
     """Image runs offer "Clip x0 estimates to [-1, 1]" (2D runs, whose range is not known, do not): the
     caption says so, and the page's denoiser is the guided one clamped elementwise (checked with a
     narrow range, which the untrained net's guided estimates leave)."""
-    from diffguide.dashboard.generation import GuidanceChoice, guided_denoiser
+    from diffguide.dashboard.generation import guided_denoiser
+    from diffguide.guidance.spec import GuidanceSpec
     from diffguide.models.runs import load_run
 
     assert "gen-clip" not in [c.key for c in open_page("generate", run="tiny").checkbox]
@@ -393,8 +424,8 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
     run = load_run(folder / "digits")
     x = torch.randn(3, *run.dataset.shape, generator=torch.Generator().manual_seed(0)) * 5
     cond = torch.tensor([1, 2, 3])
-    free = guided_denoiser(run, GuidanceChoice("cfg", 4.0))(x, 5.0, cond)
-    clipped = guided_denoiser(run, GuidanceChoice("cfg", 4.0, clip=(-0.01, 0.01)))(x, 5.0, cond)
+    free = guided_denoiser(run, GuidanceSpec("cfg", 4.0))(x, 5.0, cond)
+    clipped = guided_denoiser(run, GuidanceSpec("cfg", 4.0, clip=(-0.01, 0.01)))(x, 5.0, cond)
     assert bool((free.abs() > 0.01).any())
     assert torch.equal(clipped, free.clamp(-0.01, 0.01))
 

@@ -120,16 +120,27 @@ class NullTextConditioned(nn.Module):
 
     The guide of classifier-free guidance for a UNet2DConditionModel: whatever condition it is given,
     the text embedding is replaced by `null` (the empty-prompt embedding the model was trained with,
-    or zeros); class labels in a dict condition are kept.
+    or zeros); class labels in a dict condition are kept. null None: zeros shaped like the condition's
+    encoder_hidden_states (the CLI's default).
     """
 
-    def __init__(self, denoiser, null: torch.Tensor):
+    def __init__(self, denoiser, null: torch.Tensor | None = None):
         super().__init__()
         self.denoiser = denoiser
-        self.register_buffer("null", torch.as_tensor(null), persistent=False)
+        self.register_buffer("null", None if null is None else torch.as_tensor(null), persistent=False)
 
     def forward(self, x, sigma, cond=None):
-        null = self.null.to(x.device).expand(x.shape[0], *self.null.shape[1:])
+        if self.null is None:
+            hidden = cond["encoder_hidden_states"] if isinstance(cond, dict) else cond
+            if not (torch.is_tensor(hidden) and hidden.is_floating_point()):
+                raise ConfigError(
+                    "classifier-free guidance of a UNet2DConditionModel with the default null condition "
+                    "(zeros) needs encoder_hidden_states [N, L, D] as the condition"
+                )
+            null = torch.zeros_like(hidden[:1])
+        else:
+            null = self.null.to(x.device)
+        null = null.expand(x.shape[0], *null.shape[1:])
         if isinstance(cond, dict):
             return self.denoiser(x, sigma, {**cond, "encoder_hidden_states": null})
         return self.denoiser(x, sigma, null)

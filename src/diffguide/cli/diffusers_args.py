@@ -8,7 +8,8 @@ with a message. Conditions: --class K for class-conditional UNets (num_class_emb
 --encoder-hidden-states FILE, which a UNet2DConditionModel needs (e.g. a text encoder's output, the
 same for every sample). Guidance: --guidance auto with --guide DIR (a weaker diffusers model of the
 same kind and shape) is autoguidance; --guidance cfg on a UNet2DConditionModel uses
---null-encoder-hidden-states FILE (default zeros) as the null condition.
+--null-encoder-hidden-states FILE (default zeros) as the null condition; cfg+auto is both. The guided
+denoiser comes from the one guidance builder, diffguide.guidance.spec, as for run folders.
 """
 
 from __future__ import annotations
@@ -105,7 +106,6 @@ RUN_ONLY = [
         "inpainting from the CLI needs a run (use diffguide.samplers.inpaint in Python)",
     ),
     ("mask", "--mask", "inpainting from the CLI needs a run (use diffguide.samplers.inpaint in Python)"),
-    ("w_cfg", "--w-cfg", "--guidance cfg+auto needs a class-conditional run"),
 ]
 
 
@@ -185,60 +185,22 @@ def class_labels(args, model, n: int):
     return torch.full((n,), args.class_label, dtype=torch.long)
 
 
-def guided_denoiser(args, model, cond=None):
-    """The model's denoiser, autoguidance by a weaker diffusers model (--guidance auto --guide DIR), or
-    classifier-free guidance of a UNet2DConditionModel by its null condition (--guidance cfg); cond is
-    build_condition's."""
-    from diffguide import guidance as G
-    from diffguide.adapters.diffusers import NullTextConditioned, load_diffusers
+def guided_denoiser(args, model):
+    """The model's denoiser or the guidance builder's around it: autoguidance by a weaker diffusers model
+    (--guidance auto --guide DIR), classifier-free guidance of a UNet2DConditionModel by its null condition
+    (--guidance cfg, --null-encoder-hidden-states FILE, else zeros shaped like the condition), or both
+    (cfg+auto)."""
+    from dataclasses import replace
 
-    kind = getattr(args, "guidance", "none") or "none"
-    rescale = getattr(args, "rescale", 0.0) or 0.0
+    from diffguide.cli.guidance_args import CLI_NAMES, guidance_spec
+    from diffguide.guidance.spec import build_guided, check
+
+    spec = guidance_spec(args)
     null_file = getattr(args, "null_encoder_hidden_states", None)
-    if null_file is not None and kind != "cfg":
-        raise ConfigError(
-            f"--null-encoder-hidden-states is the guide's condition of --guidance cfg, not {kind}"
-        )
-    if kind == "none":
-        if rescale:
-            raise ConfigError("--rescale applies to --guidance auto or cfg with --diffusers, not none")
-        return model.denoiser
-    if kind not in ("auto", "cfg"):
-        raise ConfigError(
-            f"--guidance {kind} is not available with --diffusers; use --guidance auto --guide DIR, "
-            "--guidance cfg for a UNet2DConditionModel, or diffguide.guidance in Python"
-        )
-    w = G.check_weight(args.w, "--w")
-    interval = G.check_interval(args.interval)
-    if kind == "cfg":
-        if model.unet_class != "UNet2DConditionModel":
-            raise ConfigError(
-                f"--guidance cfg with --diffusers needs a UNet2DConditionModel (its null condition is "
-                f"--null-encoder-hidden-states, default zeros); {args.diffusers!r} holds a {model.unet_class}, "
-                "whose null class the CLI cannot know (use diffguide.guidance in Python)"
-            )
-        if getattr(args, "guide", None) is not None:
-            raise ConfigError("--guide is the weaker model of --guidance auto; --guidance cfg takes none")
-        hidden = cond["encoder_hidden_states"] if isinstance(cond, dict) else cond  # [n, L, D]
-        if null_file is None:
-            null = torch.zeros_like(hidden[:1])
-        else:
-            null = load_hidden_states(null_file, "--null-encoder-hidden-states", hidden_states_dim(model))
-        guide = NullTextConditioned(model.denoiser, null)
-        return G.guidance(model.denoiser, guide, w, interval=interval, rescale=rescale)
-    if getattr(args, "guide", None) is None:
-        raise ConfigError("--guidance auto with --diffusers needs --guide DIR: a weaker diffusers model")
-    guide = load_diffusers(args.guide)
-    if guide.shape != model.shape:
-        raise ConfigError(
-            f"the guide {args.guide!r} makes {guide.shape} samples but the model makes {model.shape}"
-        )
-    if guide.unet_class != model.unet_class:
-        raise ConfigError(
-            f"the guide {args.guide!r} is a {guide.unet_class} but the model a {model.unet_class}; "
-            "autoguidance feeds both the same condition"
-        )
-    return G.autoguidance(model.denoiser, guide.denoiser, w, interval=interval, rescale=rescale)
+    check(replace(spec, null=null_file), model, CLI_NAMES)  # refused before the file is read
+    if null_file is not None:
+        spec.null = load_hidden_states(null_file, "--null-encoder-hidden-states", hidden_states_dim(model))
+    return build_guided(model, spec, names=CLI_NAMES)
 
 
 def cmd_sample_diffusers(args) -> int:
@@ -253,7 +215,7 @@ def cmd_sample_diffusers(args) -> int:
     make_output_folder(out)
     model = load_diffusers(args.diffusers)
     cond, labels = build_condition(args, model, args.n)
-    denoiser = guided_denoiser(args, model, cond)
+    denoiser = guided_denoiser(args, model)
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
     callback = None

@@ -6,14 +6,20 @@ diffusers' guidance_scale is w (see docs/guidance.md).
 
 from __future__ import annotations
 
-from diffguide.errors import ConfigError, lookup
+from diffguide.errors import ConfigError
+from diffguide.guidance.spec import METHODS, GuidanceSpec, build_guided, check
 
-KINDS = {
-    "none": "the run's own denoiser",
-    "cfg": "classifier-free: the same net with the null condition as guide (needs --class)",
-    "auto": "autoguidance: a weaker run as guide (--guide, or the amateur named in guidance.json)",
-    "classifier": "classifier guidance: D(null) + w sigma^2 grad log p(y | x, sigma) (needs --class)",
-    "cfg+auto": "both guides: autoguidance weight --w, CFG weight --w-cfg",
+# how the guidance builder's messages name each GuidanceSpec field on the command line
+CLI_NAMES = {
+    "kind": "--guidance",
+    "w": "--w",
+    "w_cfg": "--w-cfg",
+    "interval": "--interval",
+    "rescale": "--rescale",
+    "guide": "--guide",
+    "classifier": "--guide",
+    "null": "--null-encoder-hidden-states",
+    "clip": "--clip-denoised",
 }
 
 
@@ -45,14 +51,16 @@ def add_sample_args(p) -> None:
         "--guidance",
         default="none",
         metavar="KIND",
-        help="none | cfg | auto | classifier | cfg+auto (default: none)",
+        help=f"{' | '.join(METHODS)} (default: none)",
     )
     g.add_argument("--w", type=float, default=2.0, help="guidance weight, ours: 1 = none (default: 2)")
     g.add_argument("--w-cfg", type=float, help="CFG weight with --guidance cfg+auto (default: --w)")
     g.add_argument(
         "--guide",
         metavar="DIR",
-        help="guide folder: the amateur run (auto) or classifier folder (classifier)",
+        help="guide: the amateur run folder or RUN/checkpoints/ckpt-N.safetensors (auto, cfg+auto), or the "
+        "classifier folder (classifier; 'exact': the Bayes classifier of the run's mixture) (default: the "
+        "ones named in the run's guidance.json)",
     )
     g.add_argument(
         "--interval",
@@ -97,93 +105,35 @@ def after_train(args, cfg, run_dir) -> None:
         print(f"classifier written to {out} (noted in {run_dir / 'guidance.json'})")
 
 
-def guided_denoiser(args, run):
-    """The denoiser to sample with, built from --guidance, --w, --guide, --interval, --rescale and
-    --clip-denoised (applied last, to the guided x0 estimate)."""
-    from diffguide.denoiser import ClipDenoised
-
-    denoiser = _guided(args, run)
-    clip = getattr(args, "clip_denoised", None)
-    if not clip:
-        return denoiser
-    if not clip[0] < clip[1]:  # written so that NaN fails too
-        raise ConfigError(f"--clip-denoised needs LOW < HIGH, got {clip[0]:g} {clip[1]:g}")
-    return ClipDenoised(denoiser, *clip)
-
-
-def _guided(args, run):
-    from diffguide import guidance as G
-    from diffguide.guidance.pairing import check_compatible, find_guide
-
+def guidance_spec(args) -> GuidanceSpec:
+    """The GuidanceSpec of --guidance, --w, --w-cfg, --guide, --interval, --rescale, --clip-denoised and
+    --raw (guide runs load raw weights too); --guide is the classifier folder with --guidance classifier."""
     kind = getattr(args, "guidance", "none") or "none"
-    lookup("guidance kind", kind, KINDS)
-    w = G.check_weight(getattr(args, "w", 1.0), "--w")
-    interval = G.check_interval(getattr(args, "interval", None))
-    rescale = getattr(args, "rescale", 0.0) or 0.0
-    if rescale and kind in ("none", "classifier"):
-        raise ConfigError(f"--rescale applies to --guidance cfg, auto or cfg+auto, not {kind}")
-    if kind == "none":
-        return run.denoiser
-    if kind in ("cfg", "classifier", "cfg+auto"):
-        # from the CLI, classifier guidance also needs a class-conditional run: its null condition is
-        # the unconditional model (the library's classifier_guidance takes any denoiser)
-        if not run.num_classes:
-            raise ConfigError(
-                f"--guidance {kind} needs a class-conditional run; {run.config.name!r} is unconditional"
-            )
-        # commands without --class (e.g. images `eval`) choose the labels themselves
-        attributes = getattr(args, "attr_type", None) or getattr(args, "accessory", None)
-        if hasattr(args, "class_label") and args.class_label is None and not attributes:
-            raise ConfigError(
-                f"--guidance {kind} needs a condition to guide towards: pass --class K "
-                "(or --type/--accessory for an attribute run)"
-            )
-    use_ema = not getattr(args, "raw", False)
-    if kind == "cfg":
-        return G.classifier_free_guidance(
-            run.denoiser, w, run.num_classes, interval=interval, rescale=rescale
-        )
-    if kind == "classifier":
-        from diffguide.classifiers.points import load_classifier
-
-        if run.dataset.kind != "points":
-            raise ConfigError(
-                "--guidance classifier needs a noise-conditional classifier, available for 2D runs "
-                "(`diffguide train ... --with-classifier`)"
-            )
-        clf = load_classifier(find_guide(run.path, "classifier", getattr(args, "guide", None)))
-        if clf.record.num_classes != run.num_classes:
-            raise ConfigError(
-                f"classifier has {clf.record.num_classes} classes but the run has {run.num_classes}"
-            )
-        main = G.NullConditioned(run.denoiser, run.num_classes)
-        return G.classifier_guidance(main, clf, w, interval=interval)
-    amateur = load_amateur(run, getattr(args, "guide", None), use_ema)
-    check_compatible(run, amateur)
-    if kind == "auto":
-        return G.autoguidance(run.denoiser, amateur.denoiser, w, interval=interval, rescale=rescale)
-    w_cfg = G.check_weight(args.w_cfg if getattr(args, "w_cfg", None) is not None else w, "--w-cfg")
-    return G.cfg_and_autoguidance(
-        run.denoiser, amateur.denoiser, w, w_cfg, run.num_classes, interval=interval, rescale=rescale
+    guide = getattr(args, "guide", None)
+    interval = getattr(args, "interval", None)
+    clip = getattr(args, "clip_denoised", None)
+    return GuidanceSpec(
+        kind=kind,
+        w=getattr(args, "w", 1.0),
+        w_cfg=getattr(args, "w_cfg", None),
+        interval=None if interval is None else tuple(interval),
+        rescale=getattr(args, "rescale", 0.0) or 0.0,
+        guide=None if kind == "classifier" else guide,
+        classifier=guide if kind == "classifier" else None,
+        clip=None if not clip else tuple(clip),
+        use_ema=not getattr(args, "raw", False),
     )
 
 
-def load_amateur(run, guide, use_ema: bool):
-    """The autoguidance guide: a run folder (--guide DIR, or the run's guidance.json), or one checkpoint
-    of a run (--guide RUN/checkpoints/ckpt-N.safetensors: e.g. the same run's earlier snapshot, seed
-    000's amateur)."""
-    from pathlib import Path
-
-    from diffguide.guidance.pairing import find_guide
-    from diffguide.models.runs import load_run
-
-    if guide is not None and Path(guide).is_file():
-        checkpoint = Path(guide)
-        run_dir = checkpoint.parent.parent
-        if checkpoint.parent.name != "checkpoints" or not (run_dir / "config.json").is_file():
-            raise ConfigError(
-                f"--guide {str(guide)!r} is a file but not a checkpoint inside a run folder; "
-                "give a run folder or RUN/checkpoints/ckpt-N.safetensors"
-            )
-        return load_run(run_dir, str(checkpoint), use_ema=use_ema)
-    return load_run(find_guide(run.path, "amateur", guide), use_ema=use_ema)
+def guided_denoiser(args, run):
+    """The denoiser to sample a run with: the builder's, from the guidance options (guidance_spec)."""
+    spec = guidance_spec(args)
+    method = check(spec, run, CLI_NAMES)
+    # commands without --class (e.g. images `eval`) choose the labels themselves
+    attributes = getattr(args, "attr_type", None) or getattr(args, "accessory", None)
+    if method.null_guide and hasattr(args, "class_label") and args.class_label is None and not attributes:
+        raise ConfigError(
+            f"--guidance {spec.kind} needs a condition to guide towards: pass --class K "
+            "(or --type/--accessory for an attribute run)"
+        )
+    return build_guided(run, spec, names=CLI_NAMES)

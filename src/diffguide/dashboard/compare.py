@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffguide.dashboard.generation import GuidanceChoice, guided_denoiser, is_2d, sample
+from diffguide.dashboard.generation import DASHBOARD_NAMES, guided_denoiser, is_2d, sample
 from diffguide.errors import ConfigError
+from diffguide.guidance.spec import GuidanceSpec, Loaders, check
 
 
 def parse_weights(text: str) -> list[float]:
@@ -40,16 +41,20 @@ def parse_weights(text: str) -> list[float]:
     return out
 
 
-def comparison_choices(run, guide, w_cfg: float, w_auto: float, interval=None) -> list[GuidanceChoice | str]:
-    """No guidance, CFG and autoguidance; a string instead of a choice says why one is unavailable."""
-    out: list[GuidanceChoice | str] = [GuidanceChoice("none")]
+def comparison_choices(
+    run, guide: Path | None, w_cfg: float, w_auto: float, interval=None
+) -> list[GuidanceSpec | str]:
+    """No guidance, CFG and autoguidance (guide: a checked guide path, generation.guide_path); a string
+    instead of a spec says why one is unavailable (the guidance builder's own message for CFG)."""
+    out: list[GuidanceSpec | str] = [GuidanceSpec("none")]
+    cfg = GuidanceSpec("cfg", w_cfg, interval=interval)
+    try:
+        check(cfg, run, DASHBOARD_NAMES)
+        out.append(cfg)
+    except ConfigError as e:
+        out.append(str(e))
     out.append(
-        GuidanceChoice("cfg", w_cfg, interval)
-        if run.num_classes
-        else "CFG needs a class-conditional run (trained with label dropout)"
-    )
-    out.append(
-        GuidanceChoice("auto", w_auto, interval, guide=guide)
+        GuidanceSpec("auto", w_auto, interval=interval, guide=guide)
         if guide is not None
         else "autoguidance needs a guide run (a weaker run on the same data)"
     )
@@ -136,15 +141,19 @@ def weight_sweep(
     interval=None,
     scorer: Scorer | None = None,
     on_progress: Callable[[float], None] | None = None,
+    loaders: Loaders | None = None,
 ) -> list[dict]:
-    """Rows {guidance, w, metric...} for CFG and autoguidance (those available) at each weight, same seeds."""
+    """Rows {guidance, w, metric...} for CFG and autoguidance (those available) at each weight, same seeds;
+    guide: the checked guide path (generation.guide_path) or None."""
     scorer = scorer or Scorer(run)
     if not scorer.keys:
         raise ConfigError(
             "no metric is available for this run: 2D runs are scored exactly; image runs need the dataset's "
             "feature classifier in the runs folder: diffguide train-classifier --data NAME --out RUNS/classifier-NAME"
         )
-    kinds = [k for k, ok in (("cfg", run.num_classes > 0), ("auto", guide is not None)) if ok]
+    # the methods the builder's rules allow here (the same as the side-by-side panels)
+    available = comparison_choices(run, guide, 1.0, 1.0, interval)[1:]
+    kinds = [spec.kind for spec in available if isinstance(spec, GuidanceSpec)]
     if not kinds:
         raise ConfigError(
             "nothing to sweep: CFG needs a class-conditional run and autoguidance a guide run on the same data"
@@ -152,10 +161,9 @@ def weight_sweep(
     rows, total, done = [], len(kinds) * len(weights), 0
     for kind in kinds:
         for w in weights:
-            choice = GuidanceChoice(kind, w, interval, guide=guide)
-            x = sample(
-                run, guided_denoiser(run, choice), n, sampler=sampler, steps=steps, seed=seed, cond=cond
-            )
+            spec = GuidanceSpec(kind, w, interval=interval, guide=guide if kind == "auto" else None)
+            denoiser = guided_denoiser(run, spec, loaders)
+            x = sample(run, denoiser, n, sampler=sampler, steps=steps, seed=seed, cond=cond)
             rows.append(
                 {"guidance": "CFG" if kind == "cfg" else "autoguidance", "w": w, **scorer(x, labels, cond)}
             )

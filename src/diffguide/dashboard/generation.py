@@ -1,6 +1,7 @@
 """What the Generate and Compare pages compute, as plain functions (no Streamlit here).
 
-A guidance choice becomes one denoiser through diffguide.guidance's combinators, a condition choice
+A guidance choice becomes a GuidanceSpec and one denoiser through the guidance builder
+(diffguide.guidance.spec, the same as the command line's), a condition choice
 becomes the condition the run's network takes, and the samples become PNG bytes for the browser.
 """
 
@@ -9,100 +10,90 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffguide import guidance
 from diffguide.conditioning import null_condition
-from diffguide.errors import ConfigError
+from diffguide.dashboard import catalog
+from diffguide.dashboard.safety import RunsFolder, UnsafePath, check_name
+from diffguide.errors import ConfigError, lookup
+from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, Loaders, build_guided
 from diffguide.samplers.generation import generate, sigma_grid
 
-# what the guidance select shows -> internal kind
-GUIDANCE_KINDS = {
-    "none": "No guidance",
-    "cfg": "Classifier-free guidance (CFG)",
-    "auto": "Autoguidance (a weaker run as guide)",
-    "classifier": "Classifier guidance",
-}
+# what the guidance select shows, from the builder's registry: kind -> title
+GUIDANCE_KINDS = {kind: method.title[0].upper() + method.title[1:] for kind, method in METHODS.items()}
 ALL_CLASSES = "all classes"
 NO_CLASS = "none (unconditional)"
 EXACT_CLASSIFIER = "exact Bayes classifier of the ground-truth mixture"
+# how the builder's messages name the spec's fields on these pages
+DASHBOARD_NAMES = {
+    "kind": "guidance",
+    "w": "guidance weight w",
+    "w_cfg": "CFG weight w",
+    "interval": "sigma interval",
+    "rescale": "guidance rescale",
+    "guide": "guide run",
+    "classifier": "classifier",
+    "clip": "x0 clip range",
+}
 
 
-@dataclass
-class GuidanceChoice:
-    """kind: none | cfg | auto | classifier; w: the weight (1 = no guidance), or the classifier scale."""
-
-    kind: str = "none"
-    w: float = 1.0
-    interval: tuple[float, float] | None = None
-    guide: object | None = None  # the guide Run for autoguidance
-    rescale: float = 0.0  # guidance rescale phi (Lin et al. 2024), CFG and autoguidance
-    classifier: Callable | None = None  # classifier(x, sigma) -> logits for classifier guidance
-    clip: tuple[float, float] | None = None  # clamp every (guided) x0 estimate to [lo, hi]
-
-    def label(self) -> str:
-        if self.kind == "none":
-            return "no guidance" + self.clip_label()
-        name = {"cfg": "CFG", "auto": "autoguidance", "classifier": "classifier scale"}[self.kind]
-        sep = " " if self.kind == "classifier" else " w="
-        text = f"{name}{sep}{self.w:g}"
-        if self.interval is not None:
-            text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
-        if self.rescale:
-            text += f", rescale {self.rescale:g}"
-        return text + self.clip_label()
-
-    def clip_label(self) -> str:
-        return f", x0 clipped to [{self.clip[0]:g}, {self.clip[1]:g}]" if self.clip else ""
-
-
-def guided_denoiser(run, choice: GuidanceChoice):
-    """The denoiser to sample with: the run's own, or a guidance combinator around it; with
-    choice.clip, its x0 estimates clamped to that range (ClipDenoised, after guidance)."""
-    from diffguide.denoiser import ClipDenoised
-
-    denoiser = _guided(run, choice)
-    return ClipDenoised(denoiser, *choice.clip) if choice.clip else denoiser
-
-
-def _guided(run, choice: GuidanceChoice):
-    if choice.kind == "none":
-        return run.denoiser
-    interval = guidance.check_interval(choice.interval)
-    if choice.kind == "cfg":
-        if not run.num_classes:
-            raise ConfigError(
-                f"run {run.config.name!r} is unconditional: classifier-free guidance needs a class-conditional "
-                "run (trained with label dropout, train.p_uncond > 0)"
-            )
-        return guidance.classifier_free_guidance(
-            run.denoiser, choice.w, run.num_classes, interval=interval, rescale=choice.rescale
-        )
-    if choice.kind == "auto":
-        if choice.guide is None:
+def guidance_spec(
+    folder: RunsFolder,
+    kind: str,
+    *,
+    w: float = 1.0,
+    w_cfg: float | None = None,
+    interval: tuple[float, float] | None = None,
+    rescale: float = 0.0,
+    guide_id: str | None = None,
+    classifier_id: str | None = None,
+    clip: tuple[float, float] | None = None,
+) -> GuidanceSpec:
+    """The GuidanceSpec of the pages' guidance widgets: the guide ('run' or 'run@ckpt-N', from
+    catalog.guide_candidates) and classifier (EXACT_CLASSIFIER or an id of catalog.classifier_candidates)
+    become checked paths inside the runs folder. The page names its guides itself: it never follows a
+    guidance.json entry the page did not list."""
+    fields = lookup("guidance kind", kind, METHODS).fields
+    guide = classifier = None
+    if "guide" in fields:
+        if guide_id is None:
             raise ConfigError("autoguidance needs a guide run: choose a weaker run trained on the same data")
-        from diffguide.guidance.pairing import check_compatible
-
-        check_compatible(run, choice.guide)
-        return guidance.autoguidance(
-            run.denoiser, choice.guide.denoiser, choice.w, interval=interval, rescale=choice.rescale
-        )
-    if choice.kind == "classifier":
-        if choice.classifier is None:
+        guide = guide_path(folder, guide_id)
+    if "classifier" in fields:
+        if classifier_id is None:
             raise ConfigError("classifier guidance needs a classifier: none is available for this run")
-        record = getattr(choice.classifier, "record", None)
-        if record is not None and run.num_classes and record.num_classes != run.num_classes:
-            raise ConfigError(
-                f"the classifier has {record.num_classes} classes but the run has {run.num_classes}"
-            )
-        # the textbook setting (Dhariwal & Nichol 2021): an unconditional model steered by the classifier;
-        # a class-conditional run is used with its null label
-        main = guidance.NullConditioned(run.denoiser, run.num_classes) if run.num_classes else run.denoiser
-        return guidance.classifier_guidance(main, choice.classifier, choice.w, interval=interval)
-    raise ConfigError(f"unknown guidance kind {choice.kind!r}; choices: {', '.join(GUIDANCE_KINDS)}")
+        classifier = (
+            EXACT if classifier_id == EXACT_CLASSIFIER else catalog.classifier_dir(folder, classifier_id)
+        )
+    return GuidanceSpec(
+        kind=kind,
+        w=w,
+        w_cfg=w_cfg if "w_cfg" in fields else None,
+        interval=interval if "interval" in fields else None,
+        rescale=rescale if "rescale" in fields else 0.0,
+        guide=guide,
+        classifier=classifier,
+        clip=clip,
+    )
+
+
+def guide_path(folder: RunsFolder, guide_id: str) -> Path:
+    """The checked run folder of 'run', or checkpoint file of 'run@ckpt-N' (catalog.guide_candidates)."""
+    run_id, checkpoint = catalog.split_guide(guide_id)
+    if checkpoint is None:
+        return folder.run_dir(run_id)
+    path = folder.file(run_id, "checkpoints", check_name(checkpoint, "checkpoint name"))
+    if not path.is_file():
+        raise UnsafePath(f"run {run_id!r} has no checkpoint {checkpoint!r}")
+    return path
+
+
+def guided_denoiser(run, spec: GuidanceSpec, loaders: Loaders | None = None):
+    """The denoiser to sample with: the guidance builder's (diffguide.guidance.spec), as the CLI's."""
+    return build_guided(run, spec, names=DASHBOARD_NAMES, loaders=loaders)
 
 
 def exact_classifier(run):

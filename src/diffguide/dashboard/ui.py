@@ -53,10 +53,10 @@ def readable_errors(what: str = ""):
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the run ...")
-def _load_run(run_dir: str, checkpoint: str | None, stamp: float):
+def _load_run(run_dir: str, checkpoint: str | None, stamp: float, use_ema: bool = True):
     from diffguide.models.runs import load_run
 
-    return load_run(run_dir, checkpoint)
+    return load_run(run_dir, checkpoint, use_ema=use_ema)
 
 
 def load_run(folder: RunsFolder, run_id: str, checkpoint: str | None = None):
@@ -75,6 +75,21 @@ def load_run(folder: RunsFolder, run_id: str, checkpoint: str | None = None):
         latest = folder.file(run_id, "checkpoints", "latest")
         stamp = latest.stat().st_mtime if latest.is_file() else 0.0
     return _load_run(str(run_dir), None if checkpoint is None else str(path), stamp)
+
+
+def _load_guide_run(run_dir, checkpoint=None, use_ema: bool = True):
+    """The guidance builder's run loader: cached like load_run (paths checked by generation.guide_path)."""
+    run_dir = Path(run_dir)
+    stamp_file = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "latest"
+    stamp = stamp_file.stat().st_mtime if stamp_file.is_file() else 0.0
+    return _load_run(str(run_dir), None if checkpoint is None else str(checkpoint), stamp, use_ema)
+
+
+def guide_loaders():
+    """Loaders for diffguide.guidance.spec.build_guided that reuse the dashboard's caches."""
+    from diffguide.guidance.spec import Loaders
+
+    return Loaders(run=_load_guide_run, classifier=lambda path: load_classifier(Path(path)))
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)

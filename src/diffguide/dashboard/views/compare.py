@@ -35,7 +35,7 @@ def settings_panel(folder) -> dict | None:
         help="a weaker run on the same data: fewer training steps and/or a smaller width; run@ckpt-N is "
         "this run's own earlier checkpoint",
     )
-    guide = None if guide_id == "(none)" else ui.load_run(folder, *catalog.split_guide(guide_id))
+    guide = None if guide_id == "(none)" else generation.guide_path(folder, guide_id)
     two_d = generation.is_2d(run)
     a, b = st.columns(2)
     w_cfg = a.slider("CFG weight w", 0.0, 10.0, 2.0, 0.1, key="cmp-wcfg", disabled=not run.num_classes)
@@ -87,15 +87,15 @@ def side_by_side(p: dict) -> list[dict]:
             continue
         x = generation.sample(
             run,
-            generation.guided_denoiser(run, choice),
+            generation.guided_denoiser(run, choice, ui.guide_loaders()),
             p["n"],
             sampler=p["sampler"],
             steps=p["steps"],
             seed=p["seed"],
             cond=p["cond"],
         )
-        bar.progress((i + 1) / len(choices), text=f"sampling ... {choice.label()}")
-        panel = {"title": choice.label()}
+        bar.progress((i + 1) / len(choices), text=f"sampling ... {choice.describe()}")
+        panel = {"title": choice.describe()}
         if scorer is not None and scorer.keys:
             m = scorer(x, p["labels"], None if p["cond_text"] == NO_CLASS else p["cond"])
             panel["note"] = " · ".join(f"{k} {m[k]:.3f}" for k in scorer.keys if k in m)
@@ -128,6 +128,7 @@ def sweep(p: dict, weights: list[float]) -> dict:
         labels=p["labels"],
         scorer=scorer,
         on_progress=lambda f: bar.progress(f, text=f"sweeping ... {f:.0%}"),
+        loaders=ui.guide_loaders(),
     )
     bar.empty()
     title = f"{p['run_id']}" + (f", {p['cond_text']}" if p["cond_text"] else "")

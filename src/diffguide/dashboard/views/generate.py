@@ -5,11 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from diffguide.dashboard import catalog, generation, ui
-from diffguide.dashboard.generation import ALL_CLASSES, EXACT_CLASSIFIER, NO_CLASS, GuidanceChoice
+from diffguide.dashboard.generation import ALL_CLASSES, EXACT_CLASSIFIER, NO_CLASS
+from diffguide.guidance.spec import METHODS
 
 
-def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoice:
-    """Widgets for the guidance kind, weight, interval and guide; returns the choice (guide loaded)."""
+def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> dict:
+    """Widgets for the guidance kind and the settings its method reads (the builder's registry says
+    which); returns the keyword arguments of generation.guidance_spec."""
     kinds = list(generation.GUIDANCE_KINDS)
     kind = st.selectbox(
         "Guidance",
@@ -18,29 +20,17 @@ def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoi
         format_func=generation.GUIDANCE_KINDS.get,
         key=f"{prefix}-guidance",
     )
-    choice = GuidanceChoice(kind)
+    fields = METHODS[kind].fields
+    choice = {"kind": kind}
     if kind == "none":
         return choice
-    if kind == "classifier":
-        options = ([EXACT_CLASSIFIER] if generation.exact_classifier(run) is not None else []) + (
-            catalog.classifier_candidates(folder, run_id)
-        )
-        if not options:
-            st.warning(
-                "No classifier for this run: classifier guidance needs a 2D run on an exact mixture (Bayes "
-                "classifier) or a classifier folder (classifier.json) inside the run folder."
-            )
-            return choice
-        which = st.selectbox("Classifier", options, key=f"{prefix}-classifier")
-        choice.classifier = (
-            generation.exact_classifier(run)
-            if which == EXACT_CLASSIFIER
-            else ui.load_classifier(catalog.classifier_dir(folder, which))
-        )
-        choice.w = st.slider("Classifier scale", 0.0, 10.0, 1.0, 0.1, key=f"{prefix}-scale")
+    if "classifier" in fields:
+        choice["classifier_id"] = _pick_classifier(folder, run_id, run, prefix)
+        choice["w"] = st.slider("Classifier scale", 0.0, 10.0, 1.0, 0.1, key=f"{prefix}-scale")
     else:
-        choice.w = st.slider(
-            "Guidance weight w (1 = no guidance)",
+        label = "Autoguidance weight w" if "w_cfg" in fields else "Guidance weight w"
+        choice["w"] = st.slider(
+            f"{label} (1 = no guidance)",
             0.0,
             10.0,
             2.0,
@@ -48,23 +38,12 @@ def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoi
             key=f"{prefix}-w",
             help="D = guide + w (main - guide). Ho & Salimans' w' is w - 1; diffusers' guidance_scale is w.",
         )
-    if kind == "auto":
-        guides = catalog.guide_candidates(folder, run_id)
-        if not guides:
-            st.warning(
-                "Autoguidance needs a guide: a weaker run on the same data (fewer steps or smaller width)."
-            )
-        else:
-            guide_id = st.selectbox(
-                "Guide run (the weaker model)",
-                guides,
-                key=f"{prefix}-guide",
-                help="a smaller and/or shorter-trained run on the same data; run@ckpt-N is this run's "
-                "own earlier checkpoint",
-            )
-            choice.guide = ui.load_run(folder, *catalog.split_guide(guide_id))
-    if kind in ("cfg", "auto"):
-        choice.rescale = st.slider(
+    if "w_cfg" in fields:
+        choice["w_cfg"] = st.slider("CFG weight w (1 = no CFG)", 0.0, 10.0, 2.0, 0.1, key=f"{prefix}-w-cfg")
+    if "guide" in fields:
+        choice["guide_id"] = _pick_guide(folder, run_id, prefix)
+    if "rescale" in fields:
+        choice["rescale"] = st.slider(
             "Guidance rescale phi (0 = off)",
             0.0,
             1.0,
@@ -73,16 +52,51 @@ def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> GuidanceChoi
             key=f"{prefix}-rescale",
             help="Lin et al. 2024: pull the guided prediction's std back towards the main model's",
         )
-    if st.checkbox(
+    if "interval" in fields:
+        choice["interval"] = _pick_interval(prefix)
+    return choice
+
+
+def _pick_classifier(folder, run_id: str, run, prefix: str) -> str | None:
+    options = ([EXACT_CLASSIFIER] if generation.exact_classifier(run) is not None else []) + (
+        catalog.classifier_candidates(folder, run_id)
+    )
+    if not options:
+        st.warning(
+            "No classifier for this run: classifier guidance needs a 2D run on an exact mixture (Bayes "
+            "classifier) or a classifier folder (classifier.json) inside the run folder."
+        )
+        return None
+    return st.selectbox("Classifier", options, key=f"{prefix}-classifier")
+
+
+def _pick_guide(folder, run_id: str, prefix: str) -> str | None:
+    guides = catalog.guide_candidates(folder, run_id)
+    if not guides:
+        st.warning(
+            "Autoguidance needs a guide: a weaker run on the same data (fewer steps or smaller width)."
+        )
+        return None
+    return st.selectbox(
+        "Guide run (the weaker model)",
+        guides,
+        key=f"{prefix}-guide",
+        help="a smaller and/or shorter-trained run on the same data; run@ckpt-N is this run's own earlier "
+        "checkpoint",
+    )
+
+
+def _pick_interval(prefix: str) -> tuple[float, float] | None:
+    if not st.checkbox(
         "Guide only on a sigma interval",
         key=f"{prefix}-use-interval",
         help="Kynkäänniemi et al. 2024: guidance only for sigma in [lo, hi]",
     ):
-        a, b = st.columns(2)
-        lo = a.number_input("sigma lo", min_value=0.0, value=0.3, format="%g", key=f"{prefix}-lo")
-        hi = b.number_input("sigma hi", min_value=0.0, value=5.0, format="%g", key=f"{prefix}-hi")
-        choice.interval = (float(lo), float(hi))
-    return choice
+        return None
+    a, b = st.columns(2)
+    lo = a.number_input("sigma lo", min_value=0.0, value=0.3, format="%g", key=f"{prefix}-lo")
+    hi = b.number_input("sigma hi", min_value=0.0, value=5.0, format="%g", key=f"{prefix}-hi")
+    return float(lo), float(hi)
 
 
 def _random_punk(spec, prefix: str) -> None:
@@ -162,9 +176,10 @@ def settings_panel(folder) -> dict | None:
         help="Ho et al.'s clip (diffusers' clip_sample), applied after guidance: keeps a strong guidance "
         "weight from pushing the estimates out of the image range",
     ):
-        choice.clip = (-1.0, 1.0)
+        choice["clip"] = (-1.0, 1.0)
     progression = (not two_d) and st.checkbox("Show the denoising progression", key="gen-progression")
     return {
+        "folder": folder,
         "run_id": run_id,
         "run": run,
         "two_d": two_d,
@@ -183,8 +198,9 @@ def settings_panel(folder) -> dict | None:
 
 def run_generation(p: dict) -> dict:
     """Sample with a progress bar; the result (PNG bytes, caption, downloads) for the session state."""
-    run, choice = p["run"], p["choice"]
-    denoiser = generation.guided_denoiser(run, choice)
+    run = p["run"]
+    spec = generation.guidance_spec(p["folder"], **p["choice"])
+    denoiser = generation.guided_denoiser(run, spec, ui.guide_loaders())
     bar = st.progress(0.0, text="sampling ...")
     recorder = generation.Progression() if p["progression"] else None
     x = generation.sample(
@@ -203,7 +219,7 @@ def run_generation(p: dict) -> dict:
     options = "".join(
         f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in p["options"].items()
     )
-    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps{options}, {choice.label()}"
+    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps{options}, {spec.describe()}"
     if p["cond_text"]:
         title += f", {p['cond_text']}"
     result = {"run": p["run_id"], "title": title, "two_d": p["two_d"], "seed": p["seed"]}

@@ -1,0 +1,390 @@
+"""One guidance builder: a typed `GuidanceSpec` in, a denoiser out, for run folders and diffusers models.
+
+The command line (`sample RUN`, `sample --diffusers DIR`, images `eval`) and the dashboard (Generate,
+Compare) only turn their inputs into a GuidanceSpec and call `build_guided`; `check` gives the one-line
+errors, each naming the bad value and what would be right. Front-ends pass `names`, how they call each
+spec field (the CLI: `--w`, `--guide`, ...), so one rule gives one message everywhere.
+
+METHODS is the registry of guidance methods: name -> how to build it from the model's parts (its
+denoiser, its null-condition guide, a weaker guide model, a classifier) and which spec fields it reads.
+Adding a guidance method is one entry there; validation, the CLI's `--guidance` choices and the
+dashboard's select read the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffguide.adapters.diffusers import DiffusersModel, NullTextConditioned, load_diffusers
+from diffguide.classifiers.points import ExactClassifier, load_classifier
+from diffguide.denoiser import ClipDenoised
+from diffguide.errors import ConfigError, lookup
+from diffguide.guidance.combinators import (
+    Guided,
+    NullConditioned,
+    autoguidance,
+    check_interval,
+    check_weight,
+    classifier_guidance,
+    guidance,
+)
+from diffguide.guidance.pairing import check_compatible, find_guide
+from diffguide.models.runs import Run, load_run
+
+EXACT = "exact"  # GuidanceSpec.classifier: the exact Bayes classifier of the run's ground-truth mixture
+
+
+@dataclass
+class GuidanceSpec:
+    """What to guide with: a method of METHODS and its settings (w = 1 is no guidance, ours; see
+    docs/guidance.md for Ho & Salimans' and diffusers' conventions)."""
+
+    kind: str = "none"  # a key of METHODS: none | cfg | auto | classifier | cfg+auto
+    w: float = 1.0  # the guidance weight; autoguidance's with cfg+auto; the scale of classifier guidance
+    w_cfg: float | None = None  # cfg+auto: the CFG weight (None: the same as w)
+    interval: tuple[float, float] | None = None  # guide only for sigma in [lo, hi] (Kynkäänniemi 2024)
+    rescale: float = 0.0  # guidance rescale phi in [0, 1] (Lin et al. 2024)
+    guide: str | Path | None = None  # the weaker model: a run folder, RUN/checkpoints/ckpt-N.safetensors or
+    # a diffusers folder; None: the amateur named in the run's guidance.json
+    classifier: str | Path | None = None  # a classifier folder, EXACT, or None: the run's guidance.json's
+    null: torch.Tensor | str | Path | None = None  # cfg of a UNet2DConditionModel: the null
+    # encoder_hidden_states [1, L, D] (None: zeros shaped like the condition); runs use their null class.
+    # check() also takes a file name here, so the CLI refuses the option before reading the file
+    clip: tuple[float, float] | None = None  # clamp every guided x0 estimate to [lo, hi] (ClipDenoised)
+    use_ema: bool = True  # load guide runs' EMA weights (the CLI's --raw loads the raw ones)
+
+    def describe(self) -> str:
+        """The spec in a few words, e.g. 'CFG w=2, sigma in [0.3, 5], x0 clipped to [-1, 1]'."""
+        method = lookup("guidance kind", self.kind, METHODS)
+        w_cfg = self.w if self.w_cfg is None else self.w_cfg
+        text = method.label.format(w=float(self.w), w_cfg=float(w_cfg))
+        if self.kind != "none" and self.interval is not None:
+            text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
+        if self.kind != "none" and self.rescale:
+            text += f", rescale {self.rescale:g}"
+        if self.clip:
+            text += f", x0 clipped to [{self.clip[0]:g}, {self.clip[1]:g}]"
+        return text
+
+
+# how each field is called in messages; the CLI passes its flags, the dashboard its widget names
+NAMES = {
+    "kind": "guidance",
+    "w": "guidance weight w",
+    "w_cfg": "w_cfg",
+    "interval": "interval",
+    "rescale": "rescale",
+    "guide": "guide",
+    "classifier": "classifier",
+    "null": "null condition",
+    "clip": "clip",
+}
+# fields a method may leave unused; set for a method that does not read them, they are an error
+OPTIONAL = ("w_cfg", "interval", "rescale", "guide", "classifier", "null")
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """How build_guided reads guides from disk; the dashboard passes cached ones."""
+
+    run: Callable = load_run  # (run_dir, checkpoint or None, use_ema) -> Run
+    classifier: Callable = load_classifier  # (folder) -> classifier(x, sigma) -> logits
+    diffusers: Callable = load_diffusers  # (folder) -> DiffusersModel
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's parts: what the methods are built from, for a run and for a diffusers model
+
+
+class RunParts:
+    """A loaded run (diffguide.models.runs.Run): null guide by its null class, guides from run folders."""
+
+    def __init__(self, run, names: Mapping[str, str], loaders: Loaders):
+        self.run, self.names, self.loaders = run, names, loaders
+        self.denoiser = run.denoiser
+        self.num_classes = run.num_classes
+
+    def check_null(self, kind: str, spec: GuidanceSpec) -> None:
+        if spec.null is not None:
+            raise ConfigError(
+                f"{self.names['null']} is for a diffusers UNet2DConditionModel; a run's null condition is "
+                f"its null class (run {self.run.config.name!r})"
+            )
+        if not self.num_classes:
+            raise ConfigError(
+                f"{self.names['kind']} {kind} needs a class-conditional run trained with label dropout "
+                f"(train.p_uncond > 0), whose null class is the unconditional model; "
+                f"{self.run.config.name!r} is unconditional"
+            )
+
+    def check_classifier(self, kind: str) -> None:
+        if self.run.dataset.kind != "points":
+            raise ConfigError(
+                f"{self.names['kind']} {kind} needs a noise-conditional classifier, available for 2D runs "
+                "(`diffguide train ... --with-classifier`)"
+            )
+
+    def null_guide(self, spec: GuidanceSpec):
+        return NullConditioned(self.denoiser, self.num_classes)
+
+    def amateur(self, spec: GuidanceSpec):
+        """The weaker run: spec.guide (a run folder or one of its checkpoints) or the run's noted amateur."""
+        guide = spec.guide
+        if guide is not None and Path(guide).is_file():
+            checkpoint = Path(guide)
+            run_dir = checkpoint.parent.parent
+            if checkpoint.parent.name != "checkpoints" or not (run_dir / "config.json").is_file():
+                raise ConfigError(
+                    f"{self.names['guide']} {str(guide)!r} is a file but not a checkpoint inside a run "
+                    "folder; give a run folder or RUN/checkpoints/ckpt-N.safetensors"
+                )
+            amateur = self.loaders.run(run_dir, checkpoint, spec.use_ema)
+        else:
+            amateur = self.loaders.run(find_guide(self.run.path, "amateur", guide), None, spec.use_ema)
+        check_compatible(self.run, amateur)
+        return amateur.denoiser
+
+    def classifier(self, spec: GuidanceSpec):
+        """spec.classifier: EXACT (the Bayes classifier of the run's mixture), a folder, or the noted one."""
+        if isinstance(spec.classifier, str) and spec.classifier == EXACT:
+            mixture = getattr(self.run.dataset, "mixture", None)
+            if mixture is None or mixture.num_classes != self.num_classes:
+                raise ConfigError(
+                    f"{self.names['classifier']} {EXACT!r} needs a run on an exact mixture with its "
+                    f"{self.num_classes} classes; {self.run.config.name!r} has no such ground truth"
+                )
+            return ExactClassifier(mixture)
+        clf = self.loaders.classifier(find_guide(self.run.path, "classifier", spec.classifier))
+        record = getattr(clf, "record", None)
+        if record is not None and record.num_classes != self.num_classes:
+            raise ConfigError(
+                f"the classifier has {record.num_classes} classes but the run has {self.num_classes}"
+            )
+        return clf
+
+
+class DiffusersParts:
+    """A loaded diffusers model (DiffusersModel): null guide by a null embedding, guides from folders."""
+
+    def __init__(self, model: DiffusersModel, names: Mapping[str, str], loaders: Loaders):
+        self.model, self.names, self.loaders = model, names, loaders
+        self.denoiser = model.denoiser
+
+    def check_null(self, kind: str, spec: GuidanceSpec) -> None:
+        if self.model.unet_class != "UNet2DConditionModel":
+            raise ConfigError(
+                f"{self.names['kind']} {kind} of a diffusers model needs a UNet2DConditionModel (its null "
+                f"condition is {self.names['null']}, default zeros); this model is a {self.model.unet_class}, "
+                "whose null class the folder does not record (use diffguide.guidance in Python)"
+            )
+
+    def check_classifier(self, kind: str) -> None:
+        raise ConfigError(
+            f"{self.names['kind']} {kind} is not available for a diffusers model (no noise-conditional "
+            f"classifier); use {self.names['kind']} auto with {self.names['guide']} DIR, cfg for a "
+            "UNet2DConditionModel, or diffguide.guidance in Python"
+        )
+
+    def null_guide(self, spec: GuidanceSpec):
+        null = spec.null
+        if null is not None and not torch.is_tensor(null):
+            raise ConfigError(
+                f"{self.names['null']} must be a tensor [1, L, D] here, got {type(null).__name__}"
+            )
+        return NullTextConditioned(self.denoiser, null)
+
+    def amateur(self, spec: GuidanceSpec):
+        if spec.guide is None:
+            raise ConfigError(
+                f"{self.names['kind']} {spec.kind} of a diffusers model needs {self.names['guide']} DIR: "
+                "a weaker diffusers model"
+            )
+        guide = self.loaders.diffusers(spec.guide)
+        if guide.shape != self.model.shape:
+            raise ConfigError(
+                f"the guide {str(spec.guide)!r} makes {guide.shape} samples but the model makes "
+                f"{self.model.shape}"
+            )
+        if guide.unet_class != self.model.unet_class:
+            raise ConfigError(
+                f"the guide {str(spec.guide)!r} is a {guide.unet_class} but the model a "
+                f"{self.model.unet_class}; autoguidance feeds both the same condition"
+            )
+        return guide.denoiser
+
+    def classifier(self, spec: GuidanceSpec):
+        self.check_classifier(spec.kind)
+
+
+Parts = RunParts | DiffusersParts
+
+
+def model_parts(
+    model: Run | DiffusersModel, names: Mapping[str, str] | None = None, loaders: Loaders | None = None
+) -> Parts:
+    """The parts of a loaded run (anything with .denoiser, .num_classes, .dataset, .path, .config) or of
+    a DiffusersModel."""
+    names = {**NAMES, **(names or {})}
+    loaders = loaders or Loaders()
+    if isinstance(model, DiffusersModel):
+        return DiffusersParts(model, names, loaders)
+    return RunParts(model, names, loaders)
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+def _none(parts: Parts, spec: GuidanceSpec):
+    return parts.denoiser
+
+
+def _cfg(parts: Parts, spec: GuidanceSpec):
+    """Ho & Salimans 2022: D(null) + w (D(c) - D(null))."""
+    guide = parts.null_guide(spec)
+    return guidance(parts.denoiser, guide, spec.w, interval=spec.interval, rescale=spec.rescale)
+
+
+def _auto(parts: Parts, spec: GuidanceSpec):
+    """Karras et al. 2024: D0 + w (D1 - D0), D0 a weaker model fed the same condition."""
+    amateur = parts.amateur(spec)
+    return autoguidance(parts.denoiser, amateur, spec.w, interval=spec.interval, rescale=spec.rescale)
+
+
+def _classifier(parts: Parts, spec: GuidanceSpec):
+    """Dhariwal & Nichol 2021 on the unconditional model (the null condition): D(null) + w sigma^2 grad
+    log p(y | x, sigma), so w = 1 is conditional sampling by Bayes' rule."""
+    classifier = parts.classifier(spec)
+    return classifier_guidance(parts.null_guide(spec), classifier, spec.w, interval=spec.interval)
+
+
+def _cfg_and_auto(parts: Parts, spec: GuidanceSpec):
+    """Both guides: D1 + (w - 1)(D1 - D0) + (w_cfg - 1)(D1 - D1(null))."""
+    w_cfg = spec.w if spec.w_cfg is None else spec.w_cfg
+    guides = [(parts.amateur(spec), spec.w), (parts.null_guide(spec), w_cfg)]
+    return Guided(parts.denoiser, guides, interval=spec.interval, rescale=spec.rescale)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One guidance method: its builder, the optional spec fields it reads and how it is shown."""
+
+    build: Callable[[Parts, GuidanceSpec], Callable]
+    fields: frozenset[str]  # of OPTIONAL; w and clip are every method's
+    title: str  # in words (the dashboard's select, the CLI's help)
+    label: str  # GuidanceSpec.describe(): a format string over w and w_cfg
+    null_guide: bool = False  # guides by the model's own null condition (needs a class-conditional model)
+
+
+METHODS: dict[str, Method] = {
+    "none": Method(_none, frozenset(), "no guidance", "no guidance"),
+    "cfg": Method(
+        _cfg,
+        frozenset({"interval", "rescale", "null"}),
+        "classifier-free guidance (CFG)",
+        "CFG w={w:g}",
+        null_guide=True,
+    ),
+    "auto": Method(
+        _auto,
+        frozenset({"interval", "rescale", "guide"}),
+        "autoguidance (a weaker run as guide)",
+        "autoguidance w={w:g}",
+    ),
+    "classifier": Method(
+        _classifier,
+        frozenset({"interval", "classifier"}),
+        "classifier guidance",
+        "classifier scale {w:g}",
+        null_guide=True,
+    ),
+    "cfg+auto": Method(
+        _cfg_and_auto,
+        frozenset({"w_cfg", "interval", "rescale", "guide", "null"}),
+        "CFG + autoguidance (both guides at once)",
+        "autoguidance w={w:g} + CFG w={w_cfg:g}",
+        null_guide=True,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and construction
+
+
+def check(
+    spec: GuidanceSpec,
+    model: Run | DiffusersModel | Parts | None = None,
+    names: Mapping[str, str] | None = None,
+) -> Method:
+    """The spec's method, after checking every value (and, given the model, what the method needs of
+    it) without loading anything; ConfigError naming the bad value and what would be right."""
+    names = {**NAMES, **(names or {})}
+    method = lookup("guidance kind", spec.kind, METHODS)
+    check_weight(spec.w, names["w"])
+    if spec.w_cfg is not None:
+        check_weight(spec.w_cfg, names["w_cfg"])
+    check_interval(spec.interval)
+    if not 0 <= spec.rescale <= 1:  # written so that NaN fails too
+        raise ConfigError(f"guidance rescale must be in [0, 1], got {spec.rescale}")
+    if spec.clip is not None and (len(spec.clip) != 2 or not spec.clip[0] < spec.clip[1]):
+        raise ConfigError(f"{names['clip']} needs LOW < HIGH, got {' '.join(f'{v:g}' for v in spec.clip)}")
+    for field in OPTIONAL:
+        if field not in method.fields and _is_set(getattr(spec, field), field):
+            raise ConfigError(
+                f"{names[field]} applies to {names['kind']} {_users(field, names)}, not {spec.kind}"
+            )
+    if model is not None:
+        parts = model if isinstance(model, (RunParts, DiffusersParts)) else model_parts(model, names)
+        if "classifier" in method.fields:
+            parts.check_classifier(spec.kind)
+        if method.null_guide:
+            parts.check_null(spec.kind, spec)
+    return method
+
+
+def _is_set(value, field: str) -> bool:
+    return bool(value) if field == "rescale" else value is not None
+
+
+def _users(field: str, names: Mapping[str, str]) -> str:
+    """'cfg, auto or cfg+auto': the methods reading `field` (or a field the front-end calls the same)."""
+    same = {f for f in OPTIONAL if names[f] == names[field]}
+    users = [kind for kind, m in METHODS.items() if m.fields & same]
+    return users[0] if len(users) == 1 else f"{', '.join(users[:-1])} or {users[-1]}"
+
+
+def build_guided(
+    model: Run | DiffusersModel,
+    spec: GuidanceSpec,
+    *,
+    names: Mapping[str, str] | None = None,
+    loaders: Loaders | None = None,
+) -> Callable:
+    """The denoiser to sample with: `model`'s own (a Run or a DiffusersModel), or spec's guidance
+    combinator around it; with spec.clip its x0 estimates clamped to that range (after guidance)."""
+    parts = model_parts(model, names, loaders)
+    method = check(spec, parts, parts.names)
+    spec = dataclasses.replace(spec, interval=check_interval(spec.interval), w=float(spec.w))
+    denoiser = method.build(parts, spec)
+    return ClipDenoised(denoiser, *spec.clip) if spec.clip else denoiser
+
+
+__all__ = [
+    "EXACT",
+    "METHODS",
+    "NAMES",
+    "DiffusersParts",
+    "GuidanceSpec",
+    "Loaders",
+    "Method",
+    "RunParts",
+    "build_guided",
+    "check",
+    "model_parts",
+]
