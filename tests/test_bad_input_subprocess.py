@@ -79,7 +79,8 @@ CASES = {
     ),
     "likelihood-out-into-checkpoints": (
         ["likelihood", "run", "--out", "run/checkpoints/new.json", "--force"],
-        "is a file of run 'run' (checkpoints/new.json)",
+        "--out 'run/checkpoints/new.json' would write into run 'run' (checkpoints/new.json); a run's own "
+        "files are never replaced, not even with --force",
     ),
     "likelihood-out-txt": (
         ["likelihood", "run", "--out", "notes.txt"],

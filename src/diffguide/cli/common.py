@@ -88,8 +88,9 @@ def check_json_output(
     if in_run is not None:
         run, inside = in_run
         if inside.parts[0] in RUN_FILES or (out.exists() and writer is None):
+            what = "is a file of" if out.exists() else "would write into"
             raise ConfigError(
-                f"--out {str(out)!r} is a file of run {str(run)!r} ({inside.as_posix()}); a run's own files are "
+                f"--out {str(out)!r} {what} run {str(run)!r} ({inside.as_posix()}); a run's own files are "
                 f"never replaced, not even with --force: choose another path, e.g. --out {run / example}"
             )
     if out.exists() and not force and writer not in (f"diffguide {command}", "legacy"):
@@ -102,7 +103,7 @@ def check_json_output(
 
 def _check_writable_place(out: Path) -> None:
     """A path under a file, or in a folder we cannot write to: our error now, not after the work."""
-    existing = next(p for p in [out.absolute().parent, *out.absolute().parents] if p.exists())
+    existing = next(p for p in out.absolute().parents if p.exists())  # the root always exists
     if not existing.is_dir():
         raise output_error(out, NotADirectoryError())
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -221,7 +221,7 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     record = {"against": against, **shown}
     if against != "p(x)":  # also the same samples against the whole mixture
         record["against_p(x)"] = {k: v for k, v in result.items() if k != "per_class"}
-    write_json(out.with_name(out.stem + ".metrics.json"), record)
+    write_json(out.with_name(out.stem + ".metrics.json"), record, written_by="diffguide sample")
     return result
 
 
