@@ -59,7 +59,11 @@ def run_folder_of(path: Path) -> tuple[Path, Path] | None:
     """(run folder, path inside it) when `path` lies in a run folder (config.json + checkpoints/).
 
     Looked up as written (for messages), then with links and '..' resolved (a link into a run)."""
-    for form in (path, path.resolve()):
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links: look it up as written only
+        resolved = path
+    for form in (path, resolved):
         for folder in form.parents:
             if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
                 return folder, form.relative_to(folder)
