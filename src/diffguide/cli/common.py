@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from diffguide.errors import output_error
+from diffguide.errors import ConfigError, output_error
 from diffguide.io import atomic_write_text
+
+# Every JSON a command writes records which command wrote it, so a later run may replace it
+# without --force while a file the command did not write is never replaced by accident.
+WRITTEN_BY = "written_by"
+# A run folder holds config.json and checkpoints/; these are its own files, never outputs of a command.
+RUN_FILES = ("config.json", "checkpoints")
 
 
 def make_output_folder(out: Path) -> None:
@@ -17,13 +24,94 @@ def make_output_folder(out: Path) -> None:
         raise output_error(out, e) from None
 
 
-def write_json(out: Path, data) -> None:
-    """Write `data` as indented JSON to `out` (atomically), creating its folder."""
+def write_json(out: Path, data, written_by: str | None = None) -> None:
+    """Write `data` as indented JSON to `out` (atomically), creating its folder.
+
+    written_by: the command ("diffguide eval"), recorded in the file as its first key."""
+    if written_by is not None:
+        data = {WRITTEN_BY: written_by, **data}
     make_output_folder(out)
     try:
         atomic_write_text(Path(out), json.dumps(data, indent=2) + "\n")
     except OSError as e:
         raise output_error(out, e) from None
+
+
+def json_writer(path: Path, legacy_keys: tuple[str, ...] = ()) -> str | None:
+    """The command recorded in the JSON file `path`, or None (not JSON, not ours, unreadable).
+
+    legacy_keys: keys that mark the file as the caller's own output from before `written_by` existed;
+    such a file counts as written by "legacy"."""
+    try:
+        if path.stat().st_size > 2**24:  # our outputs are small; do not read a big file to find out
+            return None
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get(WRITTEN_BY), str):
+        return data[WRITTEN_BY]
+    return "legacy" if legacy_keys and all(k in data for k in legacy_keys) else None
+
+
+def run_folder_of(path: Path) -> tuple[Path, Path] | None:
+    """(run folder, path inside it) when `path` lies in a run folder (config.json + checkpoints/).
+
+    Looked up as written (for messages), then with links and '..' resolved (a link into a run)."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links: look it up as written only
+        resolved = path
+    for form in (path, resolved):
+        for folder in form.parents:
+            if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
+                return folder, form.relative_to(folder)
+    return None
+
+
+def check_json_output(
+    out: Path, command: str, *, force: bool = False, example: str = "results.json", legacy_keys=()
+) -> Path:
+    """Refuse, before any work starts, a JSON --out that would replace what `command` did not write.
+
+    Refused: a suffix other than .json, a folder, a path under a file, an unwritable place; a run's
+    own file (config.json, checkpoints/..., anything in a run folder that no diffguide command wrote),
+    even with --force; an existing file that `command` did not write, unless force.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".json":
+        raise ConfigError(
+            f"--out {str(out)!r} must end in .json (this command writes JSON); e.g. --out {example}"
+        )
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; give a .json file, e.g. --out {out / example}")
+    _check_writable_place(out)
+    in_run = run_folder_of(out)
+    writer = json_writer(out, legacy_keys) if out.is_file() else None
+    if in_run is not None:
+        run, inside = in_run
+        if inside.parts[0] in RUN_FILES or (out.exists() and writer is None):
+            what = "is a file of" if out.exists() else "would write into"
+            raise ConfigError(
+                f"--out {str(out)!r} {what} run {str(run)!r} ({inside.as_posix()}); a run's own files are "
+                f"never replaced, not even with --force: choose another path, e.g. --out {run / example}"
+            )
+    if out.exists() and not force and writer not in (f"diffguide {command}", "legacy"):
+        raise ConfigError(
+            f"--out {str(out)!r} exists and was not written by `diffguide {command}`; choose another path, "
+            "or add --force to replace it"
+        )
+    return out
+
+
+def _check_writable_place(out: Path) -> None:
+    """A path under a file, or in a folder we cannot write to: our error now, not after the work."""
+    existing = next(p for p in out.absolute().parents if p.exists())  # the root always exists
+    if not existing.is_dir():
+        raise output_error(out, NotADirectoryError())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise output_error(out, PermissionError(13, "permission denied"))
 
 
 def grid_overrides(args, sample_config=None) -> tuple:

@@ -113,7 +113,20 @@ def resolve_config(args):
     cfg = apply_overrides(cfg, [*args.set, *speed_overrides(args)])
     if args.name:
         cfg.name = args.name
+    check_run_name(cfg.name)
     return cfg
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder inside --out: no separators, no '..', not absolute, not empty."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).name != name:
+        example = next(
+            (p for p in reversed(Path(name.replace("\\", "/")).parts) if p not in ("/", ".", "..")), ""
+        )
+        raise ConfigError(
+            f"run name {name!r} must be a single folder name inside --out (no '/', '..' or absolute path), "
+            f"e.g. --name {example or 'my-run'}; put the runs elsewhere with --out"
+        )
 
 
 def cmd_train(args) -> int:
@@ -136,7 +149,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from diffguide.cli import condition_args, guidance_args
     from diffguide.models.runs import load_run
-    from diffguide.samplers.generation import generate, sigma_grid
+    from diffguide.samplers.generation import check_sample_count, generate, sigma_grid
     from diffguide.samplers.registry import sampler_options
 
     if args.diffusers is not None or args.run is None:
@@ -152,6 +165,7 @@ def cmd_sample(args) -> int:
         )
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
     prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
+    check_sample_count(args.n, run.dataset.shape)  # before the conditions for n samples are built
     s = run.config.sample
     steps = s.steps if args.steps is None else args.steps  # --steps 0 is an error, not the default
     sigmas = sigma_grid(args.grid or s.grid, steps, run.process, *grid_overrides(args, s))
@@ -209,7 +223,7 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     record = {"against": against, **shown}
     if against != "p(x)":  # also the same samples against the whole mixture
         record["against_p(x)"] = {k: v for k, v in result.items() if k != "per_class"}
-    write_json(out.with_name(out.stem + ".metrics.json"), record)
+    write_json(out.with_name(out.stem + ".metrics.json"), record, written_by="diffguide sample")
     return result
 
 

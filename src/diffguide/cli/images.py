@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffguide.cli.common import write_json
+from diffguide.cli.common import check_json_output, write_json
 from diffguide.errors import ConfigError
 
 
@@ -42,11 +42,16 @@ def add_parsers(sub) -> None:
         "checked before sampling)",
     )
     p.add_argument("--out", help="JSON file for the results (default: RUN/eval.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out that `eval` did not write")
     p.add_argument("--samples", help="also write the samples as a PNG grid here")
     from diffguide.cli import guidance_args
 
     guidance_args.add_sample_args(p)
     p.set_defaults(func=cmd_eval)
+
+
+# keys of every eval.json, to recognise one written before `written_by` was recorded
+EVAL_KEYS = ("run", "step", "n", "sampler", "sample_seconds", "classifier")
 
 
 def default_classifier_dir(data_name: str) -> Path:
@@ -81,6 +86,10 @@ def cmd_eval(args) -> int:
 
     if args.n < 2:
         raise ConfigError(f"--n must be >= 2, got {args.n}")
+    if args.k < 1:
+        raise ConfigError(f"--k (neighbours for precision/recall) must be >= 1, got {args.k}")
+    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    check_json_output(out, "eval", force=args.force, example="eval.json", legacy_keys=EVAL_KEYS)
     run = load_run(args.run, args.checkpoint)
     if run.dataset.kind != "images":
         raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
@@ -93,8 +102,7 @@ def cmd_eval(args) -> int:
     result["guidance"] = {
         k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval", "rescale")
     }
-    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
-    write_json(out, result)
+    write_json(out, result, written_by="diffguide eval")
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:28s} {value:.4f}")

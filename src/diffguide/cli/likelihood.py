@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from diffguide.cli.common import write_json
+from diffguide.cli.common import check_json_output, write_json
 from diffguide.errors import ConfigError
+
+# keys of every likelihood JSON, to recognise one written before `written_by` was recorded
+LIKELIHOOD_KEYS = ("n", "data", "dim", "sigma_min", "sigma_max", "nats_per_dim", "nfe")
 
 
 def add_parsers(sub) -> None:
@@ -36,17 +37,26 @@ def add_parsers(sub) -> None:
     p.add_argument("--sigma-min", type=float, help="lower end of the integral (default: the process's)")
     p.add_argument("--sigma-max", type=float, help="upper end of the integral (default: the process's)")
     p.add_argument("--conditional", action="store_true", help="log p(x | label) with the data's labels")
-    p.add_argument("--out", help="also write the results as JSON to this file")
+    p.add_argument("--out", help="also write the results as JSON to this file (.json)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing --out that `likelihood` did not write"
+    )
     p.set_defaults(func=cmd_likelihood)
 
 
 def cmd_likelihood(args) -> int:
-    from diffguide.metrics.likelihood import run_likelihood
+    from diffguide.metrics.likelihood import check_solver_options, run_likelihood
     from diffguide.models.runs import load_run
 
-    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
-        if value <= 0:
-            raise ConfigError(f"{flag} must be > 0, got {value}")
+    for name in ("n", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_solver_options(args.rtol, args.atol, args.method, args.sigma_min, args.sigma_max)
+    out = None
+    if args.out is not None:  # checked before the model is even loaded
+        out = check_json_output(
+            args.out, "likelihood", force=args.force, example="likelihood.json", legacy_keys=LIKELIHOOD_KEYS
+        )
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
     result = run_likelihood(
         run,
@@ -74,8 +84,7 @@ def cmd_likelihood(args) -> int:
             f"  exact NLL of the same points under the true mixture: {result['exact_nats_per_dim']:.4f} nats/dim"
             f" ({result['exact_nats_per_dim_at_sigma_min']:.4f} blurred by sigma_min)"
         )
-    if args.out:
-        out = Path(args.out)
-        write_json(out, result)
+    if out is not None:
+        write_json(out, result, written_by="diffguide likelihood")
         print(f"wrote {out}")
     return 0

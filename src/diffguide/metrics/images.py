@@ -19,7 +19,7 @@ from diffguide.classifiers.images import load_classifier
 from diffguide.data.images import to_uint8
 from diffguide.errors import ConfigError
 from diffguide.plots.images import example_conditions
-from diffguide.samplers.generation import generate, sigma_grid
+from diffguide.samplers.generation import check_sample_count, generate, sigma_grid
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -72,11 +72,18 @@ def _kth_neighbour_radius(x: torch.Tensor, k: int) -> torch.Tensor:
     return d.kthvalue(k + 1, dim=1).values  # the 0th neighbour is the point itself
 
 
+def check_neighbours(k: int) -> None:
+    """k of the k-NN balls: k = 0 would make every ball a point and precision/recall 0."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"precision/recall needs k >= 1 neighbours (default 3), got k={k!r}")
+
+
 def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019): k-NN balls around each set's points.
 
     precision: fraction of fake points inside some real point's k-NN ball; recall: the converse.
     """
+    check_neighbours(k)
     real = torch.as_tensor(np.asarray(real), dtype=torch.float64)
     fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
     if min(len(real), len(fake)) <= k:
@@ -214,17 +221,20 @@ def evaluate_images(
     import time
     import warnings
 
+    check_neighbours(k)
     if inception:
         check_inception()
 
+    s = run.config.sample
+    steps = s.steps if steps is None else steps  # steps=0 is an error, not the run's default
+    sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    check_sample_count(n, run.dataset.shape)  # before example_conditions allocates n labels
     classifier, _ = load_classifier(classifier_dir)  # refuses a classifier of 2D points
     data_name, trained_on = run.config.data.name, classifier.record.data.name
     if trained_on != data_name:
         raise ConfigError(
             f"classifier {str(classifier_dir)!r} was trained on {trained_on!r}, the run on {data_name!r}"
         )
-    s = run.config.sample
-    sigmas = sigma_grid(s.grid, steps or s.steps, run.process, s.sigma_min, s.sigma_max, s.rho)
     cond = example_conditions(run, n)
     t0 = time.time()
     x = generate(
@@ -243,7 +253,7 @@ def evaluate_images(
         "n_real": len(real),
         "seed": seed,
         "sampler": sampler or s.sampler,
-        "steps": steps or s.steps,
+        "steps": steps,
         "sample_seconds": round(seconds, 1),
         "classifier": str(classifier_dir),
         "classifier_heldout": classifier.record.training.get("heldout", {}),

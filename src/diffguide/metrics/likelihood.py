@@ -32,10 +32,34 @@ import torch
 
 from diffguide.denoiser import batch_sigma
 from diffguide.errors import ConfigError, lookup
+from diffguide.samplers.generation import check_sample_count
 
 PROBES = ("rademacher", "gaussian")
 DIVERGENCES = ("auto", "exact", "hutchinson")
 EXACT_MAX_DIM = 16  # "auto" uses the exact divergence up to this many dimensions per sample
+SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")  # scipy.integrate.solve_ivp's methods
+
+
+def check_solver_options(
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> None:
+    """Refuse, before any work, the values that hang or mislead the ODE solve (a NaN tolerance or an
+    infinite sigma_max never finishes). sigma_min/sigma_max None: the process's, checked later."""
+    if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
+        raise ConfigError(f"rtol (the solver's relative tolerance) must be a number in (0, 1), got {rtol}")
+    if not (isinstance(atol, (int, float)) and 0 < atol < math.inf):
+        raise ConfigError(f"atol (the solver's absolute tolerance) must be a finite number > 0, got {atol}")
+    if isinstance(method, str):  # solve_ivp also takes an OdeSolver class
+        lookup("solve_ivp method", method, dict.fromkeys(SOLVERS))
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    if sigma_min is not None and sigma_max is not None and not sigma_min < sigma_max:
+        raise ConfigError(f"need sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
 
 
 @dataclass
@@ -122,8 +146,7 @@ def log_likelihood(
     from scipy.integrate import solve_ivp
 
     lookup("divergence", divergence, dict.fromkeys(DIVERGENCES))
-    if not 0 < sigma_min < sigma_max:
-        raise ConfigError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    check_solver_options(rtol, atol, method, sigma_min, sigma_max)
     if x0.ndim < 2 or x0.shape[0] < 1:
         raise ConfigError(f"x0 must be a batch [N, ...] with N >= 1, got shape {tuple(x0.shape)}")
     dtype = dtype or _module_dtype(denoiser)
@@ -188,6 +211,18 @@ def bits_per_dim(nats_per_dim, levels: int = 256, data_range: float = 2.0):
     return nats_per_dim / math.log(2) + math.log2((levels - 1) / data_range)
 
 
+def _check_run_options(run, n: int, batch_size: int, conditional: bool) -> None:
+    if n < 1:
+        raise ConfigError(f"number of data points must be >= 1, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if conditional and not run.num_classes:
+        raise ConfigError(
+            f"conditional=True (--conditional) needs a class-conditional run; run {run.config.name!r} is "
+            + ("conditioned on attributes, not classes" if run.config.data.conditional else "unconditional")
+        )
+
+
 def run_likelihood(
     run,
     n: int = 1000,
@@ -208,14 +243,14 @@ def run_likelihood(
     sigma_min/sigma_max default to the run's process range. For data with an exact mixture the exact
     NLL of the same points is reported too. options go to `log_likelihood`.
     """
-    if n < 1:
-        raise ConfigError(f"number of data points must be >= 1, got {n}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    sigma_min = sigma_min or run.process.sigma_min
-    sigma_max = sigma_max or run.process.sigma_max
-    data_gen = torch.Generator().manual_seed(2**40 + int(seed))  # not the training stream (train.seed)
-    probe_gen = torch.Generator().manual_seed(2**41 + int(seed))
+    _check_run_options(run, n, batch_size, conditional)
+    sigma_min = run.process.sigma_min if sigma_min is None else sigma_min
+    sigma_max = run.process.sigma_max if sigma_max is None else sigma_max
+    check_solver_options(sigma_min=sigma_min, sigma_max=sigma_max)  # the rest: by log_likelihood
+    check_sample_count(n, run.dataset.shape, torch.float64)
+    # not the training stream (train.seed); any integer seed (the same numbers below 2**62)
+    data_gen = torch.Generator().manual_seed((2**40 + int(seed)) % (2**63 - 1))
+    probe_gen = torch.Generator().manual_seed((2**41 + int(seed)) % (2**63 - 1))
     # image sets with a held-out split: those images (at most all of them), never seen in training
     heldout = len(getattr(run.dataset, "test_index", ())) > 0
     if heldout:

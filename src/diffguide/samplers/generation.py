@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -9,6 +11,7 @@ import torch
 from diffguide.errors import ConfigError, DiffguideError
 from diffguide.grids import make_sigmas
 from diffguide.noise import PerSampleNoise
+from diffguide.samplers.base import check_sigmas
 from diffguide.samplers.registry import get_sampler
 
 
@@ -22,6 +25,44 @@ def sigma_grid(
 ) -> torch.Tensor:
     """The sigma grid for sampling; bounds left as None default to the process's range."""
     return make_sigmas(grid, steps, process, sigma_min, sigma_max, rho)
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (POSIX sysconf), or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_sample_count(n: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> None:
+    """Refuse n < 1, or n samples that cannot fit in this machine's memory.
+
+    All n samples are returned at once, on the host, and are held twice while the batches are
+    joined, so n * (bytes per sample) * 2 must fit in the RAM; anything larger would only fail (or
+    swap) after minutes of sampling.
+    """
+    if n < 1:
+        raise ConfigError(f"number of samples must be >= 1, got {n}")
+    memory = physical_memory()
+    per_sample = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if memory is not None and n * per_sample * 2 > memory:
+        raise ConfigError(
+            f"number of samples {n} is too large: {n} samples of shape {tuple(shape)} take "
+            f"{_size(n * per_sample)} as {str(dtype).removeprefix('torch.')}, held twice while the batches "
+            f"are joined, and this machine has {_size(memory)} of memory; ask for at most "
+            f"{memory // (2 * per_sample)} (or sample in parts with different seeds)"
+        )
+
+
+def _size(nbytes: float) -> str:
+    """A byte count in words: 1.6 KiB, 7.3 TiB."""
+    unit = "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024:
+            break
+        nbytes, unit = nbytes / 1024, larger
+    return f"{int(nbytes)} bytes" if unit == "bytes" else f"{nbytes:.1f} {unit}"
 
 
 def labels_for(cond, start: int, n: int):
@@ -51,13 +92,12 @@ def generate(
     sampler_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """n samples [n, *shape]; sample i starts from and draws noise from seed stream (seed, i) only."""
-    if n < 1:
-        raise ConfigError(f"number of samples must be >= 1, got {n}")
+    check_sample_count(n, shape, dtype)
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     fn = sampler if callable(sampler) else get_sampler(sampler)  # a name, or a sampler function
     out = []
-    sigmas = sigmas.to(device)
+    sigmas = check_sigmas(sigmas, to_zero=True).to(device)
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         noise = PerSampleNoise.from_seed(seed, b, start=start, device=device)
@@ -79,9 +119,13 @@ def generate(
 
 
 def sample_run(run, n: int, *, seed: int = 0, sampler=None, steps=None, grid=None, cond=None, **kwargs):
-    """Generate from a loaded run with its saved sampling defaults, each overridable."""
+    """Generate from a loaded run with its saved sampling defaults, each overridable (None = the run's).
+
+    cond: None, a class for all samples, or per-sample labels, each in 0..run.num_classes - 1."""
     s = run.config.sample
-    sigmas = sigma_grid(grid or s.grid, steps or s.steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    steps = s.steps if steps is None else steps  # steps=0 is an error, not the run's default
+    sigmas = sigma_grid(grid or s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    check_class_labels(cond, run.num_classes, run.config.name)
     return generate(
         run.denoiser,
         n,
@@ -92,3 +136,22 @@ def sample_run(run, n: int, *, seed: int = 0, sampler=None, steps=None, grid=Non
         cond=cond,
         **kwargs,
     )
+
+
+def check_class_labels(cond, num_classes: int, name: str = "this") -> None:
+    """Class conditions (an int or a tensor of labels) must lie in 0..num_classes - 1 (num_classes,
+    the null label, is also accepted: it asks a CFG-trained net for its unconditional output)."""
+    if cond is None or isinstance(cond, dict):  # attribute conditions are checked by the dataset
+        return
+    labels = torch.as_tensor(cond)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ConfigError(f"class labels must be integers, got {cond!r}")
+    if not num_classes:
+        raise ConfigError(f"run {name!r} is unconditional; leave out the class condition (got {cond!r})")
+    low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+    if low < 0 or high > num_classes:
+        bad = high if high > num_classes else low
+        raise ConfigError(
+            f"class label {bad} is out of range for run {name!r}: classes are 0..{num_classes - 1} "
+            f"({num_classes} = the null label)"
+        )

@@ -23,7 +23,7 @@ import math
 import torch
 
 from diffguide.errors import ConfigError
-from diffguide.samplers.base import _d, _denoise, _report
+from diffguide.samplers.base import _d, _denoise, _report, check_sigmas
 
 # DPM-Solver++(3M), as diffusers: on grids of fewer steps the second-to-last step is taken at order 2.
 LOWER_ORDER_BELOW = 15
@@ -66,6 +66,7 @@ def sample_dpmpp_3m(
     the more accurate of the two at 16-32 evaluations on our benchmarks; exact_third_order=True uses
     w = 1, the exact integral of the quadratic, a true order-3 method that wins from ~64 evaluations.
     """
+    sigmas = check_sigmas(sigmas)
     n = len(sigmas) - 1
     third = 1.0 if exact_third_order else 0.5
     history: list[tuple[float, torch.Tensor]] = []  # (lambda_j, D_j) of the last 3 points, newest last
@@ -147,6 +148,7 @@ def sample_unipc(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
     """
     if order not in (1, 2, 3):
         raise ConfigError(f"UniPC order must be 1, 2 or 3, got {order}")
+    sigmas = check_sigmas(sigmas)
     n = len(sigmas) - 1
     lambdas: list[float] = []  # of the last `order` points visited, newest last
     outputs: list[torch.Tensor] = []
@@ -211,6 +213,7 @@ def sample_ipndm(
     """
     if max_order not in ADAMS_BASHFORTH:
         raise ConfigError(f"iPNDM max_order must be 1, 2, 3 or 4, got {max_order}")
+    sigmas = check_sigmas(sigmas)
     slopes: list[torch.Tensor] = []  # newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

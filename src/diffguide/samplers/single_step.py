@@ -13,9 +13,9 @@ import math
 import torch
 
 from diffguide.denoiser import append_dims
-from diffguide.errors import lookup
+from diffguide.errors import ConfigError, lookup
 from diffguide.noise import noise_like
-from diffguide.samplers.base import _d, _denoise, _report
+from diffguide.samplers.base import _d, _denoise, _report, check_option, check_sigmas
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
@@ -34,6 +34,7 @@ def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1
 @torch.no_grad()
 def sample_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
     """Euler on the probability-flow ODE (EDM Algorithm 1 without the correction). Equals DDIM (eta=0)."""
+    sigmas = check_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _denoise(denoiser, x, sigma, cond)
@@ -57,6 +58,9 @@ def sample_heun(
     s_noise: float = 1.0,
 ):
     """Karras et al. 2022, Algorithm 2: Heun's 2nd-order method with optional stochastic churn."""
+    sigmas = check_sigmas(sigmas)
+    check_option("heun", "s_churn", s_churn)
+    check_option("heun", "s_noise", s_noise)
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -80,6 +84,8 @@ def sample_heun(
 @torch.no_grad()
 def sample_ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, eta: float = 0.0):
     """DDIM (Song, Meng & Ermon 2021) with stochasticity eta; eta=0 is deterministic, eta=1 is DDPM."""
+    sigmas = check_sigmas(sigmas)
+    check_option("ddim", "eta", eta)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _denoise(denoiser, x, sigma, cond)
@@ -108,6 +114,7 @@ def sample_euler_maruyama(denoiser, x, sigmas, *, cond=None, generator=None, cal
     With the S-curve experiment's VE SDE dx = sigma^t dw, g(t)^2 dt = d[sigma(t)^2]: this is its
     x + g^2 score dt + g sqrt(dt) z, using the exact sigma^2 increment over each step.
     """
+    sigmas = check_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _denoise(denoiser, x, sigma, cond)
@@ -144,6 +151,12 @@ def sample_pc(
     sqrt(d) / sigma, so it tends to 2 (snr sigma)^2: rule "sigma" (the default) uses that limit, which
     stays stable in low dimension where a point at a mode has a near-zero score and Song's step explodes.
     """
+    sigmas = check_sigmas(sigmas)
+    check_option("pc", "snr", snr)
+    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ConfigError(
+            f"option corrector_steps of sampler 'pc' must be an integer >= 0, got {corrector_steps!r}"
+        )
     lookup("corrector step rule", step_rule, {"song": 0, "sigma": 0})
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -193,6 +206,9 @@ def sample_dpmpp_2m_sde(
     D1 = (D - D_prev) h / h_prev. eta = 1 is diffusers' "sde-dpmsolver++" and k-diffusion's default;
     eta = 0 is DPM-Solver++(2M) exactly.
     """
+    sigmas = check_sigmas(sigmas)
+    check_option("dpmpp-2m-sde", "eta", eta)
+    check_option("dpmpp-2m-sde", "s_noise", s_noise)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
