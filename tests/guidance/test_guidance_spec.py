@@ -8,6 +8,7 @@ Runs used (trained for a few steps: only equality of outputs matters here, not t
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -29,8 +30,20 @@ from diffguide.guidance import (
     classifier_guidance,
     guidance,
 )
-from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, Loaders, Method, build_guided, check
+from diffguide.guidance.cfgpp import CFGPlusPlus, sample_euler_cfgpp
+from diffguide.guidance.methods import APG, TCFG, CFGZeroStar, MamboG, RandomConditioned
+from diffguide.guidance.spec import (
+    EXACT,
+    METHODS,
+    GuidanceSpec,
+    Loaders,
+    Method,
+    build_guided,
+    check,
+    sampler_for,
+)
 from diffguide.models.runs import load_run
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +111,29 @@ FRONT_END_CASES = {
         dict(w=1.5, interval=(0.1, 5.0), classifier_id="tiny-classifier"),
     ),
     "cfg+auto": (["--w", "1.5", "--w-cfg", "2"], dict(w=1.5, w_cfg=2.0, guide_id="tiny-amateur")),
+    "apg": (
+        [
+            "--w",
+            "3",
+            "--guidance-option",
+            "eta=0.5",
+            "--guidance-option",
+            "norm_threshold=2",
+            "--schedule",
+            "linear",
+            "0.1",
+            "5",
+        ],
+        dict(w=3.0, options={"eta": 0.5, "norm_threshold": 2.0}, schedule=("linear", 0.1, 5.0)),
+    ),  # fmt: skip
+    "cfg-zero*": (
+        ["--w", "2.5", "--guidance-option", "zero_init_sigma=20"],
+        dict(w=2.5, options={"zero_init_sigma": 20.0}),
+    ),
+    "tcfg": (["--w", "2", "--guidance-option", "space=eps"], dict(w=2.0, options={"space": "eps"})),
+    "mambo-g": (["--w", "4", "--guidance-option", "alpha=2"], dict(w=4.0, options={"alpha": 2.0})),
+    "icg": (["--w", "2", "--interval", "0.1", "5"], dict(w=2.0, interval=(0.1, 5.0))),
+    "cfg++": (["--w", "0.6"], dict(w=0.6)),
 }
 
 
@@ -159,6 +195,18 @@ def _references(runs, run):
             GuidanceSpec("cfg+auto", 1.5, w_cfg=2.5, rescale=0.3),
             cfg_and_autoguidance(d, amateur, 1.5, 2.5, k, rescale=0.3),
         ),
+        "apg": (GuidanceSpec("apg", 3.0, options={"eta": 0.5}), APG(d, NullConditioned(d, k), 3.0, eta=0.5)),
+        "cfg-zero*": (GuidanceSpec("cfg-zero*", 2.0), CFGZeroStar(d, NullConditioned(d, k), 2.0)),
+        "tcfg": (
+            GuidanceSpec("tcfg", 2.0, options={"space": "eps"}),
+            TCFG(d, NullConditioned(d, k), 2.0, space="eps"),
+        ),
+        "mambo-g": (
+            GuidanceSpec("mambo-g", 4.0, options={"alpha": 2.0}),
+            MamboG(d, NullConditioned(d, k), 4.0, alpha=2.0),
+        ),
+        "icg": (GuidanceSpec("icg", 2.0), guidance(d, RandomConditioned(d, k, 0), 2.0)),
+        "cfg++": (GuidanceSpec("cfg++", 0.6), CFGPlusPlus(d, NullConditioned(d, k), 0.6)),
     }
 
 
@@ -206,7 +254,7 @@ def test_a_new_method_is_one_registry_entry(runs, run, monkeypatch):
     assert torch.equal(_out(from_cli), expected)
     assert torch.equal(_out(generation.guided_denoiser(run, spec)), expected)
     with pytest.raises(
-        ConfigError, match="--rescale applies to --guidance cfg, auto or cfg\\+auto, not half-cfg"
+        ConfigError, match="--rescale applies to --guidance cfg, auto, cfg\\+auto or icg, not half-cfg"
     ):
         cli_guided_denoiser(_cli_args(runs, "half-cfg", ["--rescale", "0.5"]), run)
 
@@ -237,7 +285,7 @@ def test_loaders_are_used_for_every_guide(runs, run):
         (GuidanceSpec("cfg", 2, interval=(-1, 2)), r"bounds must be >= 0, got \(-1.0, 2.0\)"),
         (GuidanceSpec("auto", 2, rescale=1.5), r"guidance rescale must be in \[0, 1\], got 1.5"),
         (GuidanceSpec("cfg", 2, clip=(1, -1)), "clip needs LOW < HIGH, got 1 -1"),
-        (GuidanceSpec(rescale=0.5), r"rescale applies to guidance cfg, auto or cfg\+auto, not none"),
+        (GuidanceSpec(rescale=0.5), r"rescale applies to guidance cfg, auto, cfg\+auto or icg, not none"),
         (GuidanceSpec("cfg", 2, guide="runs/x"), r"guide applies to guidance auto or cfg\+auto, not cfg"),
         (GuidanceSpec("auto", 2, w_cfg=2), r"w_cfg applies to guidance cfg\+auto, not auto"),
         (GuidanceSpec("auto", 2, classifier=EXACT), "classifier applies to guidance classifier, not auto"),
@@ -263,7 +311,7 @@ def test_front_ends_name_the_fields_their_way(runs, tmp_path, capsys):
         (["--guidance", "auto", "--w-cfg", "2"], "--w-cfg applies to --guidance cfg+auto, not auto"),
         (
             ["--interval", "0.1", "5"],
-            "--interval applies to --guidance cfg, auto, classifier or cfg+auto, not",
+            "--interval applies to --guidance cfg, auto, classifier, cfg+auto, apg, cfg-zero*, tcfg, mambo-g or icg, not",
         ),
     ):
         capsys.readouterr()
@@ -398,3 +446,65 @@ def test_cli_diffusers_cfg_and_autoguidance(text_models, tmp_path):
     cond = prompt[None].expand(2, -1, -1)
     expected = generate(denoiser, 2, model.shape, sigmas=sigmas, sampler="dpmpp-2m", seed=0, cond=cond)
     assert np.array_equal(np.load(out)["samples"], expected.numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# the field's methods: schedules, options, CFG++'s sampler, bad values through the real entry point
+
+
+def test_a_constant_schedule_is_plain_cfg_and_step_is_the_interval(run):
+    plain = _out(build_guided(run, GuidanceSpec("cfg", 2.5)))
+    assert torch.equal(
+        _out(build_guided(run, GuidanceSpec("cfg", 2.5, schedule=("constant", 0, math.inf)))), plain
+    )
+    step = build_guided(run, GuidanceSpec("cfg", 2.5, schedule=("step", 0.1, 5.0)))
+    assert torch.equal(_out(step), _out(build_guided(run, GuidanceSpec("cfg", 2.5, interval=(0.1, 5.0)))))
+
+
+def test_cfgpp_brings_its_own_step_and_refuses_other_samplers(run):
+    d = build_guided(run, GuidanceSpec("cfg++", 0.5))
+    assert sampler_for(d, "euler") is sample_euler_cfgpp and sampler_for(d, "ddim") is sample_euler_cfgpp
+    assert sampler_for(build_guided(run, GuidanceSpec("cfg", 2.0)), "heun") == "heun"
+    with pytest.raises(ConfigError, match="not for sampler 'heun'; use --sampler euler"):
+        sampler_for(d, "heun")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--guidance", "apg", "--guidance-option", "etaa=1"], "unknown option 'etaa' for --guidance apg; did you mean 'eta'?"),
+        (["--guidance", "cfg", "--guidance-option", "eta=1"], "--guidance cfg takes no options, got 'eta'"),
+        (["--guidance", "apg", "--guidance-option", "space=v"], "option space of --guidance apg must be x0 or eps, got 'v'"),
+        (["--guidance", "apg", "--guidance-option", "eta=nan"], "option eta of --guidance apg must be a number (default 0.0), got nan"),
+        (["--guidance", "cfg", "--schedule", "linear", "0", "5"], "the linear schedule runs over log sigma"),
+        (["--guidance", "cfg", "--schedule", "cosin", "0.1", "5"], "unknown weight schedule 'cosin'; did you mean 'cosine'?"),
+        (["--guidance", "cfg", "--schedule", "linear", "0.1", "5", "--rescale", "0.5"], "--rescale and --schedule do not combine"),
+        (["--guidance", "auto", "--dynamic-threshold", "1.5"], "--dynamic-threshold percentile must be in (0, 1], got 1.5"),
+        (["--guidance", "cfg++", "--sampler", "heun"], "CFG++ is defined for the first-order deterministic step"),
+        (["--guidance", "cfg++", "--clip-denoised", "-1", "1"], "--guidance cfg++ renoises with its own estimates"),
+    ],
+)  # fmt: skip
+def test_bad_method_settings_exit_2_with_one_line(runs, tmp_path, options, message):
+    before = {p: p.read_bytes() for p in (runs / "tiny").rglob("*") if p.is_file()}
+    r = run_cli("sample", str(runs / "tiny"), "--out", str(tmp_path / "x.npz"), "--class", "0", *options)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "x.npz").exists()
+    assert {p: p.read_bytes() for p in (runs / "tiny").rglob("*") if p.is_file()} == before
+
+
+def test_cli_samples_with_cfgpp_like_the_library(runs, run, tmp_path):
+    """`sample --guidance cfg++ --sampler euler`: the library's CFG++ step from the same per-sample noise."""
+    import numpy as np
+
+    from diffguide.samplers.generation import generate, sigma_grid
+
+    r = run_cli("sample", str(runs / "tiny"), "--out", str(tmp_path / "x.npz"), "--class", "1", "--n", "64",
+                "--guidance", "cfg++", "--w", "0.7", "--sampler", "euler", "--steps", "8", "--no-metrics")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 8, run.process, s.sigma_min, s.sigma_max, s.rho)
+    d = build_guided(run, GuidanceSpec("cfg++", 0.7))
+    expected = generate(d, 64, run.dataset.shape, sigmas=sigmas, sampler=sample_euler_cfgpp, seed=0, cond=1)
+    np.testing.assert_allclose(np.load(tmp_path / "x.npz")["samples"], expected.numpy(), rtol=1e-5, atol=1e-5)

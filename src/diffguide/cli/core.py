@@ -148,6 +148,7 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from diffguide.cli import condition_args, guidance_args
+    from diffguide.guidance.spec import sampler_for
     from diffguide.models.runs import load_run
     from diffguide.samplers.generation import check_sample_count, generate, sigma_grid
     from diffguide.samplers.registry import sampler_options
@@ -173,7 +174,8 @@ def cmd_sample(args) -> int:
     denoiser = guidance_args.guided_denoiser(args, run)
     sampler_name = args.sampler or s.sampler
     options = sampler_options(sampler_name, args.sampler_option)
-    sampler, callback = condition_args.sampler_and_callback(args, run, sampler_name)
+    sampler = sampler_for(denoiser, sampler_name)  # CFG++ brings its own step
+    sampler, callback = condition_args.sampler_and_callback(args, run, sampler)
     x = generate(
         denoiser,
         args.n,

@@ -205,6 +205,7 @@ def guided_denoiser(args, model):
 
 def cmd_sample_diffusers(args) -> int:
     from diffguide.adapters.diffusers import load_diffusers
+    from diffguide.guidance.spec import sampler_for
     from diffguide.plots.images import ProgressRecorder, write_image_samples
     from diffguide.samplers.generation import generate, sigma_grid
     from diffguide.samplers.registry import sampler_options
@@ -226,7 +227,7 @@ def cmd_sample_diffusers(args) -> int:
         args.n,
         model.shape,
         sigmas=sigmas,
-        sampler=args.sampler or DEFAULT_SAMPLER,
+        sampler=sampler_for(denoiser, args.sampler or DEFAULT_SAMPLER),  # CFG++ brings its own step
         seed=args.seed,
         cond=cond,
         batch_size=args.batch_size,

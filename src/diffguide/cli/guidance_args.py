@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from diffguide.errors import ConfigError
 from diffguide.guidance.spec import METHODS, GuidanceSpec, build_guided, check
+from diffguide.io import parse_override
 
 # how the guidance builder's messages name each GuidanceSpec field on the command line
 CLI_NAMES = {
@@ -20,6 +21,8 @@ CLI_NAMES = {
     "classifier": "--guide",
     "null": "--null-encoder-hidden-states",
     "clip": "--clip-denoised",
+    "schedule": "--schedule",
+    "threshold": "--dynamic-threshold",
 }
 
 
@@ -76,6 +79,26 @@ def add_sample_args(p) -> None:
         metavar="PHI",
         help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto (default: 0, off)",
     )
+    g.add_argument(
+        "--guidance-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method's own option, repeatable: apg eta=0 norm_threshold=0.5 momentum=-0.5 space=x0|eps; "
+        "cfg-zero* zero_init_sigma=40; mambo-g alpha=8; icg seed=0 (docs/guidance.md)",
+    )
+    g.add_argument(
+        "--schedule",
+        nargs=3,
+        metavar=("KIND", "SIGMA_LO", "SIGMA_HI"),
+        help="weight schedule w(sigma): constant | step | linear | cosine over [SIGMA_LO, SIGMA_HI]",
+    )
+    g.add_argument(
+        "--dynamic-threshold",
+        type=float,
+        metavar="P",
+        help="dynamic thresholding of x0 at percentile P (Saharia et al. 2022), e.g. 0.995 for images",
+    )
     p.add_argument(
         "--clip-denoised",
         type=float,
@@ -122,7 +145,21 @@ def guidance_spec(args) -> GuidanceSpec:
         classifier=guide if kind == "classifier" else None,
         clip=None if not clip else tuple(clip),
         use_ema=not getattr(args, "raw", False),
+        schedule=_schedule(getattr(args, "schedule", None)),
+        options=dict(parse_override(text) for text in getattr(args, "guidance_option", None) or []),
+        threshold=getattr(args, "dynamic_threshold", None),
     )
+
+
+def _schedule(values) -> tuple[str, float, float] | None:
+    """--schedule KIND LO HI as (kind, lo, hi); the bounds must be numbers."""
+    if not values:
+        return None
+    kind, lo, hi = values
+    try:
+        return kind, float(lo), float(hi)
+    except ValueError:
+        raise ConfigError(f"--schedule KIND SIGMA_LO SIGMA_HI needs two numbers, got {lo!r} {hi!r}") from None
 
 
 def guided_denoiser(args, run):

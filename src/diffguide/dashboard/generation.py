@@ -19,7 +19,7 @@ from diffguide.conditioning import null_condition
 from diffguide.dashboard import catalog
 from diffguide.dashboard.safety import RunsFolder, UnsafePath, check_name
 from diffguide.errors import ConfigError, lookup
-from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, Loaders, build_guided
+from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, Loaders, build_guided, sampler_for
 from diffguide.samplers.generation import generate, sigma_grid
 
 # what the guidance select shows, from the builder's registry: kind -> title
@@ -37,6 +37,8 @@ DASHBOARD_NAMES = {
     "guide": "guide run",
     "classifier": "classifier",
     "clip": "x0 clip range",
+    "schedule": "weight schedule",
+    "threshold": "dynamic threshold",
 }
 
 
@@ -51,6 +53,9 @@ def guidance_spec(
     guide_id: str | None = None,
     classifier_id: str | None = None,
     clip: tuple[float, float] | None = None,
+    schedule: tuple[str, float, float] | None = None,
+    options: dict | None = None,
+    threshold: float | None = None,
 ) -> GuidanceSpec:
     """The GuidanceSpec of the pages' guidance widgets: the guide ('run' or 'run@ckpt-N', from
     catalog.guide_candidates) and classifier (EXACT_CLASSIFIER or an id of catalog.classifier_candidates)
@@ -77,6 +82,9 @@ def guidance_spec(
         guide=guide,
         classifier=classifier,
         clip=clip,
+        schedule=schedule if "schedule" in fields else None,
+        options=dict(options or {}),
+        threshold=threshold,
     )
 
 
@@ -209,7 +217,7 @@ def sample(
             n,
             run.dataset.shape,
             sigmas=sigmas,
-            sampler=sampler,
+            sampler=sampler_for(denoiser, sampler),  # CFG++ brings its own step
             seed=seed,
             cond=cond,
             batch_size=batch,

@@ -18,7 +18,7 @@ from torch import nn
 from diffguide.denoiser import append_dims
 from diffguide.errors import ConfigError
 from diffguide.guidance.combinators import _Wrap, check_weight
-from diffguide.samplers.base import _report
+from diffguide.samplers.base import _report, check_sigmas
 
 SAMPLERS = ("euler", "ddim")
 
@@ -51,10 +51,17 @@ def check_sampler(name: str) -> None:
 
 
 @torch.no_grad()
-def sample_euler_cfgpp(denoiser: CFGPlusPlus, x, sigmas, *, cond=None, generator=None, callback=None):
+def sample_euler_cfgpp(
+    denoiser: CFGPlusPlus, x, sigmas, *, cond=None, generator=None, callback=None, **options
+):
     """The Euler / DDIM (eta = 0) step with CFG++'s renoising: x_next = D_w + sigma_next (x - D_guide) / sigma."""
+    if options:
+        raise ConfigError(
+            f"CFG++ takes no sampler options (its step is DDIM's with eta = 0), got {sorted(options)}"
+        )
     if not hasattr(denoiser, "pair"):
         raise ConfigError("sample_euler_cfgpp needs a CFGPlusPlus denoiser (guided and guide predictions)")
+    check_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         s = sigma.to(x.dtype).expand(x.shape[0])

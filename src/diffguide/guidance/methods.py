@@ -146,12 +146,13 @@ class TwoPredictionGuidance(nn.Module):
     def forward(self, x, sigma, cond=None):
         sigma = batch_sigma(sigma, x)  # [N]
         d_main = self.main(x, sigma, cond)
-        mask = self.active(sigma)
+        weights = self.weights(sigma)
+        mask = self.active(sigma) & (weights != 1)  # w = 1 is no guidance: the main output exactly
         if not bool(mask.any()):
             return d_main
         d_guide = self.guide(x, sigma, cond)
         s = append_dims(sigma, x.ndim).to(x.dtype).clamp(min=1e-12)
-        w = append_dims(self.weights(sigma), x.ndim).to(x.dtype)
+        w = append_dims(weights, x.ndim).to(x.dtype)
         a, b = self.to_space(d_main, x, s), self.to_space(d_guide, x, s)
         out = self.from_space(self.combine(a, b, w, sigma), x, s)
         return out if bool(mask.all()) else torch.where(append_dims(mask, x.ndim), out, d_main)
@@ -238,9 +239,10 @@ class CFGZeroStar(TwoPredictionGuidance):
 
     def __init__(self, main, guide, w, *, zero_init_sigma: float | None = None, **kwargs):
         super().__init__(main, guide, w, **kwargs)
-        self.zero_init_sigma = (
-            None if zero_init_sigma is None else _finite(zero_init_sigma, "zero_init_sigma", 0.0)
-        )
+        if zero_init_sigma is not None and not float(zero_init_sigma) >= 0:  # NaN fails too
+            raise ConfigError(f"zero_init_sigma must be >= 0 (inf: off), got {zero_init_sigma}")
+        off = zero_init_sigma is None or math.isinf(zero_init_sigma)
+        self.zero_init_sigma = None if off else float(zero_init_sigma)
 
     def combine(self, main, guide, w, sigma):
         scale = _dot(main, guide) / (_dot(guide, guide) + 1e-8)

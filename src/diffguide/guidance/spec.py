@@ -14,6 +14,7 @@ dashboard's select read the same table.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,26 @@ import torch
 from diffguide.adapters.diffusers import DiffusersModel, NullTextConditioned, load_diffusers
 from diffguide.classifiers.points import ExactClassifier, load_classifier
 from diffguide.denoiser import ClipDenoised
-from diffguide.errors import ConfigError, lookup
+from diffguide.errors import ConfigError, lookup, unknown
+from diffguide.guidance.cfgpp import CFGPlusPlus, check_sampler, sample_euler_cfgpp
 from diffguide.guidance.combinators import (
     Guided,
     NullConditioned,
-    autoguidance,
     check_interval,
     check_weight,
     classifier_guidance,
     guidance,
+)
+from diffguide.guidance.methods import (
+    APG,
+    SPACES,
+    TCFG,
+    CFGZeroStar,
+    DynamicThresholding,
+    MamboG,
+    RandomConditioned,
+    ScheduledGuidance,
+    WeightSchedule,
 )
 from diffguide.guidance.pairing import check_compatible, find_guide
 from diffguide.models.runs import Run, load_run
@@ -57,6 +69,11 @@ class GuidanceSpec:
     # check() also takes a file name here, so the CLI refuses the option before reading the file
     clip: tuple[float, float] | None = None  # clamp every guided x0 estimate to [lo, hi] (ClipDenoised)
     use_ema: bool = True  # load guide runs' EMA weights (the CLI's --raw loads the raw ones)
+    schedule: tuple[str, float, float] | None = None  # w(sigma): (kind, sigma_lo, sigma_hi), WeightSchedule
+    options: dict = dataclasses.field(
+        default_factory=dict
+    )  # the method's own options (Method.options: name -> default)
+    threshold: float | None = None  # dynamic thresholding of x0 at this percentile (Saharia et al. 2022)
 
     def describe(self) -> str:
         """The spec in a few words, e.g. 'CFG w=2, sigma in [0.3, 5], x0 clipped to [-1, 1]'."""
@@ -67,6 +84,14 @@ class GuidanceSpec:
             text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
         if self.kind != "none" and self.rescale:
             text += f", rescale {self.rescale:g}"
+        if self.schedule is not None:
+            text += f", {self.schedule[0]} schedule over sigma [{self.schedule[1]:g}, {self.schedule[2]:g}]"
+        if self.options:
+            text += ", " + ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.options.items()
+            )
+        if self.threshold is not None:
+            text += f", dynamic threshold p={self.threshold:g}"
         if self.clip:
             text += f", x0 clipped to [{self.clip[0]:g}, {self.clip[1]:g}]"
         return text
@@ -83,9 +108,12 @@ NAMES = {
     "classifier": "classifier",
     "null": "null condition",
     "clip": "clip",
+    "schedule": "schedule",
+    "options": "option",
+    "threshold": "dynamic threshold",
 }
 # fields a method may leave unused; set for a method that does not read them, they are an error
-OPTIONAL = ("w_cfg", "interval", "rescale", "guide", "classifier", "null")
+OPTIONAL = ("w_cfg", "interval", "rescale", "guide", "classifier", "null", "schedule")
 
 
 @dataclass(frozen=True)
@@ -244,16 +272,55 @@ def _none(parts: Parts, spec: GuidanceSpec):
     return parts.denoiser
 
 
+def _schedule(spec: GuidanceSpec) -> WeightSchedule | None:
+    return None if spec.schedule is None else WeightSchedule(*spec.schedule)
+
+
+def _two(main, guide, spec: GuidanceSpec):
+    """guide + w (main - guide) with the spec's interval, rescale, or weight schedule."""
+    if spec.schedule is not None:
+        return ScheduledGuidance(main, guide, spec.w, interval=spec.interval, schedule=_schedule(spec))
+    return guidance(main, guide, spec.w, interval=spec.interval, rescale=spec.rescale)
+
+
 def _cfg(parts: Parts, spec: GuidanceSpec):
     """Ho & Salimans 2022: D(null) + w (D(c) - D(null))."""
-    guide = parts.null_guide(spec)
-    return guidance(parts.denoiser, guide, spec.w, interval=spec.interval, rescale=spec.rescale)
+    return _two(parts.denoiser, parts.null_guide(spec), spec)
 
 
 def _auto(parts: Parts, spec: GuidanceSpec):
     """Karras et al. 2024: D0 + w (D1 - D0), D0 a weaker model fed the same condition."""
-    amateur = parts.amateur(spec)
-    return autoguidance(parts.denoiser, amateur, spec.w, interval=spec.interval, rescale=spec.rescale)
+    return _two(parts.denoiser, parts.amateur(spec), spec)
+
+
+def _against_null(cls) -> Callable[[Parts, GuidanceSpec], Callable]:
+    """A method of diffguide.guidance.methods with the model's null condition as its guide."""
+
+    def build(parts: Parts, spec: GuidanceSpec):
+        options = {**METHODS[spec.kind].options, **spec.options}
+        return cls(
+            parts.denoiser, parts.null_guide(spec), spec.w, interval=spec.interval, schedule=_schedule(spec),
+            **options,
+        )  # fmt: skip
+
+    return build
+
+
+def _icg(parts: Parts, spec: GuidanceSpec):
+    """Sadat et al. 2024: CFG with a random class as the guide's condition (no label dropout needed)."""
+    classes = getattr(parts, "num_classes", 0)
+    if classes < 2:
+        raise ConfigError(
+            f"{parts.names['kind']} icg needs a class-conditional run with >= 2 classes (the guide is the "
+            "model at a random class)"
+        )
+    seed = int({**METHODS["icg"].options, **spec.options}["seed"])
+    return _two(parts.denoiser, RandomConditioned(parts.denoiser, classes, seed), spec)
+
+
+def _cfgpp(parts: Parts, spec: GuidanceSpec):
+    """Chung et al. 2024: the CFG estimate, renoised with the null guide's noise (see sampler_for)."""
+    return CFGPlusPlus(parts.denoiser, parts.null_guide(spec), spec.w)
 
 
 def _classifier(parts: Parts, spec: GuidanceSpec):
@@ -279,20 +346,21 @@ class Method:
     title: str  # in words (the dashboard's select, the CLI's help)
     label: str  # GuidanceSpec.describe(): a format string over w and w_cfg
     null_guide: bool = False  # guides by the model's own null condition (needs a class-conditional model)
+    options: Mapping[str, object] = dataclasses.field(default_factory=dict)  # own options: name -> default
 
 
 METHODS: dict[str, Method] = {
     "none": Method(_none, frozenset(), "no guidance", "no guidance"),
     "cfg": Method(
         _cfg,
-        frozenset({"interval", "rescale", "null"}),
+        frozenset({"interval", "rescale", "null", "schedule"}),
         "classifier-free guidance (CFG)",
         "CFG w={w:g}",
         null_guide=True,
     ),
     "auto": Method(
         _auto,
-        frozenset({"interval", "rescale", "guide"}),
+        frozenset({"interval", "rescale", "guide", "schedule"}),
         "autoguidance (a weaker run as guide)",
         "autoguidance w={w:g}",
     ),
@@ -308,6 +376,52 @@ METHODS: dict[str, Method] = {
         frozenset({"w_cfg", "interval", "rescale", "guide", "null"}),
         "CFG + autoguidance (both guides at once)",
         "autoguidance w={w:g} + CFG w={w_cfg:g}",
+        null_guide=True,
+    ),
+    "apg": Method(
+        _against_null(APG),
+        frozenset({"interval", "schedule", "null"}),
+        "adaptive projected guidance (APG)",
+        "APG w={w:g}",
+        null_guide=True,
+        options={"eta": 0.0, "norm_threshold": 0.0, "momentum": 0.0, "space": "x0"},
+    ),
+    "cfg-zero*": Method(
+        _against_null(CFGZeroStar),
+        frozenset({"interval", "schedule", "null"}),
+        "CFG-Zero* (optimised scale, zero-init)",
+        "CFG-Zero* w={w:g}",
+        null_guide=True,
+        options={"zero_init_sigma": math.inf, "space": "x0"},
+    ),
+    "tcfg": Method(
+        _against_null(TCFG),
+        frozenset({"interval", "schedule", "null"}),
+        "tangential damping CFG (TCFG)",
+        "TCFG w={w:g}",
+        null_guide=True,
+        options={"space": "x0"},
+    ),
+    "mambo-g": Method(
+        _against_null(MamboG),
+        frozenset({"interval", "schedule", "null"}),
+        "magnitude-aware guidance (MAMBO-G)",
+        "MAMBO-G w={w:g}",
+        null_guide=True,
+        options={"alpha": 8.0, "space": "x0"},
+    ),
+    "icg": Method(
+        _icg,
+        frozenset({"interval", "rescale", "schedule"}),
+        "independent condition guidance (ICG: a random class as guide)",
+        "ICG w={w:g}",
+        options={"seed": 0},
+    ),
+    "cfg++": Method(
+        _cfgpp,
+        frozenset({"null"}),
+        "CFG++ (renoise with the unconditional noise; euler/ddim)",
+        "CFG++ w={w:g}",
         null_guide=True,
     ),
 }
@@ -334,6 +448,7 @@ def check(
         raise ConfigError(f"guidance rescale must be in [0, 1], got {spec.rescale}")
     if spec.clip is not None and (len(spec.clip) != 2 or not spec.clip[0] < spec.clip[1]):
         raise ConfigError(f"{names['clip']} needs LOW < HIGH, got {' '.join(f'{v:g}' for v in spec.clip)}")
+    _check_extras(spec, method, names)
     for field in OPTIONAL:
         if field not in method.fields and _is_set(getattr(spec, field), field):
             raise ConfigError(
@@ -346,6 +461,44 @@ def check(
         if method.null_guide:
             parts.check_null(spec.kind, spec)
     return method
+
+
+def _check_option(kind: str, key: str, value, default, names: Mapping[str, str]) -> None:
+    """One method option: the type of its default; numbers not NaN; `space` one of SPACES."""
+    where = f"{names['options']} {key} of {names['kind']} {kind}"
+    if isinstance(default, str):
+        choices = SPACES if key == "space" else (default,)
+        if value not in choices:
+            raise ConfigError(f"{where} must be {' or '.join(choices)}, got {value!r}")
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int) and not (number and float(value).is_integer()):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if not number or math.isnan(value):
+        raise ConfigError(f"{where} must be a number (default {default!r}), got {value!r}")
+
+
+def _check_extras(spec: GuidanceSpec, method: Method, names: Mapping[str, str]) -> None:
+    """The method's own options, the weight schedule, dynamic thresholding and CFG++'s limits."""
+    for key, value in (spec.options or {}).items():
+        if key not in method.options:
+            if not method.options:
+                raise ConfigError(f"{names['kind']} {spec.kind} takes no {names['options']}s, got {key!r}")
+            raise unknown(names["options"], key, method.options, where=f" for {names['kind']} {spec.kind}")
+        _check_option(spec.kind, key, value, method.options[key], names)
+    if spec.schedule is not None:
+        if len(spec.schedule) != 3:
+            raise ConfigError(f"{names['schedule']} is (kind, sigma_lo, sigma_hi), got {spec.schedule!r}")
+        WeightSchedule(*spec.schedule)
+        if spec.rescale:
+            raise ConfigError(f"{names['rescale']} and {names['schedule']} do not combine; choose one")
+    if spec.threshold is not None and not 0 < spec.threshold <= 1:
+        raise ConfigError(f"{names['threshold']} percentile must be in (0, 1], got {spec.threshold}")
+    if spec.kind == "cfg++" and (spec.clip is not None or spec.threshold is not None):
+        raise ConfigError(
+            f"{names['kind']} cfg++ renoises with its own estimates: {names['clip']} and "
+            f"{names['threshold']} do not apply to it"
+        )
 
 
 def _is_set(value, field: str) -> bool:
@@ -372,7 +525,18 @@ def build_guided(
     method = check(spec, parts, parts.names)
     spec = dataclasses.replace(spec, interval=check_interval(spec.interval), w=float(spec.w))
     denoiser = method.build(parts, spec)
+    if spec.threshold is not None:
+        denoiser = DynamicThresholding(denoiser, spec.threshold)
     return ClipDenoised(denoiser, *spec.clip) if spec.clip else denoiser
+
+
+def sampler_for(denoiser: Callable, sampler: str | Callable) -> str | Callable:
+    """The sampler to run `denoiser` with: `sampler` itself, except for CFG++, whose own step replaces
+    euler / ddim (and refuses the others: it is defined for the first-order deterministic step)."""
+    if not isinstance(denoiser, CFGPlusPlus):
+        return sampler
+    check_sampler(sampler if isinstance(sampler, str) else getattr(sampler, "__name__", str(sampler)))
+    return sample_euler_cfgpp
 
 
 __all__ = [
@@ -387,4 +551,5 @@ __all__ = [
     "build_guided",
     "check",
     "model_parts",
+    "sampler_for",
 ]

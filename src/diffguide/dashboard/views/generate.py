@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from diffguide.dashboard import catalog, generation, ui
@@ -54,7 +56,42 @@ def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> dict:
         )
     if "interval" in fields:
         choice["interval"] = _pick_interval(prefix)
+    if "schedule" in fields:
+        choice["schedule"] = _pick_schedule(prefix)
+    if METHODS[kind].options:
+        choice["options"] = _pick_options(kind, prefix)
     return choice
+
+
+def _pick_schedule(prefix: str) -> tuple[str, float, float] | None:
+    """A weight schedule w(sigma) over [lo, hi], or None (constant w)."""
+    kind = st.selectbox(
+        "Weight schedule w(sigma)", ["constant", "step", "linear", "cosine"], key=f"{prefix}-schedule",
+        help="1 + (w - 1) m(sigma): step = the interval; linear/cosine grow from sigma_hi down to sigma_lo",
+    )  # fmt: skip
+    if kind == "constant":
+        return None
+    lo = st.number_input("schedule sigma_lo", 0.001, 1000.0, 0.05, key=f"{prefix}-schedule-lo")
+    hi = st.number_input("schedule sigma_hi", 0.001, 1000.0, 5.0, key=f"{prefix}-schedule-hi")
+    return kind, float(lo), float(hi)
+
+
+def _pick_options(kind: str, prefix: str) -> dict:
+    """The method's own options (METHODS[kind].options), one widget each, its default preselected."""
+    chosen = {}
+    for key, default in METHODS[kind].options.items():
+        label, wkey = f"{kind} {key}", f"{prefix}-{kind}-{key}"
+        if key == "space":
+            chosen[key] = st.selectbox(label, ["x0", "eps"], index=["x0", "eps"].index(default), key=wkey)
+        elif isinstance(default, int):
+            chosen[key] = int(st.number_input(label, value=default, step=1, key=wkey))
+        elif math.isinf(default):  # an optional level: empty keeps the default (off)
+            value = st.number_input(f"{label} (empty: off)", value=None, key=wkey)
+            if value is not None:
+                chosen[key] = float(value)
+        else:
+            chosen[key] = float(st.number_input(label, value=float(default), key=wkey))
+    return chosen
 
 
 def _pick_classifier(folder, run_id: str, run, prefix: str) -> str | None:
