@@ -71,6 +71,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.999
+    # EDM2 power-function EMAs (relative stds, e.g. [0.05, 0.10]) snapshotted for post-hoc EMA; [] = off
+    ema_stds: list = field(default_factory=list)
+    ema_snapshot_every: int = 250  # steps between snapshots of the ema_stds profiles
     p_uncond: float = 0.1  # per-sample label dropout probability (conditional models)
     seed: int = 0
     log_every: int = 50
@@ -223,6 +226,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (0 <= t.p_uncond <= 1, f"train.p_uncond must be in [0, 1], got {t.p_uncond}"),
         (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
+        (
+            all(_number(s) and 0 < s < 12**-0.5 for s in t.ema_stds)
+            and len(set(t.ema_stds)) == len(t.ema_stds),
+            "train.ema_stds must be distinct relative stds in (0, 0.2887) (power-function EMA, "
+            f"gamma > 0), e.g. [0.05, 0.10]; [] = off; got {t.ema_stds}",
+        ),
+        (t.ema_snapshot_every >= 1, f"train.ema_snapshot_every must be >= 1, got {t.ema_snapshot_every}"),
         (t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.ckpt_every >= 1, f"train.ckpt_every must be >= 1, got {t.ckpt_every}"),
@@ -304,6 +314,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     check_data_config(cfg.data)  # the dataset name and its options (no data files are read)
     return cfg
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive_int(value) -> bool:
