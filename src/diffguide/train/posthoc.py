@@ -120,6 +120,8 @@ def combine(snapshots: list[Snapshot], coefficients: torch.Tensor) -> dict[str, 
     counters: dict[str, torch.Tensor] = {}
     for path in dict.fromkeys(s.path for s in snapshots):  # oldest file first
         for stored in _read(path):
+            if (path, stored.std) not in index:  # a profile left out of the fit
+                continue
             c = float(coefficients[index[(path, stored.std)]])
             for k, v in stored.tensors.items():
                 if v.dtype.is_floating_point:
