@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from diffguide.config import apply_overrides, load_preset
-from diffguide.errors import ConfigError
+from diffguide.errors import CheckpointError, ConfigError
 from diffguide.models.runs import load_run
 from diffguide.samplers import sample_run
 from diffguide.train import train
@@ -22,6 +24,7 @@ from diffguide.train.ema import MAX_EMA_STD, PowerEMA, gamma_to_std, power_beta,
 from diffguide.train.posthoc import (
     check_std,
     combine,
+    posthoc_checkpoint,
     posthoc_coefficients,
     posthoc_ema,
     profile_overlap,
@@ -265,3 +268,30 @@ def test_raw_weights_of_a_posthoc_checkpoint_are_refused(ema_run):
     assert path.name == "posthoc-std0.080.safetensors"
     with pytest.raises(Exception, match="holds EMA weights only"):
         load_run(ema_run, checkpoint=path, use_ema=False)
+
+
+def test_posthoc_checkpoint_is_written_once_per_snapshot(ema_run):
+    """What a guide option calls: the first call writes RUN/checkpoints/posthoc-std0.060, the next
+    finds it up to date and leaves it alone; a file from an older snapshot step is rebuilt."""
+    path = posthoc_checkpoint(ema_run, 0.06)
+    assert path == ema_run / "checkpoints" / "posthoc-std0.060.safetensors"
+    path.touch()
+    mtime = path.stat().st_mtime_ns
+    assert posthoc_checkpoint(ema_run, 0.06) == path and path.stat().st_mtime_ns == mtime
+    tensors, meta = read_checkpoint(path)
+    meta["step"] = "112"  # as if written before the last snapshot
+    save_file(tensors, str(path), metadata=meta)
+    assert posthoc_checkpoint(ema_run, 0.06) == path
+    assert read_checkpoint(path)[1]["step"] == "120"
+    assert load_run(ema_run, checkpoint=path).step == 120
+
+
+def test_damaged_snapshot_is_named(ema_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(ema_run, run_dir)
+    victim = list_snapshots(run_dir / "ema-snapshots")[3]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(
+        CheckpointError, match=rf"{victim.name}.*delete .* to reconstruct from the other snapshots"
+    ):
+        posthoc_ema(run_dir, 0.07)

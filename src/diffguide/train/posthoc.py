@@ -23,7 +23,13 @@ from diffguide.io import atomic_save_tensors
 from diffguide.models.runs import load_config
 from diffguide.train.checkpoint import checkpoint_metadata
 from diffguide.train.ema import MAX_EMA_STD, std_to_gamma
-from diffguide.train.snapshots import SNAPSHOT_FOLDER, Snapshot, list_snapshots, read_snapshots
+from diffguide.train.snapshots import (
+    SNAPSHOT_FOLDER,
+    Snapshot,
+    list_snapshots,
+    read_snapshots,
+    snapshot_step,
+)
 
 POSTHOC_KEY = "posthoc_ema_std"  # metadata key that marks a post-hoc EMA checkpoint
 
@@ -109,6 +115,24 @@ def posthoc_ema(run_dir: str | Path, std: float, out: str | Path | None = None) 
     except OSError as e:
         raise output_error(out, e) from None
     return PosthocResult(out, step, std, fit_error, len(snapshots))
+
+
+def posthoc_checkpoint(run_dir: str | Path, std: float) -> Path:
+    """The run's post-hoc EMA checkpoint of `std` at its newest snapshot: RUN/checkpoints/posthoc-stdS
+    if it is already there and up to date, else written now. For a guide that is "the same run with
+    another EMA": load_run(run_dir, checkpoint=posthoc_checkpoint(run_dir, S))."""
+    std = check_std(std)
+    path = default_posthoc_path(run_dir, std)
+    paths = list_snapshots(Path(run_dir) / SNAPSHOT_FOLDER)
+    if path.is_file() and paths:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError):
+            meta = {}
+        if meta.get(POSTHOC_KEY) == repr(std) and meta.get("step") == str(snapshot_step(paths[-1])):
+            return path
+    return posthoc_ema(run_dir, std).path
 
 
 def combine(snapshots: list[Snapshot], coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
