@@ -208,7 +208,7 @@ def test_check_std_refuses_out_of_range(bad):
 
 @pytest.mark.parametrize(
     "value",
-    ["[0.5]", "[0.05, 0.05]", "[0.0]", "[nan]", "['a']", "[true]"],
+    ["[0.5]", "[0.05, 0.05]", "[0.0]", "[nan]", "['a']", "[true]", "[[0.1]]"],
 )
 def test_config_refuses_bad_ema_stds(value):
     with pytest.raises(
