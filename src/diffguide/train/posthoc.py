@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from diffguide.train.snapshots import (
 )
 
 POSTHOC_KEY = "posthoc_ema_std"  # metadata key that marks a post-hoc EMA checkpoint
+FIT_WARNING = 0.1  # a profile fit worse than this (relative L2 error) is warned about
 
 
 def profile_overlap(step_a: float, gamma_a: float, step_b: float, gamma_b: float) -> float:
@@ -105,6 +107,13 @@ def posthoc_ema(run_dir: str | Path, std: float, out: str | Path | None = None) 
     step = max(s.step for s in snapshots)
     gamma = std_to_gamma(std)
     coefficients, fit_error = posthoc_coefficients([(s.step, s.gamma) for s in snapshots], (step, gamma))
+    if fit_error > FIT_WARNING:
+        warnings.warn(
+            f"the stored profiles fit std {std} poorly (relative L2 error {fit_error:.2g} from "
+            f"{len(snapshots)} profiles of stds {sorted({s.std for s in snapshots})}); store more snapshots "
+            "(train.ema_snapshot_every) or stds nearer it (train.ema_stds)",
+            stacklevel=2,
+        )
     out = default_posthoc_path(run_dir, std) if out is None else Path(out)
     _check_overwrite(out)
     tensors = {f"ema.{k}": v for k, v in combine(snapshots, coefficients).items()}
