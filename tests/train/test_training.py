@@ -23,6 +23,7 @@ from diffguide.train import train
 from diffguide.train.checkpoint import DIGEST_KEY, list_checkpoints, read_checkpoint
 from diffguide.train.logs import read_metrics
 from diffguide.train.loop import lr_schedule
+from diffguide.train.snapshots import list_snapshots, snapshot_path, snapshot_step
 
 # Conditional tree data with label dropout (p_uncond) and dropout in the MLP: the training generator
 # (data, noise, label dropout) must be restored from the checkpoint and the dropout masks reproduced
@@ -91,6 +92,39 @@ def test_resume_is_bit_equal(reference_run, tmp_path):
     assert not torch.equal(
         final_tensors(perturbed)["model.inp.weight"], final_tensors(reference_run)["model.inp.weight"]
     )
+
+
+def test_resume_with_power_ema_is_bit_equal(reference_run, tmp_path):
+    """With train.ema_stds the power-function EMAs are in every checkpoint and resume bit-equal, and the
+    resumed run's snapshots (every 7 steps, so the stop at step 20 falls between two) are the same
+    tensors and metadata as the uninterrupted run's. A snapshot newer than the resumed checkpoint (a crash
+    between the two writes) is deleted. Tracking them changes no training draw: the weights equal the
+    run without them, which has neither their tensors nor a snapshot folder."""
+    cfg = tiny_config(["train.ema_stds=[0.05, 0.10]", "train.ema_snapshot_every=7"])
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(cfg, whole, progress=False)
+    train(cfg, resumed, progress=False, stop_after=20)
+    snapshots = resumed / "ema-snapshots"
+    assert [snapshot_step(p) for p in list_snapshots(snapshots)] == [7, 14]
+    shutil.copy(list_snapshots(snapshots)[-1], snapshot_path(snapshots, 22))
+    train(cfg, resumed, progress=False, resume=True)
+    final = final_tensors(resumed)
+    assert_bit_equal(final, final_tensors(whole))
+    assert {"power_ema0", "power_ema1"} <= {k.split(".")[0] for k in final}
+    assert not torch.equal(final["power_ema0.inp.weight"], final["power_ema1.inp.weight"])
+    names = [p.name for p in list_snapshots(snapshots)]
+    assert [snapshot_step(p) for p in list_snapshots(snapshots)] == [7, 14, 21, 28, 35, 40]
+    assert names == [p.name for p in list_snapshots(whole / "ema-snapshots")]
+    for name in names:  # (not byte for byte: safetensors writes its metadata in hash order)
+        (mine, my_meta), (theirs, their_meta) = (
+            read_checkpoint(d / name) for d in (snapshots, whole / "ema-snapshots")
+        )
+        assert my_meta == their_meta and sorted(mine) == sorted(theirs), name
+        assert all(torch.equal(v, theirs[k]) for k, v in mine.items()), name
+    reference = final_tensors(reference_run)
+    assert all(torch.equal(final[k], v) for k, v in reference.items())
+    assert not any(k.startswith("power_ema") for k in reference)
+    assert not (reference_run / "ema-snapshots").exists()
 
 
 def test_resume_a_run_saved_before_a_config_key_existed(reference_run, tmp_path):

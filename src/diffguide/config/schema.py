@@ -64,6 +64,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.999
+    # EDM2 power-function EMAs (relative stds, e.g. [0.05, 0.10]) snapshotted for post-hoc EMA; [] = off
+    ema_stds: list = field(default_factory=list)
+    ema_snapshot_every: int = 250  # steps between snapshots of the ema_stds profiles
     p_uncond: float = 0.1  # per-sample label dropout probability (conditional models)
     seed: int = 0
     log_every: int = 50

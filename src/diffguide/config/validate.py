@@ -58,6 +58,13 @@ def check_train(t: TrainConfig) -> None:
             (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
             (0 <= t.p_uncond <= 1, f"train.p_uncond must be in [0, 1], got {t.p_uncond}"),
             (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
+            (
+                all(_number(s) and 0 < s < 12**-0.5 for s in t.ema_stds)
+                and len(set(t.ema_stds)) == len(t.ema_stds),
+                "train.ema_stds must be distinct relative stds in (0, 0.2887) (power-function EMA, "
+                f"gamma > 0), e.g. [0.05, 0.10]; [] = off; got {t.ema_stds}",
+            ),
+            (t.ema_snapshot_every >= 1, f"train.ema_snapshot_every must be >= 1, got {t.ema_snapshot_every}"),
             (t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}"),
             (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
             (t.ckpt_every >= 1, f"train.ckpt_every must be >= 1, got {t.ckpt_every}"),
@@ -134,3 +141,7 @@ def check_sigma_bounds(s: SampleConfig, process: NoiseProcess) -> None:
             f"{process.sigma_min:g} .. {process.sigma_max:g})"
         )
     raise ConfigError(message)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -80,6 +80,11 @@ def load_run(
         if not path.is_absolute() and not path.exists():
             path = run_dir / "checkpoints" / path
         tensors, meta = read_checkpoint(path)
+    if not use_ema and not any(k.startswith("model.") for k in tensors):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds EMA weights only (a post-hoc EMA reconstruction?); "
+            "load its EMA weights (drop --raw / use_ema=False)"
+        )
     dataset = make_dataset(resolve_data_path(cfg.data, run_dir))
     net = build_network(cfg, dataset)
     load_module_tensors(net, tensors, "ema." if use_ema else "model.", source=repr(str(path)))

@@ -74,6 +74,17 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("ckpt-*.safetensors")) if folder.is_dir() else []
 
 
+def checkpoint_metadata(step: int, tensors: dict[str, torch.Tensor], meta: dict, fmt: str = FORMAT) -> dict:
+    """The safetensors metadata of a file in checkpoint format: format, step, `meta` (non-strings as
+    JSON) and the tensors' sha256, which read_checkpoint checks."""
+    return {
+        "format": fmt,
+        "step": str(step),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+        DIGEST_KEY: tensor_digest(tensors),
+    }
+
+
 def save_checkpoint(
     folder: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep_last: int
 ) -> Path:
@@ -81,13 +92,7 @@ def save_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / checkpoint_name(step)
-    metadata = {
-        "format": FORMAT,
-        "step": str(step),
-        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
-        DIGEST_KEY: tensor_digest(tensors),
-    }
-    atomic_save_tensors(path, tensors, metadata)
+    atomic_save_tensors(path, tensors, checkpoint_metadata(step, tensors, meta))
     atomic_write_text(folder / "latest", path.name + "\n")
     for old in list_checkpoints(folder)[:-keep_last]:
         old.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from diffguide.train.devices import BF16_ON_SLOW_CPU, cpu_has_bf16, resolve_devi
 from diffguide.train.logs import RunLogger
 from diffguide.train.run_folder import prepare_run_dir
 from diffguide.train.signals import StopOnSignal
+from diffguide.train.snapshots import SNAPSHOT_FOLDER, remove_snapshots_after, save_snapshot
 from diffguide.train.state import (
     TrainingState,
     new_training_state,
@@ -72,6 +73,8 @@ def train(
         found = resume_training_state(state, checkpoints, info)
         if found is not None and info.is_main:
             print(f"resuming {run_dir} from {found.name} (step {state.step})")
+    if state.power_ema is not None and info.is_main:
+        remove_snapshots_after(run_dir / SNAPSHOT_FOLDER, state.step)
     logger = RunLogger(run_dir, state.step, t.steps, progress) if info.is_main else None
     run = _Run(cfg, info, dataset, model, denoiser, loss_fn, state, checkpoints, logger)
     stop_request = StopOnSignal()
@@ -136,12 +139,26 @@ def _train_steps(run: _Run, stop_request: StopOnSignal, stop_after: int | None, 
         stopping = (stop_after is not None and state.step >= stop_after) or distributed.any_rank(
             stop_request.requested, info
         )
-        if state.step % t.ckpt_every == 0 or state.step == t.steps or stopping:
-            if info.is_main:
-                save_training_state(run.checkpoints, state, t.keep_last)
-            distributed.barrier(info)
+        _save_due(run, stopping)
         if stopping:
             break
+
+
+def _save_due(run: _Run, stopping: bool) -> None:
+    """Write the power-function EMA snapshot and the checkpoint this step is due for (rank 0).
+
+    The snapshot goes first: a crash between the two leaves a snapshot newer than the checkpoint,
+    which a resume deletes and writes again."""
+    t, state = run.cfg.train, run.state
+    last = state.step == t.steps
+    snapshot = state.power_ema is not None and (state.step % t.ema_snapshot_every == 0 or last)
+    checkpoint = state.step % t.ckpt_every == 0 or last or stopping
+    if run.info.is_main and snapshot:
+        save_snapshot(run.checkpoints.parent / SNAPSHOT_FOLDER, state.step, state.power_ema)
+    if checkpoint:
+        if run.info.is_main:
+            save_training_state(run.checkpoints, state, t.keep_last)
+        distributed.barrier(info=run.info)
 
 
 def _report(logger: RunLogger, t: TrainConfig, step: int, result: StepResult, lr: float, on_log) -> None:

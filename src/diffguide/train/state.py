@@ -25,7 +25,7 @@ from diffguide.train.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from diffguide.train.ema import EMA
+from diffguide.train.ema import EMA, PowerEMA
 
 
 @dataclass
@@ -37,15 +37,19 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # every draw of data, noise levels, noise and label dropout
     step: int = 0  # optimizer steps taken (skipped non-finite steps count)
+    power_ema: PowerEMA | None = None  # EDM2's power-function EMAs (train.ema_stds), None when off
 
 
 def new_training_state(cfg: RunConfig, net: torch.nn.Module) -> TrainingState:
-    """The state at step 0: the config's optimizer (optim.OPTIMIZERS), an EMA of `net`, a seeded generator."""
+    """The state at step 0: the config's optimizer (optim.OPTIMIZERS), an EMA of `net` (and its power-function
+    EMAs if train.ema_stds names any), a seeded generator."""
     t = cfg.train
     optimizer = make_optimizer(
         t.optimizer, net.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
     )
-    return TrainingState(net, EMA(net, t.ema_decay), optimizer, torch.Generator().manual_seed(t.seed + 1))
+    power_ema = PowerEMA(net, t.ema_stds) if t.ema_stds else None
+    generator = torch.Generator().manual_seed(t.seed + 1)
+    return TrainingState(net, EMA(net, t.ema_decay), optimizer, generator, power_ema=power_ema)
 
 
 def save_training_state(folder: Path, state: TrainingState, keep_last: int) -> Path:
@@ -56,6 +60,10 @@ def save_training_state(folder: Path, state: TrainingState, keep_last: int) -> P
     tensors.update(opt_tensors)
     tensors["rng.generator"] = state.generator.get_state()
     meta = {"optimizer_groups": groups, "ema_decay": str(state.ema.decay)}
+    if state.power_ema is not None:  # absent otherwise, so runs without it keep their exact files
+        for i, shadow in enumerate(state.power_ema.shadows):
+            tensors.update({f"power_ema{i}.{k}": v for k, v in shadow.items()})
+        meta["ema_stds"] = state.power_ema.stds
     return save_checkpoint(folder, state.step, tensors, meta, keep_last)
 
 
@@ -65,8 +73,22 @@ def load_training_state(state: TrainingState, tensors: dict, meta: dict) -> None
     for k in state.ema.shadow:
         state.ema.shadow[k].copy_(tensors[f"ema.{k}"])
     optimizer_from_tensors(state.optimizer, tensors, meta["optimizer_groups"])
+    if state.power_ema is not None:
+        _load_power_ema(state.power_ema, tensors)
     state.generator.set_state(tensors["rng.generator"])
     state.step = int(meta["step"])
+
+
+def _load_power_ema(power_ema: PowerEMA, tensors: dict) -> None:
+    for i, shadow in enumerate(power_ema.shadows):
+        missing = [k for k in shadow if f"power_ema{i}.{k}" not in tensors]
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint has no power-function EMA {i} (train.ema_stds={power_ema.stds}): "
+                f"missing power_ema{i}.{missing[0]}; it was written without train.ema_stds"
+            )
+        for k in shadow:
+            shadow[k].copy_(tensors[f"power_ema{i}.{k}"])
 
 
 def resume_training_state(

@@ -1,5 +1,5 @@
 """One training step: forward and backward over the accumulation micro-batches, gradient clipping, the
-NaN/Inf policy, the optimizer step and the EMA update."""
+NaN/Inf policy, the optimizer step and the EMA updates."""
 
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def train_step(
     else:
         optimizer.step()
         state.ema.update(net, state.step + 1)
+        if state.power_ema is not None:
+            state.power_ema.update(net, state.step + 1)
     state.step += 1
     return StepResult(loss, grad_norm, problem if skipped else None)
 
