@@ -303,3 +303,28 @@ def test_a_poor_fit_is_warned_about(ema_run, tmp_path):
     with pytest.warns(UserWarning, match=r"fit std 0\.01 poorly .* store more snapshots"):
         result = posthoc_ema(ema_run, 0.01, tmp_path / "short.safetensors")
     assert 0.1 < result.fit_error < 1
+
+
+def test_guide_ema_std_is_the_same_run_with_another_ema(ema_run, tmp_path):
+    """`sample --guidance auto --guide-ema-std 0.05`: autoguidance by the run's own post-hoc EMA, equal
+    to the library's autoguidance with load_run(run, checkpoint=posthoc_checkpoint(run, 0.05))."""
+    import numpy as np
+
+    from diffguide.guidance import autoguidance
+    from diffguide.samplers.generation import generate, sigma_grid
+
+    out = tmp_path / "x.npz"
+    r = run_cli("sample", str(ema_run), "--out", str(out), "--class", "0", "--n", "50", "--steps", "6",
+                "--guidance", "auto", "--w", "2", "--guide-ema-std", "0.05", "--no-metrics")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = load_run(ema_run)
+    guide = load_run(ema_run, checkpoint=posthoc_checkpoint(ema_run, 0.05)).denoiser
+    s = run.config.sample
+    sigmas = sigma_grid(s.grid, 6, run.process, s.sigma_min, s.sigma_max, s.rho)
+    expected = generate(
+        autoguidance(run.denoiser, guide, 2.0), 50, (2,), sigmas=sigmas, sampler=s.sampler, cond=0
+    )
+    np.testing.assert_allclose(np.load(out)["samples"], expected.numpy(), rtol=1e-5, atol=1e-5)
+    r = run_cli("sample", str(ema_run), "--out", str(out), "--class", "0", "--guidance", "cfg",
+                "--guide-ema-std", "0.05")  # fmt: skip
+    assert r.returncode == 2 and "--guide-ema-std is the guide of --guidance auto or cfg+auto" in r.stderr

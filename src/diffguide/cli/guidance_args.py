@@ -6,9 +6,12 @@ diffusers' guidance_scale is w (see docs/guidance.md).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from diffguide.errors import ConfigError
 from diffguide.guidance.spec import METHODS, GuidanceSpec, build_guided, check
 from diffguide.io import parse_override
+from diffguide.train.posthoc import posthoc_checkpoint
 
 # how the guidance builder's messages name each GuidanceSpec field on the command line
 CLI_NAMES = {
@@ -64,6 +67,13 @@ def add_sample_args(p) -> None:
         help="guide: the amateur run folder or RUN/checkpoints/ckpt-N.safetensors (auto, cfg+auto), or the "
         "classifier folder (classifier; 'exact': the Bayes classifier of the run's mixture) (default: the "
         "ones named in the run's guidance.json)",
+    )
+    g.add_argument(
+        "--guide-ema-std",
+        type=float,
+        metavar="S",
+        help="auto, cfg+auto: the guide is this run itself with the EMA of relative std S, rebuilt post hoc "
+        "from its train.ema_stds snapshots (EDM2; docs/training.md)",
     )
     g.add_argument(
         "--interval",
@@ -173,4 +183,12 @@ def guided_denoiser(args, run):
             f"--guidance {spec.kind} needs a condition to guide towards: pass --class K "
             "(or --type/--accessory for an attribute run)"
         )
+    std = getattr(args, "guide_ema_std", None)
+    if std is not None:
+        if spec.kind not in ("auto", "cfg+auto") or spec.guide is not None:
+            raise ConfigError(
+                f"--guide-ema-std is the guide of --guidance auto or cfg+auto, instead of --guide; got "
+                f"--guidance {spec.kind}" + (" with --guide" if spec.guide is not None else "")
+            )
+        spec = replace(spec, guide=posthoc_checkpoint(run.path, std))
     return build_guided(run, spec, names=CLI_NAMES)
