@@ -224,18 +224,3 @@ def convert_weight(value: float, convention: str) -> float:
     from diffguide.errors import lookup
 
     return float(value) + lookup("guidance convention", convention, table)
-
-
-__all__ = [
-    "Guided",
-    "NullConditioned",
-    "autoguidance",
-    "cfg_and_autoguidance",
-    "check_interval",
-    "check_weight",
-    "classifier_free_guidance",
-    "classifier_gradient",
-    "classifier_guidance",
-    "convert_weight",
-    "guidance",
-]
