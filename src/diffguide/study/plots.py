@@ -413,3 +413,45 @@ def scurve_figure(path: Path, d: dict) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+BENCH_MARKERS = "osD^v<>pPXh*d"
+
+
+def bench_figure(path: Path, metrics: dict) -> Path:
+    """The guidance benchmark: precision against coverage as w grows, one curve per method, one panel
+    per dataset; each curve starts at the unguided point of its sampler, its reported w circled."""
+    datasets = metrics["datasets"]
+    fig, axes = plt.subplots(
+        1, len(datasets), figsize=(6.2 * len(datasets) + 2.2, 5.6), dpi=110, squeeze=False
+    )
+    cmap = plt.get_cmap("tab20")
+    for ax, (name, d) in zip(axes[0], datasets.items(), strict=True):
+        for i, (method, m) in enumerate(d["methods"].items()):
+            color, marker = cmap(i % 20), BENCH_MARKERS[i % len(BENCH_MARKERS)]
+            start = d["unguided"][m["sampler"]]
+            rows = [start, *(r for r in d["sweep"] if r["method"] == method)]
+            ax.plot([r["coverage"] for r in rows], [r["precision"] for r in rows], "-", color=color,
+                    marker=marker, ms=4, lw=1.2, label=method)  # fmt: skip
+            if m["helped"]:
+                ax.scatter(
+                    [m["coverage"]], [m["precision"]], s=130, facecolors="none", edgecolors=color, lw=1.5
+                )
+        for sampler, u in d["unguided"].items():
+            ax.scatter([u["coverage"]], [u["precision"]], marker="*", s=170, c="k", zorder=5)
+            ax.annotate(f"no guidance ({sampler})", (u["coverage"], u["precision"]), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")  # fmt: skip
+        t = d["ground_truth"]
+        ax.scatter(
+            [t["coverage"]], [t["precision"]], marker="P", s=90, c="C0", zorder=5, label="ground truth"
+        )
+        ax.set_title(f"{name} ({d['components']} components)", fontsize=10)
+        ax.set_xlabel("coverage  ->  more variety")
+        ax.set_ylabel("precision (inside the 99%-mass region)  ->  higher quality")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Guidance methods, weight sweep (circled: the w the selection rule chose)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
