@@ -357,7 +357,8 @@ def write_report(path: Path, metrics: dict, figure: str) -> Path:
         f"step and is compared with unguided Euler). Exact metrics against the true mixture "
         f"({s['n_reference']} reference draws). Times: median sampling time of a method's sets over the mean of "
         f"two unguided runs of its sampler timed just before and after its sweep, in the same process on "
-        f"{s['threads'] or 'default'} torch thread(s).\n",
+        f"{s['threads'] or 'default'} torch thread(s); a busy machine moves them by tens of percent, so read "
+        "them as about 1x, 2x, 3x (one, two, three denoiser evaluations per step) and more.\n",
         f"Selection rule: {metrics['selection_rule']}.\n",
         f"![guidance benchmark]({figure})\n",
     ]
