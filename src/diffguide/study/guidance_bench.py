@@ -183,6 +183,7 @@ def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print)
     study = dataclasses.replace(
         settings.study, expert_overrides=[*settings.study.expert_overrides, *DATASETS[name]]
     )
+    settings = dataclasses.replace(settings, study=study)
     expert, _ = train_pair(study, runs_dir / name, log)
     mixture = expert.dataset.mixture
     evaluator = MixtureMetrics(mixture, n_reference=study.n_reference, seed=study.seed + 12345)
@@ -191,16 +192,12 @@ def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print)
     rows = [v for v in variants(settings.max_weights) if v.name != "none"]
     base = {}
     for sampler in dict.fromkeys([study.sampler, *(v.sampler for v in rows if v.sampler)]):
-        base[sampler] = unguided(
-            expert, sampler, labels, sigmas, dataclasses.replace(settings, study=study), evaluator
-        )
+        base[sampler] = unguided(expert, sampler, labels, sigmas, settings, evaluator)
     samples = {f"none@{s}": b["x"] for s, b in base.items()}
     results, skipped = {}, {}
     for variant in rows:
         try:
-            r = sweep_variant(
-                expert, variant, labels, sigmas, dataclasses.replace(settings, study=study), evaluator
-            )
+            r = sweep_variant(expert, variant, labels, sigmas, settings, evaluator)
         except ConfigError as e:  # a method these runs cannot take (e.g. one needing an image model)
             skipped[variant.name] = str(e)
             log(f"  {name}: {variant.name:12s} skipped: {e}")
