@@ -9,7 +9,16 @@ import warnings
 from diffguide.errors import DiffguideError
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
-MODULES = ["core", "demo", "images", "dashboard", "likelihood", "export_diffusers", "posthoc"]
+MODULES = [
+    "core",
+    "demo",
+    "images",
+    "dashboard",
+    "likelihood",
+    "export_diffusers",
+    "posthoc",
+    "guidance_bench",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -216,7 +216,9 @@ def report_weight(rows: list[dict], none: dict, tolerance: float) -> tuple[dict,
     helped = False: the method is still shown at a real weight, and the table says it did not help.
     """
     rule = choose_weight(rows, none, tolerance)
-    helped = rule["w"] != 1.0
+    # a row of the sweep, not the unguided copy (w = 1 is not no guidance for every method: CFG++'s
+    # lambda, classifier guidance's scale)
+    helped = any(rule is r for r in rows)
     shown = rule if helped else max(rows, key=lambda r: (r["precision"], r["coverage"]))
     reported = {**summarize(shown), "w": float(shown["w"]), "helped": helped, "rule_w": float(rule["w"])}
     return reported, {**summarize(rule), "w": float(rule["w"])}

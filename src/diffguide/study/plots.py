@@ -413,3 +413,53 @@ def scurve_figure(path: Path, d: dict) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+BENCH_MARKERS = "osD^v<>pPXh*d"
+BENCH_AXES = {  # row of the figure -> (x metric, its label)
+    "coverage": "coverage (1 - TV of component occupancy)  ->  more variety",
+    "sliced_w2": "sliced W2 to the truth  <-  closer to the true distribution",
+}
+
+
+def _bench_panel(ax, d: dict, x_key: str) -> None:
+    """One dataset's curves: precision against x_key as w grows, from each sampler's unguided point."""
+    cmap = plt.get_cmap("tab20")
+    for i, (method, m) in enumerate(d["methods"].items()):
+        color, marker = cmap(i % 20), BENCH_MARKERS[i % len(BENCH_MARKERS)]
+        rows = [d["unguided"][m["sampler"]], *(r for r in d["sweep"] if r["method"] == method)]
+        ax.plot([r[x_key] for r in rows], [r["precision"] for r in rows], "-", color=color, marker=marker,
+                ms=4, lw=1.2, label=method)  # fmt: skip
+        if m["helped"]:
+            ax.scatter([m[x_key]], [m["precision"]], s=130, facecolors="none", edgecolors=color, lw=1.5)
+    for j, (sampler, u) in enumerate(d["unguided"].items()):
+        ax.scatter([u[x_key]], [u["precision"]], marker="*", s=170, c="k", zorder=5)
+        ax.annotate(f"no guidance ({sampler})", (u[x_key], u["precision"]), fontsize=7,
+                    xytext=(6, -10 - 10 * j), textcoords="offset points")  # fmt: skip
+    t = d["ground_truth"]
+    ax.scatter(
+        [t[x_key]], [t["precision"]], marker="P", s=90, c="C0", zorder=5, label="ground truth (same n)"
+    )
+    ax.set_xlabel(BENCH_AXES[x_key], fontsize=9)
+    ax.set_ylabel("precision (inside the 99%-mass region)", fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def bench_figure(path: Path, metrics: dict) -> Path:
+    """The guidance benchmark, one column per dataset: precision against coverage (top) and against
+    sliced W2 (bottom) as w grows, one curve per method starting at the unguided point of its sampler;
+    circled: the w the selection rule chose."""
+    datasets = metrics["datasets"]
+    fig, axes = plt.subplots(
+        2, len(datasets), figsize=(6.0 * len(datasets) + 2.0, 10.0), dpi=100, squeeze=False
+    )
+    for col, (name, d) in enumerate(datasets.items()):
+        for row, x_key in enumerate(BENCH_AXES):
+            _bench_panel(axes[row][col], d, x_key)
+        axes[0][col].set_title(f"{name} ({d['components']} components)", fontsize=10)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Guidance methods, weight sweep (circled: the w the selection rule chose)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,381 @@
+"""The guidance benchmark: every method of `guidance.spec.METHODS`, swept over its weight on 2D mixtures
+and scored against the exact density (`diffguide guidance-bench`, `benchmarks/bench_guidance.py`).
+
+1. On each dataset (the two-class tree, 8 Gaussians) train the demo's expert and amateur (`train_pair`).
+2. For every variant (a method of METHODS, plus the settings of WEIGHTS' extra rows), build the guided
+   denoiser through the one builder (`GuidanceSpec` -> `build_guided` -> `sampler_for`) at each weight
+   and sample the same per-sample seeds and class labels; score each set with `MixtureMetrics`.
+3. Report each variant at the w the demo's rule picks (`report_weight`), against the unguided run of the
+   same sampler; time each set, as a ratio to unguided sampling measured in the same run.
+4. Write report.md, metrics.json, samples.npz and guidance_bench.png.
+
+A method added to METHODS joins automatically, with DEFAULT_WEIGHTS unless WEIGHTS names its own; one
+that cannot be built for these runs is listed as skipped with the builder's reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffguide.errors import ConfigError
+from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, build_guided, sampler_for
+from diffguide.metrics.points import MixtureMetrics, class_labels
+from diffguide.samplers.generation import generate, sigma_grid
+from diffguide.study.experiment import SELECTION_RULE, StudySettings, report_weight, summarize, train_pair
+from diffguide.study.plots import bench_figure
+
+MARKER = "diffguide guidance-bench"  # "benchmark" in metrics.json and MARKER_FILE: a previous result
+MARKER_FILE = "guidance-bench.json"  # written first, so an interrupted run's folder (its runs) is reused
+DATASETS = {  # name -> config overrides on top of the demo expert's (the tree is the preset's data)
+    "tree": [],
+    "8gaussians": ['data.name="8gaussians"', "data.options={}"],
+}
+DEFAULT_WEIGHTS = (1.5, 2.0, 3.0, 4.0)  # a method METHODS gains without an entry below
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmark row: a method with fixed settings, swept over `weights`."""
+
+    name: str
+    spec: GuidanceSpec  # its w is replaced by each weight
+    weights: tuple[float, ...]
+    sampler: str | None = None  # None: the benchmark's sampler
+
+
+# Each method's weights (ours: w = 1 is no guidance; CFG++'s w is the paper's lambda in [0, 1]), the spec
+# fields it needs here, the sampler it needs, and extra rows: (row name, spec fields, weights or None).
+WEIGHTS: dict[str, tuple[float, ...]] = {
+    "none": (1.0,),
+    "cfg": (1.5, 2.0, 3.0, 4.0),
+    "auto": (1.25, 1.5, 2.0, 2.5, 3.0),
+    "classifier": (1.5, 2.0, 3.0, 4.0),
+    "cfg+auto": (1.25, 1.5, 2.0),  # w = w_cfg
+    "apg": (1.5, 2.0, 3.0, 4.0, 6.0),
+    "cfg-zero*": (1.5, 2.0, 3.0, 4.0),
+    "tcfg": (1.5, 2.0, 3.0, 4.0),
+    "mambo-g": (1.5, 2.0, 3.0, 4.0, 6.0),
+    "icg": (1.5, 2.0, 3.0, 4.0),
+    "cfg++": (0.2, 0.4, 0.6, 0.8),
+}
+FIELDS = {"classifier": {"classifier": EXACT}}
+SAMPLERS = {"cfg++": "euler"}  # its own step replaces euler's (sampler_for); heun is refused
+EXTRA = {
+    "cfg": [
+        ("cfg-interval", {"interval": (0.05, 0.5)}, (2.0, 3.0, 4.0)),
+        ("cfg-linear", {"schedule": ("linear", 0.05, 5.0)}, None),
+    ],
+    "apg": [("apg-eps", {"options": {"space": "eps"}}, None)],
+}
+
+
+def variants(max_weights: int | None = None) -> list[Variant]:
+    """Every row of the benchmark, METHODS' order, no guidance first; at most max_weights per row."""
+    rows = []
+    for kind in METHODS:
+        weights = WEIGHTS.get(kind, DEFAULT_WEIGHTS)
+        forms = [(kind, {}, None), *EXTRA.get(kind, [])]
+        for name, fields, own in forms:
+            spec = GuidanceSpec(kind, **{**FIELDS.get(kind, {}), **fields})
+            rows.append(Variant(name, spec, _spread(own or weights, max_weights), SAMPLERS.get(kind)))
+    return rows
+
+
+def _spread(weights: tuple[float, ...], k: int | None) -> tuple[float, ...]:
+    """k weights spread over the list (first and last kept), or all of them."""
+    if not k or len(weights) <= k:
+        return tuple(weights)
+    return tuple(weights[int(i)] for i in np.unique(np.linspace(0, len(weights) - 1, k).round()))
+
+
+@dataclass
+class BenchSettings:
+    """Sizes of the benchmark: the demo's (StudySettings) per dataset, weights per row, timing repeats."""
+
+    study: StudySettings = field(default_factory=StudySettings)
+    datasets: tuple[str, ...] = tuple(DATASETS)
+    max_weights: int | None = None  # None: every weight of WEIGHTS
+    timing_repeats: int = 3  # unguided sampling is timed this many times (median), per sampler
+
+    @classmethod
+    def fast(cls, seed: int = 0) -> BenchSettings:
+        """`diffguide guidance-bench` (~1 min on 2 cores): the demo's --fast sizes, 2 weights per row."""
+        return cls(study=StudySettings.fast(seed), max_weights=2, timing_repeats=2)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a non-empty folder holding no previous guidance-bench result."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder (new, empty or a previous result)")
+    if out.is_dir() and any(out.iterdir()) and not _previous_result(out):
+        raise ConfigError(
+            f"--out {str(out)!r} is a non-empty folder without a guidance-bench result; give a new or empty "
+            "folder, or a previous guidance-bench --out to redo"
+        )
+
+
+def _previous_result(out: Path) -> bool:
+    for name in (MARKER_FILE, "metrics.json"):
+        try:
+            if json.loads((out / name).read_text()).get("benchmark") == MARKER:
+                return True
+        except (OSError, ValueError, AttributeError):
+            pass
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling and scoring
+
+
+def _sample(run, denoiser, sampler, labels, sigmas, settings: StudySettings) -> tuple[torch.Tensor, float]:
+    """(samples, seconds): settings.n_samples with the benchmark's seed and labels."""
+    start = time.perf_counter()
+    x = generate(
+        denoiser, settings.n_samples, run.dataset.shape, sigmas=sigmas, sampler=sampler,
+        seed=settings.seed, cond=labels,
+    )  # fmt: skip
+    return x, time.perf_counter() - start
+
+
+def unguided(run, sampler: str, labels, sigmas, settings: BenchSettings, evaluator) -> dict:
+    """The unguided row of one sampler: its samples, metrics and median time over timing_repeats (each
+    variant's time ratio divides by the unguided times measured next to it: see sweep_variant)."""
+    times = []
+    for _ in range(max(1, settings.timing_repeats)):
+        x, seconds = _sample(run, run.denoiser, sampler, labels, sigmas, settings.study)
+        times.append(seconds)
+    return {"x": x, "metrics": evaluator.evaluate(x, labels), "seconds": statistics.median(times)}
+
+
+def sweep_variant(run, variant: Variant, labels, sigmas, settings: BenchSettings, evaluator) -> dict:
+    """Samples, metrics and times of one variant at each of its weights (built by build_guided)."""
+    sampler_name = variant.sampler or settings.study.sampler
+    # unguided sampling timed right before and after the sweep: the ratio compares neighbours in time,
+    # which a shared, busy machine needs (its load changes over minutes)
+    _, before = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study)
+    rows, samples = [], {}
+    for w in variant.weights:
+        spec = dataclasses.replace(variant.spec, w=w)
+        denoiser = build_guided(run, spec)
+        sampler = sampler_for(denoiser, sampler_name)
+        x, seconds = _sample(run, denoiser, sampler, labels, sigmas, settings.study)
+        m = evaluator.evaluate(x, labels)
+        samples[w] = x
+        rows.append({"method": variant.name, "w": float(w), **summarize(m), "seconds": seconds})
+    _, after = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study)
+    return {
+        "rows": rows, "samples": samples, "sampler": sampler_name, "describe": variant.spec.describe(),
+        "unguided_seconds": (before + after) / 2,
+    }  # fmt: skip
+
+
+def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print) -> dict:
+    """Train the pair on one dataset and run every variant; returns its results (samples kept apart)."""
+    study = dataclasses.replace(
+        settings.study, expert_overrides=[*settings.study.expert_overrides, *DATASETS[name]]
+    )
+    settings = dataclasses.replace(settings, study=study)
+    expert, _ = train_pair(study, runs_dir / name, log)
+    mixture = expert.dataset.mixture
+    evaluator = MixtureMetrics(mixture, n_reference=study.n_reference, seed=study.seed + 12345)
+    labels = class_labels(mixture, study.n_samples, seed=study.seed)
+    sigmas = sigma_grid("karras", study.sampler_steps, expert.process, sigma_max=study.sigma_max)
+    rows = [v for v in variants(settings.max_weights) if v.name != "none"]
+    base = {}
+    for sampler in dict.fromkeys([study.sampler, *(v.sampler for v in rows if v.sampler)]):
+        base[sampler] = unguided(expert, sampler, labels, sigmas, settings, evaluator)
+    samples = {f"none@{s}": b["x"] for s, b in base.items()}
+    results, skipped = {}, {}
+    for variant in rows:
+        try:
+            r = sweep_variant(expert, variant, labels, sigmas, settings, evaluator)
+        except ConfigError as e:  # a method these runs cannot take (e.g. one needing an image model)
+            skipped[variant.name] = str(e)
+            log(f"  {name}: {variant.name:12s} skipped: {e}")
+            continue
+        none = base[r["sampler"]]
+        reported, rule = report_weight(r["rows"], summarize(none["metrics"]), study.coverage_tolerance)
+        seconds = statistics.median(x["seconds"] for x in r["rows"])
+        reported["time_ratio"] = round(seconds / r["unguided_seconds"], 2)
+        results[variant.name] = {**r, "reported": reported, "rule": rule}
+        samples.update({f"{variant.name}@{w:g}": x for w, x in r["samples"].items()})
+        log(
+            f"  {name}: {variant.name:12s} w={reported['w']:<5g} precision {reported['precision']:.3f} "
+            f"coverage {reported['coverage']:.3f}  time x{reported['time_ratio']:.2f}"
+        )
+    truth_x, comp = mixture.sample(study.n_samples, generator=torch.Generator().manual_seed(study.seed + 99))
+    truth = summarize(evaluator.evaluate(truth_x, mixture.classes[comp]))
+    return {
+        "unguided": {s: {**summarize(b["metrics"]), "seconds": round(b["seconds"], 4)} for s, b in base.items()},
+        "results": results, "skipped": skipped, "samples": samples, "ground_truth": truth,
+        "labels": labels, "run": str(expert.path), "components": len(mixture.weights),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def run_benchmark(out_dir: str | Path, settings: BenchSettings | None = None, log=print) -> dict:
+    """Run the benchmark into out_dir (report.md, metrics.json, samples.npz, guidance_bench.png)."""
+    settings = settings or BenchSettings()
+    out = Path(out_dir)
+    check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).write_text(json.dumps({"benchmark": MARKER}) + "\n")
+    previous_threads = torch.get_num_threads()
+    if settings.study.threads:
+        torch.set_num_threads(settings.study.threads)
+    try:
+        start = time.perf_counter()
+        data = {name: bench_dataset(name, out / "runs", settings, log) for name in settings.datasets}
+        metrics = bench_metrics(data, settings, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+    arrays = {f"{d}/{key}": x.numpy() for d, r in data.items() for key, x in r["samples"].items()}
+    arrays.update({f"{d}/labels": r["labels"].numpy() for d, r in data.items()})
+    np.savez_compressed(out / "samples.npz", **arrays)
+    bench_figure(out / "guidance_bench.png", metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(out / "report.md", metrics, "guidance_bench.png")
+    return metrics
+
+
+def bench_metrics(data: dict, settings: BenchSettings, seconds: float) -> dict:
+    """metrics.json: per dataset the unguided rows, each variant's reported row, rule choice and sweep."""
+    study = settings.study
+    datasets = {}
+    for name, d in data.items():
+        datasets[name] = {
+            "components": d["components"],
+            "run": d["run"],
+            "ground_truth": d["ground_truth"],
+            "unguided": d["unguided"],
+            "methods": {
+                v: {"spec": r["describe"], "sampler": r["sampler"], **r["reported"], "rule_choice": r["rule"]}
+                for v, r in d["results"].items()
+            },
+            "sweep": [
+                {k: round(x[k], 5) if k == "seconds" else x[k] for k in x}
+                for r in d["results"].values()
+                for x in r["rows"]
+            ],
+            "skipped": d["skipped"],
+        }
+    return {
+        "benchmark": MARKER,
+        "datasets": datasets,
+        "selection_rule": SELECTION_RULE.format(tol=study.coverage_tolerance),
+        "settings": {
+            "seed": study.seed, "n_samples": study.n_samples, "sampler": study.sampler,
+            "sampler_steps": study.sampler_steps, "sigma_max": study.sigma_max, "n_reference": study.n_reference,
+            "expert": [study.expert_preset, *study.expert_overrides],
+            "amateur": {"width": study.amateur_width, "steps": study.amateur_steps},
+            "max_weights": settings.max_weights, "timing_repeats": settings.timing_repeats,
+            "threads": study.threads,
+        },
+        "total_seconds": round(seconds, 1),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def method_table(dataset: dict) -> str:
+    """Markdown: each variant at its reported w, the unguided rows and the ground truth first."""
+    lines = [
+        "| method | sampler | w | rule | precision | coverage | mean log p | sliced W2 | time / unguided |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    t = dataset["ground_truth"]
+    lines.append(
+        f"| ground truth (same n) | - | - | - | {t['precision']:.3f} | {t['coverage']:.3f} | "
+        f"{t['mean_logp']:.2f} | {t['sliced_w2']:.4f} | - |"
+    )
+    for sampler, m in dataset["unguided"].items():
+        lines.append(
+            f"| no guidance | {sampler} | 1 | - | {m['precision']:.3f} | {m['coverage']:.3f} | "
+            f"{m['mean_logp']:.2f} | {m['sliced_w2']:.4f} | 1 |"
+        )
+    for name, m in dataset["methods"].items():
+        rule = "chosen" if m["helped"] else "no w helped: best precision"
+        lines.append(
+            f"| {name} | {m['sampler']} | {m['w']:g} | {rule} | {m['precision']:.3f} | {m['coverage']:.3f} | "
+            f"{m['mean_logp']:.2f} | {m['sliced_w2']:.4f} | {m['time_ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_table(dataset: dict) -> str:
+    """Markdown: every (method, w) of the sweep."""
+    lines = ["| method | w | precision | coverage | mean log p | sliced W2 |", "|---|---|---|---|---|---|"]
+    for r in dataset["sweep"]:
+        lines.append(
+            f"| {r['method']} | {r['w']:g} | {r['precision']:.3f} | {r['coverage']:.3f} | "
+            f"{r['mean_logp']:.2f} | {r['sliced_w2']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def ranking(dataset: dict, tolerance: float) -> str:
+    """One sentence: the methods that helped, best precision first (all within the coverage tolerance)."""
+    helped = sorted(
+        ((n, m) for n, m in dataset["methods"].items() if m["helped"]), key=lambda nm: -nm[1]["precision"]
+    )
+    if not helped:
+        return f"no method raised precision while keeping coverage within {tolerance:g} of unguided."
+    best = ", ".join(f"{n} (w={m['w']:g}: {m['precision']:.3f}, {m['coverage']:.3f})" for n, m in helped[:4])
+    missed = [n for n, m in dataset["methods"].items() if not m["helped"]]
+    tail = f"; no w helped for {', '.join(missed)}" if missed else ""
+    return f"at coverage within {tolerance:g} of unguided, highest precision (precision, coverage): {best}{tail}."
+
+
+def write_report(path: Path, metrics: dict, figure: str) -> Path:
+    """report.md: settings, one table per dataset, the figure, the full sweep; `figure` its link."""
+    s = metrics["settings"]
+    tol = float(metrics["selection_rule"].split("minus ")[1].split(" ")[0])
+    parts = [
+        "# Guidance benchmark\n",
+        f"Every method of `diffguide.guidance.spec.METHODS`, built by `build_guided`, on a demo-expert MLP "
+        f"trained per dataset ({' '.join(s['expert'][1:]) or 'the preset as is'}; amateur width "
+        f"{s['amateur']['width']}, {s['amateur']['steps']} steps). {s['n_samples']} samples per set, the "
+        f"same per-sample seeds (seed {s['seed']}) and class labels for every method, {s['sampler']} with "
+        f"{s['sampler_steps']} steps (Karras grid, sigma_max {s['sigma_max']:g}; CFG++ takes its own Euler "
+        f"step and is compared with unguided Euler). Exact metrics against the true mixture "
+        f"({s['n_reference']} reference draws). Times: median sampling time of a method's sets over the mean of "
+        f"two unguided runs of its sampler timed just before and after its sweep, in the same process on "
+        f"{s['threads'] or 'default'} torch thread(s); a busy machine moves them by tens of percent, so read "
+        "them as about 1x, 2x, 3x (one, two, three denoiser evaluations per step) and more.\n",
+        f"Selection rule: {metrics['selection_rule']}.\n",
+        f"![guidance benchmark]({figure})\n",
+    ]
+    for name, d in metrics["datasets"].items():
+        parts += [
+            f"## {name} ({d['components']} components)\n",
+            method_table(d) + "\n",
+            ranking(d, tol) + "\n",
+        ]
+        if d["skipped"]:
+            parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in d["skipped"].items()) + "\n")
+    parts.append("## The full sweep\n")
+    for name, d in metrics["datasets"].items():
+        parts += [f"### {name}\n", sweep_table(d) + "\n"]
+    parts.append(f"Total time {metrics['total_seconds']:.0f} s (training included).\n")
+    path.write_text("\n".join(parts))
+    return path
+
+
+__all__ = [
+    "DATASETS", "DEFAULT_WEIGHTS", "WEIGHTS", "BenchSettings", "Variant", "check_out", "run_benchmark",
+    "variants", "write_report",
+]  # fmt: skip
