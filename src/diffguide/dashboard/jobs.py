@@ -340,7 +340,7 @@ class JobRegistry:
         if "run written to" in log:
             return "finished"
         handle = _HANDLES.get(job.pid)
-        if job.stop_requested and (handle is None or handle.returncode in (-signal.SIGTERM, 130)):
+        if job.stop_requested and (handle is None or handle.returncode in (-signal.SIGTERM, 130, 143)):
             return "stopped"
         return "failed"
 
