@@ -138,7 +138,10 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args)
     run_dir = Path(args.out) / cfg.name
+    finished = args.resume and latest_step(run_dir / "checkpoints") >= cfg.train.steps
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    if finished:  # train() said so and did nothing: no figure re-rendered
+        return 0
     if is_main_process() and latest_step(run_dir / "checkpoints") >= cfg.train.steps:
         write_run_figure(run_dir)
     print(f"run written to {run_dir}")

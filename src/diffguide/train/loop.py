@@ -22,7 +22,7 @@ from diffguide.optim import LRSchedule, make_lr_schedule
 from diffguide.processes import make_process
 from diffguide.train import distributed
 from diffguide.train.batches import draw_batch
-from diffguide.train.checkpoint import checkpoint_name
+from diffguide.train.checkpoint import checkpoint_name, latest_step
 from diffguide.train.devices import BF16_ON_SLOW_CPU, cpu_has_bf16, resolve_device
 from diffguide.train.logs import RunLogger
 from diffguide.train.run_folder import prepare_run_dir
@@ -65,6 +65,10 @@ def train(
     if info.is_main:
         prepare_run_dir(cfg, run_dir, resume)
     distributed.barrier(info)
+    if resume and latest_step(run_dir / "checkpoints") >= t.steps:  # no new logs, no new TensorBoard file
+        if info.is_main:
+            print(finished_message(run_dir, t.steps))
+        return run_dir
     net, model = build_model(cfg, dataset, device, info)
     denoiser = build_denoiser(cfg, model)
     loss_fn = DenoisingLoss(cfg.diffusion.loss, make_process(cfg.diffusion.process))
@@ -104,6 +108,14 @@ def train(
         on_finish(net, state.ema)
     distributed.barrier(info)
     return run_dir
+
+
+def finished_message(run_dir: Path, steps: int) -> str:
+    """What a resume of a finished run says: nothing to do, and how to train longer."""
+    return (
+        f"run {str(run_dir)!r} is already finished (train.steps={steps} reached); nothing to do. To train "
+        f"longer, resume with more steps, e.g. --set train.steps={2 * steps} --resume"
+    )
 
 
 @dataclass
