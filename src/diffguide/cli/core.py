@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from diffguide.cli.common import grid_overrides, make_output_folder, write_json
+from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.config import apply_overrides, load_config_file, load_preset, preset_summaries
 from diffguide.errors import ConfigError, output_error
 
@@ -67,6 +68,7 @@ def add_parsers(sub) -> None:
         help="2D runs on an exact mixture: skip the exact metrics (precision, coverage, mean log p, "
         "sliced W2) printed and written to OUT_STEM.metrics.json",
     )
+    add_progress_flag(p)
     add_sample_extras(p)
     p.set_defaults(func=cmd_sample)
 
@@ -179,18 +181,12 @@ def cmd_sample(args) -> int:
     options = sampler_options(sampler_name, args.sampler_option)
     sampler = sampler_for(denoiser, sampler_name)  # CFG++ brings its own step
     sampler, callback = condition_args.sampler_and_callback(args, run, sampler)
-    x = generate(
-        denoiser,
-        args.n,
-        run.dataset.shape,
-        sigmas=sigmas,
-        sampler=sampler,
-        seed=args.seed,
-        cond=cond,
-        batch_size=args.batch_size,
-        callback=callback,
-        sampler_kwargs=options,
-    )
+    with progress_bar(args.n, "sampling", "samples", enabled=not args.no_progress) as bar:
+        x = generate(
+            denoiser, args.n, run.dataset.shape, sigmas=sigmas, sampler=sampler, seed=args.seed, cond=cond,
+            batch_size=args.batch_size, callback=sampling_callback(bar, len(sigmas) - 1, callback),
+            sampler_kwargs=options,
+        )  # fmt: skip
     write_samples(
         Path(args.out), x, run, cond, exact_metrics=not args.no_metrics, per_sample=args.per_sample,
         progress=callback,

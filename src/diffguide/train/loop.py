@@ -181,6 +181,7 @@ def _save_due(run: _Run, stopping: bool) -> None:
 
 def _report(logger: RunLogger, t: TrainConfig, step: int, result: StepResult, lr: float, on_log) -> None:
     """Log every log_every steps and the last (skipped steps are not logged, but said)."""
+    logger.advance(step)
     if result.skipped:
         print(f"step {step}: {result.problem}, step skipped (train.on_nan=skip)")
         return
