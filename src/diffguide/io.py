@@ -7,11 +7,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from diffguide.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,6 +64,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """safetensors.save_file through a temporary file + rename."""
+    from safetensors.torch import save_file  # here: reading configs (the CLI's parser) needs no torch
+
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     _atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from diffguide.cli.common import grid_overrides, make_output_folder, write_json
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
-from diffguide.config import apply_overrides, load_config_file, load_preset, preset_summaries
 from diffguide.errors import ConfigError, output_error
+
+if TYPE_CHECKING:
+    import torch
+
+# numpy and torch are imported inside the commands: building the parser (`diffguide --help`) stays fast
 
 
 def add_parsers(sub) -> None:
@@ -89,6 +91,8 @@ def add_sample_extras(p) -> None:
 
 
 def cmd_presets(args) -> int:
+    from diffguide.config import preset_summaries
+
     rows = preset_summaries()
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
@@ -111,6 +115,8 @@ def speed_overrides(args) -> list[str]:
 
 
 def resolve_config(args):
+    from diffguide.config import apply_overrides, load_config_file, load_preset
+
     cfg = load_preset(args.preset) if args.preset else load_config_file(args.config)
     cfg = apply_overrides(cfg, [*args.set, *speed_overrides(args)])
     if args.name:
@@ -205,6 +211,8 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     import dataclasses
     import json
 
+    import numpy as np
+
     from diffguide.metrics.points import MixtureMetrics
 
     key = json.dumps(dataclasses.asdict(run.config.data), sort_keys=True)
@@ -249,6 +257,9 @@ def write_samples(
 ) -> None:
     """2D samples as OUT.npz (+ a scatter plot, + the exact metrics where the data has a known
     density); image samples as a PNG grid (+ per-sample PNGs, + a GIF from the recorded `progress`)."""
+    import numpy as np
+    import torch
+
     prepare_output(out, run)
     if run.dataset.kind == "points":
         labels = None if cond is None else np.asarray(torch.as_tensor(cond).expand(len(x)))
