@@ -146,15 +146,24 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args)
     run_dir = Path(args.out) / cfg.name
-    finished = args.resume and latest_step(run_dir / "checkpoints") >= cfg.train.steps
+    before = checkpoint_stamps(run_dir)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    if finished:  # train() said so and did nothing: no figure re-rendered
+    if args.resume and checkpoint_stamps(run_dir) == before:  # a finished run: train() said so, did nothing
         return 0
     if is_main_process() and latest_step(run_dir / "checkpoints") >= cfg.train.steps:
         write_run_figure(run_dir)
     print(f"run written to {run_dir}")
     guidance_args.after_train(args, cfg, run_dir)
     return 0
+
+
+def checkpoint_stamps(run_dir: Path) -> dict[str, int]:
+    """Name -> modification time (ns) of each checkpoint file of a run: equal before and after a
+    resume when it trained nothing."""
+    folder = run_dir / "checkpoints"
+    return (
+        {p.name: p.stat().st_mtime_ns for p in folder.glob("ckpt-*.safetensors")} if folder.is_dir() else {}
+    )
 
 
 def cmd_sample(args) -> int:

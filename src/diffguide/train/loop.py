@@ -22,7 +22,7 @@ from diffguide.optim import LRSchedule, make_lr_schedule
 from diffguide.processes import make_process
 from diffguide.train import distributed
 from diffguide.train.batches import draw_batch
-from diffguide.train.checkpoint import checkpoint_name, latest_step
+from diffguide.train.checkpoint import checkpoint_name
 from diffguide.train.devices import BF16_ON_SLOW_CPU, cpu_has_bf16, resolve_device
 from diffguide.train.logs import RunLogger
 from diffguide.train.run_folder import prepare_run_dir
@@ -54,6 +54,9 @@ def train(
     stop_after: stop once this step is reached (checkpointing it), as if interrupted; used by tests.
     on_log: optional function called with each logged record (the dashboard's live progress).
     on_finish: optional function called on every rank with (net, ema) when the loop ends.
+    SIGINT/SIGTERM: the step reached is checkpointed, then TrainingInterrupted is raised (never a
+    normal return). Resuming a run whose checkpoint already reached train.steps prints so and
+    returns without writing anything.
     """
     cfg = validate(cfg)
     t = cfg.train
@@ -65,10 +68,6 @@ def train(
     if info.is_main:
         prepare_run_dir(cfg, run_dir, resume)
     distributed.barrier(info)
-    if resume and latest_step(run_dir / "checkpoints") >= t.steps:  # no new logs, no new TensorBoard file
-        if info.is_main:
-            print(finished_message(run_dir, t.steps))
-        return run_dir
     net, model = build_model(cfg, dataset, device, info)
     denoiser = build_denoiser(cfg, model)
     loss_fn = DenoisingLoss(cfg.diffusion.loss, make_process(cfg.diffusion.process))
@@ -78,6 +77,10 @@ def train(
         found = resume_training_state(state, checkpoints, info)
         if found is not None and info.is_main:
             print(f"resuming {run_dir} from {found.name} (step {state.step})")
+    if resume and state.step >= t.steps:  # before the logger: no new logs, no new TensorBoard file
+        if info.is_main:
+            print(finished_message(run_dir, t.steps))
+        return run_dir
     if state.power_ema is not None and info.is_main:
         remove_snapshots_after(run_dir / SNAPSHOT_FOLDER, state.step)
     logger = RunLogger(run_dir, state.step, t.steps, progress) if info.is_main else None
