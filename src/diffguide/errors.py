@@ -10,6 +10,16 @@ class DiffguideError(Exception):
     """Base class of every error diffguide raises on bad user input."""
 
 
+class StoppedBySignal(DiffguideError):
+    """Work stopped cleanly on SIGINT/SIGTERM; the CLI exits 128 + signum (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    signum: int = 2
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 class ConfigError(DiffguideError, ValueError):
     """A configuration value, key or name is unknown or out of range."""
 

@@ -7,11 +7,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from diffguide.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,10 +26,12 @@ def _atomic_write(path: Path, write) -> None:
     A crash at any point leaves either the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # mkstemp makes it 0600: others sharing the runs folder could not read it
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,6 +40,29 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a written file gets: those of the file it replaces, else what open() would give
+    a new file (0666 less the umask: 0644 under the usual umask 022)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells (/proc), else set and put back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -63,6 +89,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """safetensors.save_file through a temporary file + rename."""
+    from safetensors.torch import save_file  # here: reading configs (the CLI's parser) needs no torch
+
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     _atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 

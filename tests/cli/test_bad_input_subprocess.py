@@ -159,7 +159,19 @@ CASES = {
         ["sample", "run", "--n", "5", "--sampler", "ddim", "--sampler-option", "eta=inf", "--out", "x.npz"],
         "option eta of sampler 'ddim' must be a finite number >= 0, got inf",
     ),
-}
+    # resume: every differing key named with both values; train.steps may grow, not shrink
+    "train-resume-changed-config": (
+        ["train", "--config", "run/config.json", "--out", ".", "--name", "run", "--resume",
+         "--set", "train.lr=0.5", "--set", "model.width=64"],
+        "cannot resume 'run': the config differs from the saved one: model.width: saved 32, now 64; "
+        "train.lr: saved 0.002, now 0.5. Resume with the saved values",
+    ),
+    "train-resume-fewer-steps": (
+        ["train", "--config", "run/config.json", "--out", ".", "--name", "run", "--resume",
+         "--set", "train.steps=30"],
+        "train.steps: saved 60, now 30",
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "message"), list(CASES.values()), ids=list(CASES))
@@ -206,3 +218,18 @@ def test_json_outputs_recognised_without_running_a_command(tmp_path):
     (tmp_path / "link.json").symlink_to(run / "config.json")
     with pytest.raises(ConfigError, match=r"is a file of run .* \(config.json\)"):
         check_json_output(tmp_path / "link.json", "eval", force=True)
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(cli_run, tmp_path):
+    """`train --resume` of a finished run: exit 0, says it is finished and how to train longer, and
+    writes nothing (no new TensorBoard file, no re-rendered figure, config.json untouched)."""
+    shutil.copytree(cli_run, tmp_path / "tiny")
+    before = hashes(tmp_path)
+    result = run_cli(
+        "train", "--config", "tiny/config.json", "--out", ".", "--resume", cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "run 'tiny' is already finished (train.steps=60 reached); nothing to do" in result.stdout
+    assert "--set train.steps=120 --resume" in result.stdout
+    assert hashes(tmp_path) == before

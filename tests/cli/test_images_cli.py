@@ -424,3 +424,27 @@ def test_image_likelihood_uses_the_held_out_images(tiny_run, monkeypatch):
     levels = codes.reshape(x.shape).to(x.dtype) / 127.5 - 1
     assert ((x - levels).abs() <= 1 / 255 + 1e-6).all()  # dequantised within its 8-bit bin
     assert (x - levels).abs().max() > 1e-3  # and actually dequantised
+
+
+def test_eval_progress_counts_every_sample(tiny_run, tiny_classifier):
+    """evaluate_images passes the sampler callback on with "start" and "steps": eval's bar reaches n."""
+    import io
+
+    from diffguide.cli.progress import progress_bar, sampling_callback
+    from diffguide.metrics.images import evaluate_images
+    from diffguide.models.runs import load_run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    run = load_run(tiny_run / "tiny")
+    seen, screen = [], Terminal()
+    with progress_bar(10, "sampling", "samples", file=screen) as bar:
+        callback = sampling_callback(
+            bar, then=lambda info: seen.append((info["start"], info["i"], info["steps"]))
+        )
+        evaluate_images(run, run.denoiser, tiny_classifier, n=10, batch_size=4, callback=callback)
+        assert bar.n == pytest.approx(10)
+    assert seen == [(start, i, 3) for start in (0, 4, 8) for i in range(3)]  # sample.steps=3
+    assert "10/10 samples" in screen.getvalue()

@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from diffguide.config import apply_overrides, load_preset
-from diffguide.train import loop, train
+from diffguide.errors import DiffguideError
+from diffguide.train import TrainingInterrupted, loop, train
 from diffguide.train.checkpoint import checkpoint_name, list_checkpoints, read_checkpoint, save_checkpoint
 from diffguide.train.logs import read_metrics
 from diffguide.train.step import TrainingDiverged
@@ -171,7 +173,8 @@ def test_non_finite_step_stops_at_that_step(tmp_path, monkeypatch, kind):
     assert checkpoint_name(BAD_STEP - 1) == list_checkpoints(ckpts)[-1].name
 
 
-def test_sigterm_stops_gracefully_with_checkpoint_and_resumes(tmp_path):
+def start_long_training(tmp_path) -> subprocess.Popen:
+    """`diffguide train` of a run far too long to finish, started once it has logged a few steps."""
     sets = ["train.steps=100000", "train.ckpt_every=100000", "train.log_every=10"]
     cmd = [
         sys.executable,
@@ -185,15 +188,62 @@ def test_sigterm_stops_gracefully_with_checkpoint_and_resumes(tmp_path):
         "--no-progress",
     ]
     cmd += [a for s in sets for a in ("--set", s)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     metrics = tmp_path / "tiny" / "metrics.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert "stopped at step" in out
-    step = int(out.split("stopped at step ")[1].split()[0])
-    latest = (tmp_path / "tiny" / "checkpoints" / "latest").read_text().strip()
+    return proc
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_with_checkpoint_exit_code_and_resume_hint(tmp_path, sig, code):
+    """SIGTERM / Ctrl-C: the step reached is checkpointed, the exit code is 128 + signum (so
+    `train && sample` does not sample a half-trained model), one stderr line names the checkpoint and
+    the command that resumes, and that command continues from the checkpoint."""
+    proc = start_long_training(tmp_path)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("diffguide train: stopped at step ")
+    assert signal.Signals(sig).name in lines[0]
+    step = int(lines[0].split("stopped at step ")[1].split()[0])
+    run = tmp_path / "tiny"
+    latest = (run / "checkpoints" / "latest").read_text().strip()
     assert latest == f"ckpt-{step:08d}.safetensors"
+    assert str(run / "checkpoints" / latest) in lines[0]
+    resume = lines[0].split("continue with `")[1].split("`")[0].split()
+    assert resume[:2] == ["diffguide", "train"] and "--resume" in resume
+    # the hint resumes the same run: its config, its folder (a few more steps, then stop again)
+    cfg = apply_overrides(
+        load_preset("tiny"), ["train.steps=100000", "train.ckpt_every=100000", "train.log_every=10"]
+    )
+    args = resume[2:]
+    assert args[args.index("--config") + 1] == str(run / "config.json")
+    assert Path(args[args.index("--out") + 1]) / args[args.index("--name") + 1] == run
+    train(cfg, run, resume=True, progress=False, stop_after=step + 1)
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"ckpt-{step + 1:08d}.safetensors"
+
+
+def test_library_train_raises_training_interrupted_after_checkpointing(tmp_path):
+    """A SIGINT during train() (here raised from the logging hook) checkpoints and raises
+    TrainingInterrupted, a DiffguideError: the library does not return as if the run had finished."""
+    cfg = apply_overrides(
+        load_preset("tiny"), ["train.steps=1000", "train.ckpt_every=1000", "train.log_every=5"]
+    )
+    finished = []
+    with pytest.raises(TrainingInterrupted) as err:
+        train(
+            cfg, tmp_path / "run", progress=False,
+            on_log=lambda record: signal.raise_signal(signal.SIGINT), on_finish=lambda *a: finished.append(1),
+        )  # fmt: skip
+    e = err.value
+    assert isinstance(e, DiffguideError)
+    assert (e.step, e.signum, e.exit_code) == (5, signal.SIGINT, 130)
+    assert e.checkpoint == tmp_path / "run" / "checkpoints" / "ckpt-00000005.safetensors"
+    assert e.checkpoint.is_file() and not finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -137,8 +137,49 @@ def test_resume_a_run_saved_before_a_config_key_existed(reference_run, tmp_path)
     (run_dir / "config.json").write_text(json.dumps(saved))
     train(tiny_config(), run_dir, progress=False, resume=True)
     assert_bit_equal(final_tensors(run_dir), final_tensors(reference_run))
-    with pytest.raises(CheckpointError, match=r"differs from the saved one in \['model'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"differs from the saved one: model.norm_groups: saved 0, now 4"
+    ):
         train(tiny_config(["model.norm_groups=4"]), run_dir, progress=False, resume=True)
+
+
+def test_resume_mismatch_names_every_key_with_both_values(tmp_path):
+    """Each differing key, dotted, with the saved and the new value; the safe keys changed alongside
+    are not blamed; config.json is left as it was."""
+    run_dir = tmp_path / "run"
+    train(tiny_config(), run_dir, progress=False, stop_after=10)
+    before = (run_dir / "config.json").read_bytes()
+    changed = tiny_config(["train.lr=0.5", "model.width=64", "data.seed=1", "train.steps=80"])
+    with pytest.raises(CheckpointError) as err:
+        train(changed, run_dir, progress=False, resume=True)
+    msg = str(err.value)
+    assert "model.width: saved 32, now 64; train.lr: saved 0.002, now 0.5" in msg
+    assert msg.startswith(
+        f"cannot resume {str(run_dir)!r}: the config differs from the saved one: data.seed: saved 0, now 1; "
+    )
+    assert "train.steps" not in msg.split("a resume may change only")[0]
+    assert "train.steps (grow only)" in msg or "train.steps may only grow" in msg
+    assert (run_dir / "config.json").read_bytes() == before
+    with pytest.raises(CheckpointError, match=r"train.steps: saved 40, now 30"):  # shrinking is refused
+        train(tiny_config(["train.steps=30"]), run_dir, progress=False, resume=True)
+
+
+def test_growing_steps_continues_the_run_bit_equal_to_a_longer_run(tmp_path, capsys):
+    """A finished 20-step run resumed with train.steps=40 (and other safe keys changed) continues to
+    step 40, equal bit for bit to a 40-step run (a constant learning rate, so the schedule does not
+    depend on the length), and config.json now says 40."""
+    constant = ['train.decay="none"']
+    reference = tmp_path / "reference"
+    train(tiny_config(constant), reference, progress=False)
+    run_dir = tmp_path / "grown"
+    train(tiny_config([*constant, "train.steps=20"]), run_dir, progress=False)
+    capsys.readouterr()
+    safe = ["train.log_every=5", "train.keep_last=3", "sample.steps=4"]
+    train(tiny_config([*constant, *safe]), run_dir, progress=False, resume=True)
+    said = capsys.readouterr().out
+    assert "train.steps: saved 20, now 40" in said and "sample.steps: saved 8, now 4" in said
+    assert json.loads((run_dir / "config.json").read_text())["train"]["steps"] == 40
+    assert_bit_equal(final_tensors(run_dir), final_tensors(reference))
 
 
 def truncate(path):

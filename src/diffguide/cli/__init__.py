@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from diffguide.errors import DiffguideError
+from diffguide.errors import DiffguideError, StoppedBySignal
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
 MODULES = [
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
             return int(args.func(args) or 0)
+    except StoppedBySignal as e:  # Ctrl-C / SIGTERM: the work done is kept; say where, exit 130 / 143
+        print(f"{prefix}: {e}", file=sys.stderr)
+        return e.exit_code
     except DiffguideError as e:
         print(f"{prefix}: error: {e}", file=sys.stderr)
         return 2

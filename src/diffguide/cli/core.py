@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from diffguide.cli.common import grid_overrides, make_output_folder, write_json
-from diffguide.config import apply_overrides, load_config_file, load_preset, preset_summaries
+from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
+
+if TYPE_CHECKING:
+    import torch
+
+# numpy and torch are imported inside the commands: building the parser (`diffguide --help`) stays fast
 
 
 def add_parsers(sub) -> None:
@@ -67,6 +70,7 @@ def add_parsers(sub) -> None:
         help="2D runs on an exact mixture: skip the exact metrics (precision, coverage, mean log p, "
         "sliced W2) printed and written to OUT_STEM.metrics.json",
     )
+    add_progress_flag(p)
     add_sample_extras(p)
     p.set_defaults(func=cmd_sample)
 
@@ -87,6 +91,8 @@ def add_sample_extras(p) -> None:
 
 
 def cmd_presets(args) -> int:
+    from diffguide.config import preset_summaries
+
     rows = preset_summaries()
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
@@ -109,6 +115,8 @@ def speed_overrides(args) -> list[str]:
 
 
 def resolve_config(args):
+    from diffguide.config import apply_overrides, load_config_file, load_preset
+
     cfg = load_preset(args.preset) if args.preset else load_config_file(args.config)
     cfg = apply_overrides(cfg, [*args.set, *speed_overrides(args)])
     if args.name:
@@ -138,12 +146,24 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args)
     run_dir = Path(args.out) / cfg.name
+    before = checkpoint_stamps(run_dir)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    if args.resume and checkpoint_stamps(run_dir) == before:  # a finished run: train() said so, did nothing
+        return 0
     if is_main_process() and latest_step(run_dir / "checkpoints") >= cfg.train.steps:
         write_run_figure(run_dir)
     print(f"run written to {run_dir}")
     guidance_args.after_train(args, cfg, run_dir)
     return 0
+
+
+def checkpoint_stamps(run_dir: Path) -> dict[str, int]:
+    """Name -> modification time (ns) of each checkpoint file of a run: equal before and after a
+    resume when it trained nothing."""
+    folder = run_dir / "checkpoints"
+    return (
+        {p.name: p.stat().st_mtime_ns for p in folder.glob("ckpt-*.safetensors")} if folder.is_dir() else {}
+    )
 
 
 def cmd_sample(args) -> int:
@@ -176,18 +196,12 @@ def cmd_sample(args) -> int:
     options = sampler_options(sampler_name, args.sampler_option)
     sampler = sampler_for(denoiser, sampler_name)  # CFG++ brings its own step
     sampler, callback = condition_args.sampler_and_callback(args, run, sampler)
-    x = generate(
-        denoiser,
-        args.n,
-        run.dataset.shape,
-        sigmas=sigmas,
-        sampler=sampler,
-        seed=args.seed,
-        cond=cond,
-        batch_size=args.batch_size,
-        callback=callback,
-        sampler_kwargs=options,
-    )
+    with progress_bar(args.n, "sampling", "samples", enabled=not args.no_progress) as bar:
+        x = generate(
+            denoiser, args.n, run.dataset.shape, sigmas=sigmas, sampler=sampler, seed=args.seed, cond=cond,
+            batch_size=args.batch_size, callback=sampling_callback(bar, len(sigmas) - 1, callback),
+            sampler_kwargs=options,
+        )  # fmt: skip
     write_samples(
         Path(args.out), x, run, cond, exact_metrics=not args.no_metrics, per_sample=args.per_sample,
         progress=callback,
@@ -205,6 +219,8 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     """
     import dataclasses
     import json
+
+    import numpy as np
 
     from diffguide.metrics.points import MixtureMetrics
 
@@ -250,6 +266,9 @@ def write_samples(
 ) -> None:
     """2D samples as OUT.npz (+ a scatter plot, + the exact metrics where the data has a known
     density); image samples as a PNG grid (+ per-sample PNGs, + a GIF from the recorded `progress`)."""
+    import numpy as np
+    import torch
+
     prepare_output(out, run)
     if run.dataset.kind == "points":
         labels = None if cond is None else np.asarray(torch.as_tensor(cond).expand(len(x)))

@@ -15,12 +15,14 @@ denoiser comes from the one guidance builder, diffguide.guidance.spec, as for ru
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from diffguide.cli.common import grid_overrides, make_output_folder
+from diffguide.cli.progress import progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
+
+if TYPE_CHECKING:  # numpy and torch are imported by the commands: the parser stays fast
+    import torch
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 32
@@ -53,6 +55,8 @@ HIDDEN_STATES_SHAPE = "shape [L, D] or [1, L, D]"
 
 def load_hidden_states(path: str, flag: str, dim: int | None) -> torch.Tensor:
     """A .npy / .safetensors file of encoder hidden states as a float32 [1, L, D] tensor."""
+    import numpy as np
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -168,6 +172,8 @@ def build_condition(args, model, n: int):
 
 def class_labels(args, model, n: int):
     """--class K for a class-conditional UNet (num_class_embeds), as labels [n]; required by such a UNet."""
+    import torch
+
     classes = _unet_config(model).get("num_class_embeds") or 0
     if getattr(args, "class_label", None) is None:
         if classes:
@@ -204,6 +210,8 @@ def guided_denoiser(args, model):
 
 
 def cmd_sample_diffusers(args) -> int:
+    import numpy as np
+
     from diffguide.adapters.diffusers import load_diffusers
     from diffguide.guidance.spec import sampler_for
     from diffguide.plots.images import ProgressRecorder, write_image_samples
@@ -222,18 +230,13 @@ def cmd_sample_diffusers(args) -> int:
     callback = None
     if getattr(args, "gif", False):
         callback = args.progress_recorder = ProgressRecorder(keep=min(16, args.n))
-    x = generate(
-        denoiser,
-        args.n,
-        model.shape,
-        sigmas=sigmas,
-        sampler=sampler_for(denoiser, args.sampler or DEFAULT_SAMPLER),  # CFG++ brings its own step
-        seed=args.seed,
-        cond=cond,
-        batch_size=args.batch_size,
-        callback=callback,
-        sampler_kwargs=options,
-    )  # [n, C, H, W], in the model's data range (usually [-1, 1])
+    with progress_bar(args.n, "sampling", "samples", enabled=not getattr(args, "no_progress", False)) as bar:
+        x = generate(
+            denoiser, args.n, model.shape, sigmas=sigmas,
+            sampler=sampler_for(denoiser, args.sampler or DEFAULT_SAMPLER),  # CFG++ brings its own step
+            seed=args.seed, cond=cond, batch_size=args.batch_size,
+            callback=sampling_callback(bar, len(sigmas) - 1, callback), sampler_kwargs=options,
+        )  # [n, C, H, W], in the model's data range (usually [-1, 1])  # fmt: skip
     if out.suffix.lower() == ".npz":
         arrays = {"samples": x.numpy()}
         if labels is not None:

@@ -7,11 +7,19 @@ diffusers' guidance_scale is w (see docs/guidance.md).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from diffguide.errors import ConfigError
-from diffguide.guidance.spec import METHODS, GuidanceSpec, build_guided, check
 from diffguide.io import parse_override
-from diffguide.train.posthoc import posthoc_checkpoint
+
+if TYPE_CHECKING:
+    from diffguide.guidance.spec import GuidanceSpec
+
+# The names of guidance.spec.METHODS, for --help: importing that registry imports torch, and the
+# parser must not (`diffguide --help` in <= 0.3 s). tests/cli/test_cli_startup.py checks they agree.
+METHOD_NAMES = (
+    "none", "cfg", "auto", "classifier", "cfg+auto", "apg", "cfg-zero*", "tcfg", "mambo-g", "icg", "cfg++",
+)  # fmt: skip
 
 # how the guidance builder's messages name each GuidanceSpec field on the command line
 CLI_NAMES = {
@@ -57,7 +65,7 @@ def add_sample_args(p) -> None:
         "--guidance",
         default="none",
         metavar="KIND",
-        help=f"{' | '.join(METHODS)} (default: none)",
+        help=f"{' | '.join(METHOD_NAMES)} (default: none)",
     )
     g.add_argument("--w", type=float, default=2.0, help="guidance weight, ours: 1 = none (default: 2)")
     g.add_argument("--w-cfg", type=float, help="CFG weight with --guidance cfg+auto (default: --w)")
@@ -141,6 +149,8 @@ def after_train(args, cfg, run_dir) -> None:
 def guidance_spec(args) -> GuidanceSpec:
     """The GuidanceSpec of --guidance, --w, --w-cfg, --guide, --interval, --rescale, --clip-denoised and
     --raw (guide runs load raw weights too); --guide is the classifier folder with --guidance classifier."""
+    from diffguide.guidance.spec import GuidanceSpec
+
     kind = getattr(args, "guidance", "none") or "none"
     guide = getattr(args, "guide", None)
     interval = getattr(args, "interval", None)
@@ -174,6 +184,9 @@ def _schedule(values) -> tuple[str, float, float] | None:
 
 def guided_denoiser(args, run):
     """The denoiser to sample a run with: the builder's, from the guidance options (guidance_spec)."""
+    from diffguide.guidance.spec import build_guided, check
+    from diffguide.train.posthoc import posthoc_checkpoint
+
     spec = guidance_spec(args)
     method = check(spec, run, CLI_NAMES)
     # commands without --class (e.g. images `eval`) choose the labels themselves

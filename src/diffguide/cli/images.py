@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffguide.cli.common import check_json_output, write_json
+from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError
 
 
@@ -44,6 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", help="JSON file for the results (default: RUN/eval.json)")
     p.add_argument("--force", action="store_true", help="replace an existing --out that `eval` did not write")
     p.add_argument("--samples", help="also write the samples as a PNG grid here")
+    add_progress_flag(p)
     from diffguide.cli import guidance_args
 
     guidance_args.add_sample_args(p)
@@ -95,10 +97,12 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
     clf = Path(args.classifier) if args.classifier else default_classifier_dir(run.config.data.name)
     denoiser = guidance_args.guided_denoiser(args, run)
-    result, x = evaluate_images(
-        run, denoiser, clf, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
-        batch_size=args.batch_size, k=args.k, inception=args.inception,
-    )  # fmt: skip
+    with progress_bar(args.n, "sampling", "samples", enabled=not args.no_progress) as bar:
+        result, x = evaluate_images(
+            run, denoiser, clf, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
+            batch_size=args.batch_size, k=args.k, inception=args.inception,
+            callback=sampling_callback(bar),
+        )  # fmt: skip
     result["guidance"] = {
         k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval", "rescale")
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffguide.cli.common import check_json_output, write_json
+from diffguide.cli.progress import add_progress_flag, likelihood_callback, progress_bar
 from diffguide.errors import ConfigError
 
 # keys of every likelihood JSON, to recognise one written before `written_by` was recorded
@@ -41,6 +42,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace an existing --out that `likelihood` did not write"
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_likelihood)
 
 
@@ -58,20 +60,13 @@ def cmd_likelihood(args) -> int:
             args.out, "likelihood", force=args.force, example="likelihood.json", legacy_keys=LIKELIHOOD_KEYS
         )
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
-    result = run_likelihood(
-        run,
-        args.n,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        conditional=args.conditional,
-        sigma_min=args.sigma_min,
-        sigma_max=args.sigma_max,
-        rtol=args.rtol,
-        atol=args.atol,
-        method=args.method,
-        divergence=args.divergence,
-        probe=args.probe,
-    )
+    with progress_bar(args.n, "likelihood", "points", enabled=not args.no_progress) as bar:
+        result = run_likelihood(
+            run, args.n, seed=args.seed, batch_size=args.batch_size, conditional=args.conditional,
+            sigma_min=args.sigma_min, sigma_max=args.sigma_max, rtol=args.rtol, atol=args.atol,
+            method=args.method, divergence=args.divergence, probe=args.probe,
+            callback=likelihood_callback(bar),
+        )  # fmt: skip
     print(
         f"{run.config.name}: NLL {result['nats_per_dim']:.4f} +- {result['nats_per_dim_stderr']:.4f} nats/dim"
         f" on {result['n']} points, {result['data']} (sigma {result['sigma_min']:.4g} .. {result['sigma_max']:.4g},"

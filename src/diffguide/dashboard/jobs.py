@@ -337,10 +337,10 @@ class JobRegistry:
         log = self.log_tail(job, 40)
         if "stopped at step" in log:
             return "stopped"
-        if "run written to" in log:
+        if "run written to" in log or "is already finished" in log:
             return "finished"
         handle = _HANDLES.get(job.pid)
-        if job.stop_requested and (handle is None or handle.returncode in (-signal.SIGTERM, 130)):
+        if job.stop_requested and (handle is None or handle.returncode in (-signal.SIGTERM, 130, 143)):
             return "stopped"
         return "failed"
 

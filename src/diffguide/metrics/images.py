@@ -197,6 +197,10 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(out["frechet_inception_distance"])
 
 
+def _with_steps(callback, steps: int):
+    return lambda info: callback({**info, "steps": steps})
+
+
 def evaluate_images(
     run,
     denoiser,
@@ -209,6 +213,7 @@ def evaluate_images(
     batch_size: int = 500,
     k: int = 3,
     inception: bool = False,
+    callback=None,
 ) -> dict:
     """Generate n samples from `denoiser` (conditions like the training data's) and measure them.
 
@@ -217,6 +222,8 @@ def evaluate_images(
     Real images are the dataset's held-out split. Returns (JSON-ready dict of metrics, samples).
     With `inception`, its prerequisites are checked before anything is sampled; if Inception FID then
     fails anyway, the other metrics are still returned, with the error as `fid_inception_error`.
+    callback: the sampler's step callback (docs/samplers.md), with "start" (generate's) and "steps"
+    (the number of sampler steps) added: a progress bar.
     """
     import time
     import warnings
@@ -239,7 +246,7 @@ def evaluate_images(
     t0 = time.time()
     x = generate(
         denoiser, n, run.dataset.shape, sigmas=sigmas, sampler=sampler or s.sampler, seed=seed, cond=cond,
-        batch_size=batch_size,
+        batch_size=batch_size, callback=None if callback is None else _with_steps(callback, steps),
     )  # fmt: skip
     seconds = time.time() - t0
     real, _ = run.dataset.heldout()

@@ -135,6 +135,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     method: str = "RK45",
     dtype: torch.dtype | None = None,
+    callback=None,
 ) -> LikelihoodResult:
     """log p_{sigma_min}(x0) per sample by the probability-flow ODE (Song et al. 2021, appendix D).
 
@@ -142,6 +143,7 @@ def log_likelihood(
     whole batch in u = log sigma from log sigma_min to log sigma_max. divergence: "exact", "hutchinson"
     (probe "rademacher" or "gaussian", drawn once per sample from `generator`) or "auto" (exact up to
     16 dimensions per sample). See the module docstring for the derivation and the approximations.
+    callback: called with {"sigma", "nfe"} at each evaluation of the ODE's right-hand side (progress).
     """
     from scipy.integrate import solve_ivp
 
@@ -162,6 +164,8 @@ def log_likelihood(
         nonlocal nfe
         nfe += 1
         sigma = math.exp(u)
+        if callback is not None:
+            callback({"sigma": sigma, "nfe": nfe})
         x = torch.from_numpy(y[: n * d]).reshape(n, *shape).to(device=device, dtype=dtype)
         s = batch_sigma(sigma, x)
 
@@ -223,6 +227,25 @@ def _check_run_options(run, n: int, batch_size: int, conditional: bool) -> None:
         )
 
 
+def _batched_log_prob(denoiser, x0, labels, batch_size: int, ends: dict, generator, callback, options):
+    """(log p of every row of x0, total ODE evaluations): log_likelihood batch by batch; the callback
+    gets each evaluation's dict with the batch's "start", "size", "n" and the integral's `ends`."""
+    device = next(denoiser.parameters()).device
+    log_probs, nfe = [], 0
+    for start in range(0, len(x0), batch_size):
+        xb = x0[start : start + batch_size].to(device)
+        cond = None if labels is None else labels[start : start + batch_size].to(device)
+        where = {"start": start, "size": len(xb), "n": len(x0), **ends}
+        result = log_likelihood(
+            denoiser, xb, cond=cond, **ends, generator=generator,
+            callback=None if callback is None else (lambda info, where=where: callback({**info, **where})),
+            **options,
+        )  # fmt: skip
+        log_probs.append(result.log_prob)
+        nfe += result.nfe
+    return torch.cat(log_probs), nfe
+
+
 def run_likelihood(
     run,
     n: int = 1000,
@@ -232,6 +255,7 @@ def run_likelihood(
     conditional: bool = False,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
+    callback=None,
     **options,
 ) -> dict:
     """NLL of a loaded run's model on n fresh data draws, in nats/dim (and bits/dim for images).
@@ -241,7 +265,9 @@ def run_likelihood(
     away from the training stream: new data for the analytic and generated sets, the training points
     themselves for fixed point clouds (no split there, so the number is a training-set NLL).
     sigma_min/sigma_max default to the run's process range. For data with an exact mixture the exact
-    NLL of the same points is reported too. options go to `log_likelihood`.
+    NLL of the same points is reported too. options go to `log_likelihood`. callback: called at
+    each ODE evaluation with {"sigma", "nfe", "start", "size", "n", "sigma_min", "sigma_max"} (the
+    batch's first point and size, the number of points and the integral's ends): a progress bar.
     """
     _check_run_options(run, n, batch_size, conditional)
     sigma_min = run.process.sigma_min if sigma_min is None else sigma_min
@@ -261,23 +287,11 @@ def run_likelihood(
     images = getattr(run.dataset, "kind", "points") == "images"
     if images:
         x0 = dequantize(x0, data_gen)
-    device = next(run.denoiser.parameters()).device
-    log_probs, nfe = [], 0
-    for start in range(0, n, batch_size):
-        xb = x0[start : start + batch_size].to(device)
-        cond = labels[start : start + batch_size].to(device) if conditional and labels is not None else None
-        result = log_likelihood(
-            run.denoiser,
-            xb,
-            cond=cond,
-            sigma_min=sigma_min,
-            sigma_max=sigma_max,
-            generator=probe_gen,
-            **options,
-        )
-        log_probs.append(result.log_prob)
-        nfe += result.nfe
-    log_prob = torch.cat(log_probs)
+    labels = labels if conditional else None
+    ends = {"sigma_min": sigma_min, "sigma_max": sigma_max}
+    log_prob, nfe = _batched_log_prob(
+        run.denoiser, x0, labels, batch_size, ends, probe_gen, callback, options
+    )
     d = int(np.prod(x0.shape[1:]))
     nats = -log_prob / d
     out = {

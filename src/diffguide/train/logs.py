@@ -26,6 +26,11 @@ class RunLogger:
         )
         self.last_time, self.last_step = time.perf_counter(), start_step
 
+    def advance(self, step: int) -> None:
+        """Move the bar to `step` (every step, so it moves from step 1, not from the first log)."""
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+
     def log(self, step: int, values: dict[str, float], batch_size: int) -> None:
         now = time.perf_counter()
         elapsed = max(now - self.last_time, 1e-9)

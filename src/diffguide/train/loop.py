@@ -22,10 +22,11 @@ from diffguide.optim import LRSchedule, make_lr_schedule
 from diffguide.processes import make_process
 from diffguide.train import distributed
 from diffguide.train.batches import draw_batch
+from diffguide.train.checkpoint import checkpoint_name
 from diffguide.train.devices import BF16_ON_SLOW_CPU, cpu_has_bf16, resolve_device
 from diffguide.train.logs import RunLogger
 from diffguide.train.run_folder import prepare_run_dir
-from diffguide.train.signals import StopOnSignal
+from diffguide.train.signals import StopOnSignal, TrainingInterrupted
 from diffguide.train.snapshots import SNAPSHOT_FOLDER, remove_snapshots_after, save_snapshot
 from diffguide.train.state import (
     TrainingState,
@@ -53,6 +54,9 @@ def train(
     stop_after: stop once this step is reached (checkpointing it), as if interrupted; used by tests.
     on_log: optional function called with each logged record (the dashboard's live progress).
     on_finish: optional function called on every rank with (net, ema) when the loop ends.
+    SIGINT/SIGTERM: the step reached is checkpointed, then TrainingInterrupted is raised (never a
+    normal return). Resuming a run whose checkpoint already reached train.steps prints so and
+    returns without writing anything.
     """
     cfg = validate(cfg)
     t = cfg.train
@@ -73,6 +77,10 @@ def train(
         found = resume_training_state(state, checkpoints, info)
         if found is not None and info.is_main:
             print(f"resuming {run_dir} from {found.name} (step {state.step})")
+    if resume and state.step >= t.steps:  # before the logger: no new logs, no new TensorBoard file
+        if info.is_main:
+            print(finished_message(run_dir, t.steps))
+        return run_dir
     if state.power_ema is not None and info.is_main:
         remove_snapshots_after(run_dir / SNAPSHOT_FOLDER, state.step)
     logger = RunLogger(run_dir, state.step, t.steps, progress) if info.is_main else None
@@ -82,7 +90,7 @@ def train(
         warnings.warn(BF16_ON_SLOW_CPU, stacklevel=2)
     net.train()
     try:
-        _train_steps(run, stop_request, stop_after, on_log)
+        interrupted = _train_steps(run, stop_request, stop_after, on_log)
     except torch.OutOfMemoryError:
         raise DiffguideError(
             f"out of memory on {device} with train.batch_size={t.batch_size}; try a smaller batch, e.g. "
@@ -94,12 +102,23 @@ def train(
         stop_request.restore()
         if logger is not None:
             logger.close()
-    if stop_request.requested and info.is_main:
-        print(f"stopped at step {state.step} (checkpoint kept); continue with --resume")
+    if interrupted:  # a library caller must not carry on as if the run were finished
+        distributed.barrier(info)
+        raise TrainingInterrupted(
+            stop_request.signum, state.step, checkpoints / checkpoint_name(state.step), run_dir
+        )
     if on_finish is not None:
         on_finish(net, state.ema)
     distributed.barrier(info)
     return run_dir
+
+
+def finished_message(run_dir: Path, steps: int) -> str:
+    """What a resume of a finished run says: nothing to do, and how to train longer."""
+    return (
+        f"run {str(run_dir)!r} is already finished (train.steps={steps} reached); nothing to do. To train "
+        f"longer, resume with more steps, e.g. --set train.steps={2 * steps} --resume"
+    )
 
 
 @dataclass
@@ -117,8 +136,10 @@ class _Run:
     logger: RunLogger | None  # rank 0 only
 
 
-def _train_steps(run: _Run, stop_request: StopOnSignal, stop_after: int | None, on_log) -> None:
-    """Step until train.steps (or stop_after, or a signal), logging and checkpointing on the way."""
+def _train_steps(run: _Run, stop_request: StopOnSignal, stop_after: int | None, on_log) -> bool:
+    """Step until train.steps (or stop_after, or a signal), logging and checkpointing on the way.
+
+    Returns True when a signal (on any rank) stopped it before train.steps."""
     t, state, info = run.cfg.train, run.state, run.info
     schedule = lr_schedule(t)
     num_classes = run.dataset.num_classes if run.cfg.data.conditional else 0
@@ -136,12 +157,12 @@ def _train_steps(run: _Run, stop_request: StopOnSignal, stop_after: int | None, 
         result = train_step(state, batch, run.denoiser, run.loss_fn, t, lr=lr, model=run.model, info=info)
         if run.logger is not None:
             _report(run.logger, t, state.step, result, lr, on_log)
-        stopping = (stop_after is not None and state.step >= stop_after) or distributed.any_rank(
-            stop_request.requested, info
-        )
+        signalled = distributed.any_rank(stop_request.requested, info)
+        stopping = (stop_after is not None and state.step >= stop_after) or signalled
         _save_due(run, stopping)
         if stopping:
-            break
+            return signalled and state.step < t.steps
+    return False
 
 
 def _save_due(run: _Run, stopping: bool) -> None:
@@ -163,6 +184,7 @@ def _save_due(run: _Run, stopping: bool) -> None:
 
 def _report(logger: RunLogger, t: TrainConfig, step: int, result: StepResult, lr: float, on_log) -> None:
     """Log every log_every steps and the last (skipped steps are not logged, but said)."""
+    logger.advance(step)
     if result.skipped:
         print(f"step {step}: {result.problem}, step skipped (train.on_nan=skip)")
         return

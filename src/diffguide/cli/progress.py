@@ -1,0 +1,72 @@
+"""Progress bars for the slow commands (sample, eval, likelihood), fed by the step callback.
+
+One bar per command, on stderr, counting samples (or data points) with an elapsed time and an ETA.
+The bar is drawn only on a terminal (tqdm's disable=None), so logs and pipes stay clean, and not at
+all with --no-progress. It is fed by the sampler callback (docs/samplers.md: {"i", "x", "sigma",
+"sigma_next", "denoised"}, plus "start" from `generate`), so it moves once per sampler step and
+redraws at least every half second while steps keep coming; a likelihood solve feeds it the noise
+level its ODE solver has reached. tqdm is imported inside, so building the parser stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Iterator
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}]"
+
+
+def add_progress_flag(p) -> None:
+    """The --no-progress flag, the same on every command with a bar."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (drawn only on a terminal)")
+
+
+@contextlib.contextmanager
+def progress_bar(total: float, desc: str, unit: str, *, enabled: bool = True, file=None) -> Iterator:
+    """A tqdm bar with ETA, closed on exit. enabled=True draws it on a terminal only (None = tqdm's
+    disable-on-non-TTY); file: where to draw (default stderr)."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total, desc=desc, unit=unit, bar_format=BAR_FORMAT, disable=None if enabled else True,
+        file=file or sys.stderr, mininterval=0.5, miniters=1, dynamic_ncols=True,
+    )  # fmt: skip
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def sampling_callback(bar, steps: int | None = None, then: Callable | None = None) -> Callable[[dict], None]:
+    """A sampler callback that moves `bar` (counting samples) by a step of one batch: after step i of
+    the batch starting at sample `start`, start + len(x) * (i + 1) / steps samples are done.
+    steps: the sampler's number of steps (None: the dict's "steps"); then: another callback to call
+    with the same dict (a GIF recorder, ...)."""
+
+    def callback(info: dict) -> None:
+        done = info.get("start", 0) + len(info["x"]) * (info["i"] + 1) / (steps or info["steps"])
+        if done > bar.n:
+            bar.update(done - bar.n)
+        if then is not None:
+            then(info)
+
+    return callback
+
+
+def likelihood_callback(bar) -> Callable[[dict], None]:
+    """A likelihood callback (run_likelihood's {"sigma", "start", "size", "n", "sigma_min",
+    "sigma_max"}) that moves `bar` (counting data points) by how far each batch's ODE solve has come
+    in log sigma, from sigma_min to sigma_max."""
+
+    def callback(info: dict) -> None:
+        if bar.total != info["n"]:  # fewer held-out points than asked for
+            bar.total = info["n"]
+        low, high = math.log(info["sigma_min"]), math.log(info["sigma_max"])
+        fraction = min(max((math.log(info["sigma"]) - low) / (high - low), 0.0), 1.0)
+        done = min(info["start"] + info["size"] * fraction, info["n"])
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    return callback
