@@ -1,0 +1,283 @@
+"""Sigma grids tuned to the model: the steps that minimise a sampler's error for this denoiser.
+
+Two methods from the literature, both measured against reference trajectories of the
+probability-flow ODE (Heun with many small steps) from the same noise:
+
+- "gits": GITS, Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"
+  (ICML 2024), Algorithm 1: a cost matrix of one-step local errors between the levels of a fine grid,
+  measured from a few reference trajectories, then dynamic programming for the cheapest path of
+  exactly `steps` steps. Its cost is the local error of the sampler's first step (the DDIM/Euler step
+  for the multistep samplers, as in the paper); it ignores how errors carry over between steps.
+- "direct": a gradient-free search over the grid itself (Align Your Steps, Sabour et al. 2024,
+  optimise the steps directly; here the objective is the end-point error of the full sampler,
+  history included, against the reference, as in the optimal time-step schedules of Xue et al. 2024,
+  "Accelerating Diffusion Sampling with Optimized Time Steps"). Coordinate search in log sigma with
+  shrinking steps, each level kept between its neighbours, so the grid stays strictly descending.
+- "gits+direct" (the default): GITS, then the direct search started from the better (on the tuning
+  samples) of the GITS grid and the baseline Karras grid. Whichever grid (Karras, GITS, the searched
+  one) has the lowest error on separate validation samples is kept, so the result is never worse
+  than the baseline on those samples.
+
+The samplers are run as they are (plain functions); the denoiser is any denoiser, guided or not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from diffguide.errors import ConfigError, lookup
+from diffguide.grids import karras_sigmas
+from diffguide.noise import PerSampleNoise
+from diffguide.samplers.registry import SAMPLERS, STOCHASTIC, get_sampler, steps_for_evals
+from diffguide.samplers.single_step import sample_heun
+
+METHODS = {
+    "gits+direct": "GITS dynamic programming, then a direct search from the better of it and Karras",
+    "gits": "GITS (Chen et al. 2024): dynamic programming over a fine grid on local errors",
+    "direct": "direct search in log sigma on the end-point error, from the Karras grid",
+}
+
+
+@dataclass
+class TunedGrid:
+    """A tuned grid and how it was found: errors are RMS end-point distances on validation samples."""
+
+    sigmas: torch.Tensor  # [steps + 1], descending, ending in 0
+    sampler: str
+    nfe: int
+    steps: int
+    method: str  # the method asked for
+    chosen: str  # the candidate kept: "karras", "gits", "direct" or "gits+direct"
+    error_before: float  # the baseline (Karras) grid
+    error_after: float  # the grid kept
+    errors: dict[str, float] = field(default_factory=dict)  # every candidate's validation error
+    seconds: float = 0.0
+    samples: int = 0
+    seed: int = 0
+    baseline: str = ""
+
+
+def check_tunable(sampler: str, nfe: int) -> int:
+    """The number of steps for `nfe` evaluations of a deterministic `sampler`, or the error saying why not."""
+    get_sampler(sampler)  # unknown names: the standard error with the closest names
+    if sampler in STOCHASTIC:
+        deterministic = sorted(s for s in SAMPLERS if s not in STOCHASTIC)
+        raise ConfigError(
+            f"sampler {sampler!r} is stochastic: a grid is tuned against the probability-flow ODE's "
+            f"solution, which needs a deterministic sampler; choices: {', '.join(deterministic)}"
+        )
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ConfigError(f"the number of denoiser evaluations (NFE) must be an integer >= 1, got {nfe!r}")
+    return steps_for_evals(sampler, nfe)
+
+
+def reference_states(denoiser, x, levels: torch.Tensor, *, cond=None, substeps: int = 8) -> list:
+    """x at each of `levels` (descending, ending in 0) by Heun (EDM Alg. 2) with `substeps` log-spaced
+    steps per level; the last level, 0, is reached through sigmas down to levels[-2] / 1e4.
+
+    Returns [len(levels)] tensors shaped like x (x itself first)."""
+    states = [x]
+    for a, b in zip(levels[:-1].tolist(), levels[1:].tolist()):
+        lo = b if b > 0 else a * 1e-4
+        inner = torch.exp(torch.linspace(math.log(a), math.log(lo), substeps + 1, dtype=torch.float64))
+        grid = inner if b > 0 else torch.cat([inner, inner.new_zeros(1)])
+        states.append(sample_heun(denoiser, states[-1], grid, cond=cond))
+    return states
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root mean square over samples of the per-sample Euclidean distance."""
+    return float((a - b).to(torch.float64).pow(2).flatten(1).sum(1).mean().sqrt())
+
+
+class _RepeatCache:
+    """A denoiser that returns its last output again for the same (x, sigma): the GITS cost matrix
+    steps from each reference state to every later level, and all those steps start with one call."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.last = denoiser, None
+
+    def __call__(self, x, sigma, cond=None):
+        if self.last is not None:
+            x0, s0, out = self.last
+            if x0.shape == x.shape and torch.equal(s0, sigma) and torch.equal(x0, x):
+                return out
+        out = self.denoiser(x, sigma, cond)
+        self.last = (x.clone(), sigma.clone(), out)
+        return out
+
+
+def gits_costs(sampler_fn, denoiser, states: list, levels: torch.Tensor, *, cond=None) -> torch.Tensor:
+    """GITS cost matrix (Chen et al. 2024, eq. 9): cost[i, j] = RMS error of one sampler step from the
+    reference state at levels[i] to levels[j], against the reference there; inf for j <= i."""
+    m = len(levels)
+    cost = torch.full((m, m), math.inf, dtype=torch.float64)
+    cached = _RepeatCache(denoiser)
+    for i in range(m - 1):
+        for j in range(i + 1, m):
+            out = sampler_fn(cached, states[i], levels[[i, j]], cond=cond)
+            cost[i, j] = rms(out, states[j])
+    return cost
+
+
+def cheapest_path(cost: torch.Tensor, steps: int) -> list[int]:
+    """Dynamic programming (GITS, Chen et al. 2024, Alg. 1): node indices 0 = k_0 < ... < k_steps = m - 1
+    minimising sum cost[k_t, k_t+1] over paths of exactly `steps` steps."""
+    m = cost.shape[0]
+    if not 1 <= steps <= m - 1:
+        raise ConfigError(f"a path of {steps} steps needs 1..{m - 1} steps on {m} levels")
+    best = torch.full((steps + 1, m), math.inf, dtype=torch.float64)  # best[t, k]: t steps, ending at k
+    back = torch.zeros((steps + 1, m), dtype=torch.long)
+    best[0, 0] = 0.0
+    for t in range(1, steps + 1):
+        totals = best[t - 1][:, None] + cost  # [from, to]
+        best[t], back[t] = totals.min(0)
+    path = [m - 1]
+    for t in range(steps, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+def coordinate_search(
+    objective: Callable[[torch.Tensor], float],
+    sigmas: torch.Tensor,
+    sigma_floor: float,
+    *,
+    step: float = 0.5,
+    min_step: float = 0.01,
+    max_evals: int = 600,
+) -> tuple[torch.Tensor, float]:
+    """Minimise objective(sigmas) over the inner levels sigmas[1:-1] by coordinate search in log sigma.
+
+    Each level moves by +-step (kept strictly between its neighbours and above sigma_floor); a sweep
+    without improvement halves the step, down to min_step. sigmas[0] and the final 0 stay fixed.
+    Returns (best sigmas, best objective)."""
+    logs = sigmas[:-1].log().clone()  # [steps]; logs[0] = log sigma_max is fixed
+    best_sigmas = sigmas.clone()
+    best = objective(best_sigmas)
+    evals, gap = 1, 1e-3  # neighbouring levels stay at least 0.1% apart
+    floor = math.log(sigma_floor)
+    while step >= min_step and evals < max_evals and len(logs) > 1:
+        improved = False
+        for k in range(1, len(logs)):
+            hi = float(logs[k - 1]) - gap
+            lo = float(logs[k + 1]) + gap if k + 1 < len(logs) else floor
+            for direction in (-1.0, 1.0):
+                value = min(max(float(logs[k]) + direction * step, lo), hi)
+                if abs(value - float(logs[k])) < 1e-12 or evals >= max_evals:
+                    continue
+                trial = logs.clone()
+                trial[k] = value
+                candidate = torch.cat([trial.exp(), trial.new_zeros(1)])
+                score = objective(candidate)
+                evals += 1
+                if score < best:
+                    best, logs, best_sigmas, improved = score, trial, candidate, True
+                    break
+        if not improved:
+            step /= 2
+    return best_sigmas, best
+
+
+@dataclass
+class _Problem:
+    """What the methods share: the sampler, noise, references and the end-point errors."""
+
+    sampler_fn: Callable
+    denoiser: object
+    cond: object
+    x_tune: torch.Tensor
+    x_check: torch.Tensor
+    states: list  # reference states of x_tune at the fine levels
+    end_check: torch.Tensor  # reference end point of x_check
+
+    def tune_error(self, sigmas: torch.Tensor) -> float:
+        return rms(self.sampler_fn(self.denoiser, self.x_tune, sigmas, cond=self.cond), self.states[-1])
+
+    def check_error(self, sigmas: torch.Tensor) -> float:
+        return rms(self.sampler_fn(self.denoiser, self.x_check, sigmas, cond=self.cond), self.end_check)
+
+
+def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, steps, floor, max_evals):
+    """{name: sigmas} of the grids the method produces (the baseline always included)."""
+    grids = {"karras": baseline}
+    if method in ("gits", "gits+direct"):
+        if steps > len(levels) - 1:
+            raise ConfigError(f"{steps} steps need more than the {len(levels)} fine levels; raise fine_levels")
+        cost = gits_costs(problem.sampler_fn, problem.denoiser, problem.states, levels, cond=problem.cond)
+        grids["gits"] = levels[cheapest_path(cost, steps)]
+    if method in ("direct", "gits+direct"):
+        start = baseline
+        if method == "gits+direct" and problem.tune_error(grids["gits"]) < problem.tune_error(baseline):
+            start = grids["gits"]
+        grids[method], _ = coordinate_search(problem.tune_error, start, floor, max_evals=max_evals)
+    return grids
+
+
+def tune_grid(
+    denoiser,
+    shape: tuple[int, ...],
+    sampler: str,
+    nfe: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    cond=None,
+    method: str = "gits+direct",
+    samples: int = 256,
+    seed: int = 0,
+    fine_levels: int = 96,
+    substeps: int = 8,
+    max_evals: int = 600,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> TunedGrid:
+    """The sigma grid of `nfe` evaluations that minimises `sampler`'s end-point error for `denoiser`.
+
+    GITS (Chen et al. 2024) and/or a direct search (Sabour et al. 2024; Xue et al. 2024), see the module
+    docstring. Tuning samples are noise streams 0..samples-1 of `seed`, validation samples the next
+    `samples` streams (PerSampleNoise); cond is None or one class for all samples. The grid starts at
+    sigma_max, keeps its nonzero levels >= sigma_min and ends in 0; the baseline is Karras (rho)."""
+    start_time = time.perf_counter()
+    steps = check_tunable(sampler, nfe)
+    lookup("tuning method", method, METHODS)
+    if samples < 1 or fine_levels < 2 or substeps < 1:
+        raise ConfigError(
+            f"need samples >= 1, fine_levels >= 2 and substeps >= 1, got {samples}, {fine_levels}, {substeps}"
+        )
+    baseline = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    fine = torch.linspace(math.log(sigma_max), math.log(sigma_min), fine_levels, dtype=torch.float64)
+    levels = torch.cat([fine.exp(), fine.new_zeros(1)])  # log-spaced, then 0
+    sampler_fn = get_sampler(sampler)
+    labels = None if cond is None else torch.full((samples,), int(cond), dtype=torch.long, device=device)
+    x = [
+        PerSampleNoise.from_seed(seed, samples, start=start, device=device).randn(shape, dtype) * sigma_max
+        for start in (0, samples)
+    ]
+    states = reference_states(denoiser, x[0], levels, cond=labels, substeps=substeps)
+    end_check = reference_states(denoiser, x[1], levels, cond=labels, substeps=substeps)[-1]
+    problem = _Problem(sampler_fn, denoiser, labels, x[0], x[1], states, end_check)
+    grids = _candidates(problem, method, baseline, levels, steps, sigma_min, max_evals)
+    errors = {name: problem.check_error(sigmas) for name, sigmas in grids.items()}
+    chosen = min(errors, key=errors.get)
+    return TunedGrid(
+        sigmas=grids[chosen],
+        sampler=sampler,
+        nfe=nfe,
+        steps=steps,
+        method=method,
+        chosen=chosen,
+        error_before=errors["karras"],
+        error_after=errors[chosen],
+        errors=errors,
+        seconds=time.perf_counter() - start_time,
+        samples=samples,
+        seed=seed,
+        baseline=f"karras rho={rho:g} sigma {sigma_min:g}..{sigma_max:g}",
+    )
