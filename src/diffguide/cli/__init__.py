@@ -9,7 +9,7 @@ import warnings
 from diffguide.errors import DiffguideError
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
-MODULES = ["core", "demo", "images", "dashboard", "likelihood", "export_diffusers"]
+MODULES = ["core", "demo", "images", "dashboard", "likelihood", "export_diffusers", "tune_grid"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,12 +11,13 @@ probability-flow ODE (Heun with many small steps) from the same noise:
 - "direct": a gradient-free search over the grid itself (Align Your Steps, Sabour et al. 2024,
   optimise the steps directly; here the objective is the end-point error of the full sampler,
   history included, against the reference, as in the optimal time-step schedules of Xue et al. 2024,
-  "Accelerating Diffusion Sampling with Optimized Time Steps"). Coordinate search in log sigma with
-  shrinking steps, each level kept between its neighbours, so the grid stays strictly descending.
-- "gits+direct" (the default): GITS, then the direct search started from the better (on the tuning
-  samples) of the GITS grid and the baseline Karras grid. Whichever grid (Karras, GITS, the searched
-  one) has the lowest error on separate validation samples is kept, so the result is never worse
-  than the baseline on those samples.
+  "Accelerating Diffusion Sampling with Optimized Time Steps"). It starts from the best grid of the
+  Karras family (rho and the smallest level scanned), then runs a coordinate search in log sigma with
+  shrinking steps, each level kept between its neighbours so the grid stays strictly descending.
+- "gits+direct" (the default): GITS, then the direct search started from the best (on the tuning
+  samples) of the GITS grid, the Karras-family grid and the baseline.
+Whichever grid (the baseline Karras grid, GITS, the searched one) has the lowest error on separate
+validation samples is kept, so the result is never worse than the baseline on those samples.
 
 The samplers are run as they are (plain functions); the denoiser is any denoiser, guided or not.
 """
@@ -37,9 +38,9 @@ from diffguide.samplers.registry import SAMPLERS, STOCHASTIC, get_sampler, steps
 from diffguide.samplers.single_step import sample_heun
 
 METHODS = {
-    "gits+direct": "GITS dynamic programming, then a direct search from the better of it and Karras",
+    "gits+direct": "GITS dynamic programming, then the direct search from the best of it and the Karras family",
     "gits": "GITS (Chen et al. 2024): dynamic programming over a fine grid on local errors",
-    "direct": "direct search in log sigma on the end-point error, from the Karras grid",
+    "direct": "direct search in log sigma on the end-point error, from the best Karras-family grid",
 }
 
 
@@ -173,7 +174,7 @@ def coordinate_search(
                     continue
                 trial = logs.clone()
                 trial[k] = value
-                candidate = torch.cat([trial.exp(), trial.new_zeros(1)])
+                candidate = torch.cat([sigmas[:1], trial[1:].exp(), trial.new_zeros(1)])
                 score = objective(candidate)
                 evals += 1
                 if score < best:
@@ -203,19 +204,43 @@ class _Problem:
         return rms(self.sampler_fn(self.denoiser, self.x_check, sigmas, cond=self.cond), self.end_check)
 
 
+RHOS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 60.0)  # 1: uniform in sigma .. 60: nearly log-uniform
+
+
+def best_of_family(objective, steps: int, sigma_min: float, sigma_max: float, lowest: int = 6):
+    """The best Karras-type grid (Karras et al. 2022, eq. 5) over rho in RHOS and `lowest` smallest
+    levels from sigma_min up to min(sigma_max / 2, 1000 sigma_min), log-spaced: a 2-parameter start
+    for the direct search (the "grid without the sigma_min step" of the peers is one of them)."""
+    if steps == 1:
+        return karras_sigmas(1, sigma_min, sigma_max)
+    top = min(sigma_max / 2, 1000 * sigma_min)
+    floors = torch.logspace(math.log10(sigma_min), math.log10(top), lowest, dtype=torch.float64).tolist()
+    floors[0] = sigma_min
+    grids = [karras_sigmas(steps, lo, sigma_max, rho) for rho in RHOS for lo in floors]
+    for grid in grids:
+        grid[0] = sigma_max  # exactly: (sigma_max^(1/rho))^rho may be off in the last bit
+    scores = [objective(g) for g in grids]
+    return grids[min(range(len(grids)), key=scores.__getitem__)]
+
+
 def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, steps, floor, max_evals):
     """{name: sigmas} of the grids the method produces (the baseline always included)."""
     grids = {"karras": baseline}
     if method in ("gits", "gits+direct"):
         if steps > len(levels) - 1:
-            raise ConfigError(f"{steps} steps need more than the {len(levels)} fine levels; raise fine_levels")
+            raise ConfigError(
+                f"{steps} steps need more than the {len(levels)} fine levels; raise fine_levels"
+            )
         cost = gits_costs(problem.sampler_fn, problem.denoiser, problem.states, levels, cond=problem.cond)
         grids["gits"] = levels[cheapest_path(cost, steps)]
     if method in ("direct", "gits+direct"):
-        start = baseline
-        if method == "gits+direct" and problem.tune_error(grids["gits"]) < problem.tune_error(baseline):
-            start = grids["gits"]
-        grids[method], _ = coordinate_search(problem.tune_error, start, floor, max_evals=max_evals)
+        starts = [best_of_family(problem.tune_error, steps, floor, float(baseline[0])), *grids.values()]
+        scores = [problem.tune_error(g) for g in starts]
+        start = starts[min(range(len(starts)), key=scores.__getitem__)]
+        mean_gap = math.log(float(baseline[0]) / floor) / max(steps - 1, 1)
+        grids[method], _ = coordinate_search(
+            problem.tune_error, start, floor, step=min(0.5, mean_gap / 2), max_evals=max_evals
+        )
     return grids
 
 
@@ -254,6 +279,7 @@ def tune_grid(
     baseline = karras_sigmas(steps, sigma_min, sigma_max, rho)
     fine = torch.linspace(math.log(sigma_max), math.log(sigma_min), fine_levels, dtype=torch.float64)
     levels = torch.cat([fine.exp(), fine.new_zeros(1)])  # log-spaced, then 0
+    levels[0], levels[-2] = sigma_max, sigma_min  # exactly, not exp(log(.))
     sampler_fn = get_sampler(sampler)
     labels = None if cond is None else torch.full((samples,), int(cond), dtype=torch.long, device=device)
     x = [
