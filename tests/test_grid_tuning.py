@@ -54,7 +54,11 @@ def test_tuned_grid_is_no_worse_than_karras_on_a_single_gaussian(gaussian, sampl
         ours = closed_form_error(gaussian, sampler, tuned.sigmas)
         assert ours <= karras * (1 + 1e-9), (sampler, nfe, ours, karras)
         assert tuned.error_after <= tuned.error_before
-        assert float(tuned.sigmas[0]) == pytest.approx(SIGMA_MAX, rel=1e-12) and tuned.sigmas[-1] == 0 and (tuned.sigmas.diff() < 0).all()
+        assert (
+            float(tuned.sigmas[0]) == pytest.approx(SIGMA_MAX, rel=1e-12)
+            and tuned.sigmas[-1] == 0
+            and (tuned.sigmas.diff() < 0).all()
+        )
         assert tuned.sigmas[-2] >= SIGMA_MIN * (1 - 1e-9)
 
 
@@ -158,11 +162,12 @@ def test_grid_file_round_trip_and_bad_files(tmp_path):
 # the real executable
 
 
-def diffguide(*args: str) -> subprocess.CompletedProcess:
-    """The installed `diffguide` script next to this Python (else `python -m diffguide`), in a subprocess."""
+def diffguide(*args: str, show_warnings: bool = False) -> subprocess.CompletedProcess:
+    """The installed `diffguide` script next to this Python (else `python -m diffguide`), in a subprocess;
+    Python's warnings are off unless show_warnings (ours are shown as one `warning:` line each)."""
     script = Path(sys.executable).parent / "diffguide"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "diffguide"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONWARNINGS": "default" if show_warnings else "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -223,7 +228,10 @@ def test_tune_grid_then_sample_with_the_file(cli_run, tmp_path):
         "--out",
         str(samples),
         "--no-metrics",
+        show_warnings=True,
     )
-    assert result.returncode == 0 and "tuned for sampler 'euler'" in result.stderr, result.stderr
+    assert result.returncode == 0 and "warning: grid.json was tuned for sampler 'euler'" in result.stderr, (
+        result.stderr
+    )
     result = diffguide("sample", str(cli_run), "--grid", str(out), "--steps", "8", "--out", str(samples))
     assert_refused(result, "fixes the sigmas (4 steps); leave out --steps")

@@ -13,7 +13,8 @@ probability-flow ODE (Heun with many small steps) from the same noise:
   history included, against the reference, as in the optimal time-step schedules of Xue et al. 2024,
   "Accelerating Diffusion Sampling with Optimized Time Steps"). It starts from the best grid of the
   Karras family (rho and the smallest level scanned), then runs a coordinate search in log sigma with
-  shrinking steps, each level kept between its neighbours so the grid stays strictly descending.
+  shrinking steps, each level kept between its neighbours so the grid stays strictly descending, and
+  relocations of the most crowded level to another step (which coordinate moves cannot do).
 - "gits+direct" (the default): GITS, then the direct search started from the best (on the tuning
   samples) of the GITS grid, the Karras-family grid and the baseline.
 Whichever grid (the baseline Karras grid, GITS, the searched one) has the lowest error on separate
@@ -57,6 +58,7 @@ class TunedGrid:
     error_before: float  # the baseline (Karras) grid
     error_after: float  # the grid kept
     errors: dict[str, float] = field(default_factory=dict)  # every candidate's validation error
+    grids: dict[str, torch.Tensor] = field(default_factory=dict)  # every candidate grid
     seconds: float = 0.0
     samples: int = 0
     seed: int = 0
@@ -152,16 +154,19 @@ def coordinate_search(
     step: float = 0.5,
     min_step: float = 0.01,
     max_evals: int = 600,
-) -> tuple[torch.Tensor, float]:
+    best: float | None = None,
+) -> tuple[torch.Tensor, float, int]:
     """Minimise objective(sigmas) over the inner levels sigmas[1:-1] by coordinate search in log sigma.
 
     Each level moves by +-step (kept strictly between its neighbours and above sigma_floor); a sweep
     without improvement halves the step, down to min_step. sigmas[0] and the final 0 stay fixed.
-    Returns (best sigmas, best objective)."""
+    Returns (best sigmas, best objective, objective evaluations)."""
     logs = sigmas[:-1].log().clone()  # [steps]; logs[0] = log sigma_max is fixed
     best_sigmas = sigmas.clone()
-    best = objective(best_sigmas)
-    evals, gap = 1, 1e-3  # neighbouring levels stay at least 0.1% apart
+    evals = 0
+    if best is None:
+        best, evals = objective(best_sigmas), 1
+    gap = 1e-3  # neighbouring levels stay at least 0.1% apart
     floor = math.log(sigma_floor)
     while step >= min_step and evals < max_evals and len(logs) > 1:
         improved = False
@@ -182,7 +187,53 @@ def coordinate_search(
                     break
         if not improved:
             step /= 2
-    return best_sigmas, best
+    return best_sigmas, best, evals
+
+
+def relocate(objective, sigmas: torch.Tensor, sigma_floor: float, tries: int = 3):
+    """Move each of the `tries` most crowded inner levels (smallest log gap to a neighbour) to the
+    log-midpoint of every other step in turn (the last step's midpoint taken between its level and
+    sigma_floor); returns the best such grid, its objective and the evaluations. Coordinate search
+    cannot pass a level through its neighbours; this move lets a stranded level go where it helps."""
+    logs = sigmas[:-1].log()  # [steps]
+    steps = len(logs)
+    best, best_sigmas, evals = math.inf, sigmas, 0
+    if steps < 3:
+        return best_sigmas, best, evals
+
+    def crowding(k: int) -> float:  # log gap to the nearer neighbour
+        return min(float(logs[k - 1] - logs[k]), float(logs[k] - logs[k + 1]) if k + 1 < steps else math.inf)
+
+    for k in sorted(range(1, steps), key=crowding)[:tries]:
+        kept = torch.cat([logs[:k], logs[k + 1 :]])
+        bounds = [*kept.tolist(), math.log(sigma_floor)]
+        for i in range(len(kept)):
+            if bounds[i] - bounds[i + 1] < 4e-3:
+                continue
+            middle = kept.new_tensor([(bounds[i] + bounds[i + 1]) / 2])
+            trial = torch.sort(torch.cat([kept, middle]), descending=True)[0]
+            candidate = torch.cat([sigmas[:1], trial[1:].exp(), trial.new_zeros(1)])
+            score = objective(candidate)
+            evals += 1
+            if score < best:
+                best, best_sigmas = score, candidate
+    return best_sigmas, best, evals
+
+
+def direct_search(objective, sigmas: torch.Tensor, sigma_floor: float, *, step: float, max_evals: int):
+    """Coordinate search, then relocations of the most crowded level, each followed by a finer
+    coordinate search, while they improve and evaluations remain; returns (sigmas, objective)."""
+    sigmas, best, used = coordinate_search(objective, sigmas, sigma_floor, step=step, max_evals=max_evals)
+    while used < max_evals:
+        moved, score, evals = relocate(objective, sigmas, sigma_floor)
+        used += evals
+        if not score < best:
+            break
+        sigmas, best, evals = coordinate_search(
+            objective, moved, sigma_floor, step=step / 4, max_evals=max_evals - used, best=score
+        )
+        used += evals
+    return sigmas, best
 
 
 @dataclass
@@ -238,7 +289,7 @@ def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, 
         scores = [problem.tune_error(g) for g in starts]
         start = starts[min(range(len(starts)), key=scores.__getitem__)]
         mean_gap = math.log(float(baseline[0]) / floor) / max(steps - 1, 1)
-        grids[method], _ = coordinate_search(
+        grids[method], _ = direct_search(
             problem.tune_error, start, floor, step=min(0.5, mean_gap / 2), max_evals=max_evals
         )
     return grids
@@ -302,6 +353,7 @@ def tune_grid(
         error_before=errors["karras"],
         error_after=errors[chosen],
         errors=errors,
+        grids=grids,
         seconds=time.perf_counter() - start_time,
         samples=samples,
         seed=seed,
