@@ -78,10 +78,37 @@ def default_out(args) -> Path:
     return Path(args.run) / "grids" / f"{args.sampler}-nfe{args.nfe}{suffix}.json"
 
 
+def grid_provenance(args, run, tuned) -> dict:
+    """What a grid file records besides its sigmas: the run, checkpoint digest, sampler, NFE, guidance,
+    method and the measured errors."""
+    from diffguide import __version__
+
+    return {
+        "run": str(Path(args.run).resolve()),
+        "checkpoint": str(run.checkpoint),
+        "checkpoint_sha256": checkpoint_sha256(run.checkpoint),
+        "ema": not args.raw,
+        "sampler": tuned.sampler,
+        "nfe": tuned.nfe,
+        "steps": tuned.steps,
+        "guidance": guidance_record(args),
+        "method": tuned.method,
+        "chosen": tuned.chosen,
+        "baseline": tuned.baseline,
+        "error_before": tuned.error_before,
+        "error_after": tuned.error_after,
+        "errors": tuned.errors,
+        "error_measure": f"RMS distance to the ODE reference end point, {tuned.samples} validation samples",
+        "tuning_seconds": round(tuned.seconds, 1),
+        "samples": tuned.samples,
+        "seed": tuned.seed,
+        "written_by": f"diffguide {__version__}",
+    }
+
+
 def cmd_tune_grid(args) -> int:
     import torch
 
-    from diffguide import __version__
     from diffguide.cli import condition_args, guidance_args
     from diffguide.errors import lookup
     from diffguide.models.runs import load_run
@@ -120,27 +147,7 @@ def cmd_tune_grid(args) -> int:
         samples=args.samples,
         seed=args.seed,
     )
-    provenance = {
-        "run": str(Path(args.run).resolve()),
-        "checkpoint": str(run.checkpoint),
-        "checkpoint_sha256": checkpoint_sha256(run.checkpoint),
-        "ema": not args.raw,
-        "sampler": tuned.sampler,
-        "nfe": tuned.nfe,
-        "steps": tuned.steps,
-        "guidance": guidance_record(args),
-        "method": tuned.method,
-        "chosen": tuned.chosen,
-        "baseline": tuned.baseline,
-        "error_before": tuned.error_before,
-        "error_after": tuned.error_after,
-        "errors": tuned.errors,
-        "error_measure": f"RMS distance to the ODE reference end point, {tuned.samples} validation samples",
-        "tuning_seconds": round(tuned.seconds, 1),
-        "samples": tuned.samples,
-        "seed": tuned.seed,
-        "written_by": f"diffguide {__version__}",
-    }
+    provenance = grid_provenance(args, run, tuned)
     try:
         write_grid_file(out, tuned.sigmas, **provenance)
     except OSError as e:
