@@ -43,7 +43,7 @@ class GridFile:
 def looks_like_grid_file(name: str | Path) -> bool:
     """True for a grid given as a file (a .json name or a path), not as a grid name like 'karras'."""
     text = str(name)
-    return text.lower().endswith(".json") or "/" in text or "\\" in text or Path(text).is_file()
+    return text.lower().endswith(".json") or "/" in text or "\\" in text
 
 
 def check_sigmas(sigmas, where: str) -> torch.Tensor:

@@ -278,10 +278,6 @@ def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, 
     """{name: sigmas} of the grids the method produces (the baseline always included)."""
     grids = {"karras": baseline}
     if method in ("gits", "gits+direct"):
-        if steps > len(levels) - 1:
-            raise ConfigError(
-                f"{steps} steps need more than the {len(levels)} fine levels; raise fine_levels"
-            )
         cost = gits_costs(problem.sampler_fn, problem.denoiser, problem.states, levels, cond=problem.cond)
         grids["gits"] = levels[cheapest_path(cost, steps)]
     if method in ("direct", "gits+direct"):
@@ -308,7 +304,7 @@ def tune_grid(
     method: str = "gits+direct",
     samples: int = 256,
     seed: int = 0,
-    fine_levels: int = 96,
+    fine_levels: int = 96,  # at least 2 * steps are used
     substeps: int = 8,
     max_evals: int = 600,
     dtype: torch.dtype = torch.float64,
@@ -328,6 +324,7 @@ def tune_grid(
             f"need samples >= 1, fine_levels >= 2 and substeps >= 1, got {samples}, {fine_levels}, {substeps}"
         )
     baseline = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    fine_levels = max(fine_levels, 2 * steps)  # GITS picks `steps` of them: leave it a choice
     fine = torch.linspace(math.log(sigma_max), math.log(sigma_min), fine_levels, dtype=torch.float64)
     levels = torch.cat([fine.exp(), fine.new_zeros(1)])  # log-spaced, then 0
     levels[0], levels[-2] = sigma_max, sigma_min  # exactly, not exp(log(.))
