@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,6 +217,18 @@ def test_tune_grid_then_sample_with_the_file(cli_run, tmp_path):
         "sample", str(cli_run), "--grid", str(out), "--n", "20", "--out", str(samples), "--no-metrics"
     )
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    # the file's sigmas and sampler were used: the same as the Python API on that grid
+    from diffguide.models.runs import load_run
+    from diffguide.samplers import generate
+
+    run = load_run(cli_run)
+    grid = read_grid_file(out)
+    expected = generate(run.denoiser, 20, run.dataset.shape, sigmas=grid.sigmas, sampler="euler", seed=0)
+    assert torch.allclose(torch.from_numpy(np.load(samples)["samples"]), expected, atol=1e-5)
+    on_karras = generate(
+        run.denoiser, 20, run.dataset.shape, sigmas=karras_sigmas(4), sampler="euler", seed=0
+    )
+    assert not torch.allclose(on_karras, expected, atol=1e-3)
     result = diffguide(
         "sample",
         str(cli_run),
