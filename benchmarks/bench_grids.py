@@ -8,8 +8,6 @@ bench_peers.py (x = 80 z, 2000 points, torch.randn seed 0), the RMS distance to 
     (Chen et al. 2024) and the grid the default method keeps (GITS, then a direct search; see the
     module docstring of diffguide.samplers.tuning), with the tuning time in seconds. Tuning sees other
     noise (PerSampleNoise streams of seed 0) than the benchmark, so the errors here are out of sample;
-  - for one sampler (--direct-alone), also the direct search alone (method "direct"), to compare the
-    two methods on their own;
   - the best row of k-diffusion and of diffusers at each NFE: bench_peers.accuracy() on the same mixture
     in this same run (every deterministic sampler of each library on both grids it can run).
 Goal (issue 16): the tuned grid's error <= 0.5 x the best peer's at every NFE.
@@ -60,31 +58,35 @@ def run_cell(mixture, sampler: str, x, reference, sigmas) -> tuple[int, float]:
     return counted.calls, float((out - reference).pow(2).sum(1).mean().sqrt())
 
 
-def our_rows(mixture, samplers, x, reference, tune_kwargs, direct_alone: str) -> list:
-    """[(sampler, grid label, {budget: (nfe, error, tuning seconds or None)})]."""
+TUNED = {  # row label: the tuner's candidate
+    "tuned: GITS": "gits",
+    "tuned: direct search from Karras-family grids": "direct",
+    "tuned: direct search from the GITS grid": "gits+direct",
+}
+KEPT = "tuned: kept (lowest validation error)"
+
+
+def our_rows(mixture, samplers, x, reference, tune_kwargs) -> list:
+    """[(sampler, grid label, {budget: (nfe, error, tuning seconds or None)})].
+
+    One tune_grid call (method gits+direct) per sampler and budget gives every tuned row: its
+    candidates are GITS, the direct search from the Karras family and from GITS; the seconds are the
+    whole call's (references, GITS and all searches)."""
     rows = []
     for sampler in samplers:
-        fixed = {label: {} for label in FIXED}
-        tuned = {"tuned: GITS grid": {}, "tuned: kept grid (gits+direct)": {}}
-        if sampler == direct_alone:
-            tuned["tuned: direct search alone"] = {}
+        cells = {label: {} for label in [*FIXED, *TUNED, KEPT]}
         for budget in BUDGETS:
             steps = steps_for_evals(sampler, budget)
             for label, grid in FIXED.items():
-                fixed[label][budget] = (*run_cell(mixture, sampler, x, reference, grid(steps)), None)
+                cells[label][budget] = (*run_cell(mixture, sampler, x, reference, grid(steps)), None, None)
             result = tune_grid(mixture, (2,), sampler, budget, **tune_kwargs)
-            cells = {
-                "tuned: GITS grid": result.grids["gits"],
-                "tuned: kept grid (gits+direct)": result.sigmas,
-            }
-            for label, sigmas in cells.items():
-                tuned[label][budget] = (*run_cell(mixture, sampler, x, reference, sigmas), result.seconds)
-            if sampler == direct_alone:
-                alone = tune_grid(mixture, (2,), sampler, budget, method="direct", **tune_kwargs)
-                cell = run_cell(mixture, sampler, x, reference, alone.sigmas)
-                tuned["tuned: direct search alone"][budget] = (*cell, alone.seconds)
+            tuned = {label: result.grids[name] for label, name in TUNED.items()}
+            tuned[KEPT] = result.sigmas
+            for label, sigmas in tuned.items():
+                cell = run_cell(mixture, sampler, x, reference, sigmas)
+                cells[label][budget] = (*cell, result.seconds, result.chosen if label == KEPT else None)
             print(f"  {sampler} NFE {budget}: kept {result.chosen}, {result.seconds:.0f} s", file=sys.stderr)
-        rows += [(sampler, label, cells) for label, cells in {**fixed, **tuned}.items()]
+        rows += [(sampler, label, by_budget) for label, by_budget in cells.items()]
     return rows
 
 
@@ -134,17 +136,17 @@ def mixture_section(name: str, rows, peer_best, ref_error: float, n_points: int,
 def summary_lines(rows, peer_best) -> list[str]:
     """Per budget: our best tuned row, the best peer, their ratio and whether the 0.5x goal is met."""
     lines = [
-        "| NFE | best tuned (sampler, grid) | error | tuning s | best Karras row of ours | best peer | ratio tuned / peer | goal <= 0.5 |",
+        "| NFE | best kept tuned grid (sampler, candidate kept) | error | tuning s | best Karras row of ours | best peer | ratio tuned / peer | goal <= 0.5 |",
         "|---:|---|---:|---:|---:|---|---:|---|",
     ]
     for b in BUDGETS:
-        tuned = min((c[b][1], s, lab, c[b][2]) for s, lab, c in rows if lab.startswith("tuned"))
+        tuned = min((c[b][1], s, c[b][3], c[b][2]) for s, lab, c in rows if lab == KEPT)
         karras = min(c[b][1] for s, lab, c in rows if lab == "Karras rho 7")
         error, sampler, label, seconds = tuned
         peer_error, peer_name, _ = peer_best[b]
         ratio = error / peer_error
         lines.append(
-            f"| {b} | {sampler}, {label.removeprefix('tuned: ')} | {error:.2e} | {seconds:.0f} | {karras:.2e} | "
+            f"| {b} | {sampler}, {label} | {error:.2e} | {seconds:.0f} | {karras:.2e} | "
             f"{peer_name} {peer_error:.2e} | {ratio:.2f} | {'yes' if ratio <= 0.5 else 'NO'} |"
         )
     return lines
@@ -155,10 +157,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--quick", action="store_true", help="300 points, 256-step reference, 64 tuning samples"
     )
-    parser.add_argument("--samplers", default="ipndm,unipc,unipc-3", help="our samplers to tune (comma list)")
+    parser.add_argument("--samplers", default="ipndm,unipc", help="our samplers to tune (comma list)")
     parser.add_argument("--mixtures", default=",".join(MIXTURES), help=f"of {', '.join(MIXTURES)}")
     parser.add_argument(
-        "--direct-alone", default="ipndm", help="sampler also tuned by the direct search alone"
+        "--out", default=None, help="markdown file (default results/grids.md, --quick grids-quick.md)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> str:
         peer_rows, ref_error = peers.accuracy(n_points, ref_steps, mixture=mixture)
         x, reference = noise_and_reference(mixture, n_points, ref_steps)
         print(f"{name}: tuning ...", file=sys.stderr)
-        rows = our_rows(mixture, args.samplers.split(","), x, reference, tune_kwargs, args.direct_alone)
+        rows = our_rows(mixture, args.samplers.split(","), x, reference, tune_kwargs)
         sections += mixture_section(name, rows, best_peers(peer_rows), ref_error, n_points, ref_steps)
     header = [
         "# Grids tuned to the model",
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> str:
         "",
     ]
     text = "\n".join(header + sections)
-    out = RESULTS.with_name("grids-quick.md") if args.quick else RESULTS
+    out = Path(args.out) if args.out else RESULTS.with_name("grids-quick.md") if args.quick else RESULTS
     out.write_text(text)
     return text
 
