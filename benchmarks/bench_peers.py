@@ -259,11 +259,11 @@ def diffusers_sample(scheduler, eps_model, x, sigma_space: bool, steps: int):
 # 1. accuracy per cost
 
 
-def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0):
+def accuracy(n_points: int = 2000, ref_steps: int = 1024, seed: int = 0, mixture=None):
     from diffguide.adapters.diffusers import EpsModelFromDenoiser, ipndm_scheduler_sample
     from diffguide.processes import DDPM
 
-    mixture = tree_mixture()
+    mixture = tree_mixture() if mixture is None else mixture  # bench_grids.py also runs 8 Gaussians
     x = (
         torch.randn(n_points, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         * SIGMA_MAX

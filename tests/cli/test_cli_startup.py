@@ -66,3 +66,10 @@ def test_guidance_names_in_the_help_are_the_registry():
     from diffguide.guidance.spec import METHODS
 
     assert tuple(METHODS) == METHOD_NAMES
+
+
+def test_tune_grid_method_names_are_the_tuners():
+    from diffguide.cli.tune_grid import METHOD_NAMES
+    from diffguide.samplers.tuning import METHODS
+
+    assert tuple(METHODS) == METHOD_NAMES

@@ -18,6 +18,7 @@ MODULES = [
     "export_diffusers",
     "posthoc",
     "guidance_bench",
+    "tune_grid",
 ]
 
 

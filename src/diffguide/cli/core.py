@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffguide.cli.common import grid_overrides, make_output_folder, write_json
+from diffguide.cli.common import make_output_folder, write_json
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
 
@@ -46,7 +46,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
     p.add_argument("--sampler", help="sampler name (default: the run's)")
     p.add_argument("--steps", type=int, help="number of steps (default: the run's)")
-    p.add_argument("--grid", help="sigma grid: karras, loglinear, uniform-t")
+    p.add_argument(
+        "--grid",
+        help="sigma grid: karras, loglinear, uniform-t, or a grid file from `diffguide tune-grid` (FILE.json; "
+        "then its sampler is the default and --steps/--sigma-min/--sigma-max/--rho do not apply)",
+    )
     p.add_argument("--sigma-min", type=float, help="lowest nonzero sigma of the grid (default: the run's)")
     p.add_argument(
         "--sigma-max", type=float, help="highest sigma, where sampling starts (default: the run's)"
@@ -168,9 +172,10 @@ def checkpoint_stamps(run_dir: Path) -> dict[str, int]:
 
 def cmd_sample(args) -> int:
     from diffguide.cli import condition_args, guidance_args
+    from diffguide.cli.tune_grid import sampling_grid
     from diffguide.guidance.spec import sampler_for
     from diffguide.models.runs import load_run
-    from diffguide.samplers.generation import check_sample_count, generate, sigma_grid
+    from diffguide.samplers.generation import check_sample_count, generate
     from diffguide.samplers.registry import sampler_options
 
     if args.diffusers is not None or args.run is None:
@@ -189,10 +194,10 @@ def cmd_sample(args) -> int:
     check_sample_count(args.n, run.dataset.shape)  # before the conditions for n samples are built
     s = run.config.sample
     steps = s.steps if args.steps is None else args.steps  # --steps 0 is an error, not the default
-    sigmas = sigma_grid(args.grid or s.grid, steps, run.process, *grid_overrides(args, s))
+    sigmas, grid_sampler = sampling_grid(args, run, steps)  # --grid NAME or --grid FILE
     cond = condition_args.build_condition(args, run, args.n)
     denoiser = guidance_args.guided_denoiser(args, run)
-    sampler_name = args.sampler or s.sampler
+    sampler_name = args.sampler or grid_sampler or s.sampler
     options = sampler_options(sampler_name, args.sampler_option)
     sampler = sampler_for(denoiser, sampler_name)  # CFG++ brings its own step
     sampler, callback = condition_args.sampler_and_callback(args, run, sampler)

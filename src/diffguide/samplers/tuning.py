@@ -1,0 +1,372 @@
+"""Sigma grids tuned to the model: the steps that minimise a sampler's error for this denoiser.
+
+Two methods from the literature, both measured against reference trajectories of the
+probability-flow ODE (Heun with many small steps) from the same noise:
+
+- "gits": GITS, Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"
+  (ICML 2024), Algorithm 1: a cost matrix of one-step local errors between the levels of a fine grid,
+  measured from a few reference trajectories, then dynamic programming for the cheapest path of
+  exactly `steps` steps. Its cost is the local error of the sampler's first step (the DDIM/Euler step
+  for the multistep samplers, as in the paper); it ignores how errors carry over between steps.
+- "direct": a gradient-free search over the grid itself (Align Your Steps, Sabour et al. 2024,
+  optimise the steps directly; here the objective is the end-point error of the full sampler,
+  history included, against the reference, as in the optimal time-step schedules of Xue et al. 2024,
+  "Accelerating Diffusion Sampling with Optimized Time Steps"). It starts from the best grids of the
+  Karras family (rho and the smallest level scanned; several starts, as the search ends in a local
+  optimum that depends on the start), each followed by a coordinate search in log sigma with
+  shrinking steps, each level kept between its neighbours so the grid stays strictly descending, and
+  relocations of the most crowded level to another step (which coordinate moves cannot do).
+- "gits+direct" (the default): both, and the direct search started from the GITS grid too.
+Whichever grid (the baseline Karras grid, GITS, the searched ones) has the lowest error on separate
+validation samples is kept, so the result is never worse than the baseline on those samples.
+
+The samplers are run as they are (plain functions); the denoiser is any denoiser, guided or not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from diffguide.errors import ConfigError, lookup
+from diffguide.grids import karras_sigmas
+from diffguide.noise import PerSampleNoise
+from diffguide.samplers.registry import SAMPLERS, STOCHASTIC, get_sampler, steps_for_evals
+from diffguide.samplers.single_step import sample_heun
+
+METHODS = {
+    "gits+direct": "both, and the direct search from the GITS grid too; the best on validation samples is kept",
+    "gits": "GITS (Chen et al. 2024): dynamic programming over a fine grid on local errors",
+    "direct": "direct search in log sigma on the end-point error, from several Karras-family grids",
+}
+
+
+@dataclass
+class TunedGrid:
+    """A tuned grid and how it was found: errors are RMS end-point distances on validation samples."""
+
+    sigmas: torch.Tensor  # [steps + 1], descending, ending in 0
+    sampler: str
+    nfe: int
+    steps: int
+    method: str  # the method asked for
+    chosen: str  # the candidate kept: "karras", "gits", "direct" or "gits+direct" (search from GITS)
+    error_before: float  # the baseline (Karras) grid
+    error_after: float  # the grid kept
+    errors: dict[str, float] = field(default_factory=dict)  # every candidate's validation error
+    grids: dict[str, torch.Tensor] = field(default_factory=dict)  # every candidate grid
+    seconds: float = 0.0
+    samples: int = 0
+    seed: int = 0
+    baseline: str = ""
+
+
+def check_tunable(sampler: str, nfe: int) -> int:
+    """The number of steps for `nfe` evaluations of a deterministic `sampler`, or the error saying why not."""
+    get_sampler(sampler)  # unknown names: the standard error with the closest names
+    if sampler in STOCHASTIC:
+        deterministic = sorted(s for s in SAMPLERS if s not in STOCHASTIC)
+        raise ConfigError(
+            f"sampler {sampler!r} is stochastic: a grid is tuned against the probability-flow ODE's "
+            f"solution, which needs a deterministic sampler; choices: {', '.join(deterministic)}"
+        )
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ConfigError(f"the number of denoiser evaluations (NFE) must be an integer >= 1, got {nfe!r}")
+    return steps_for_evals(sampler, nfe)
+
+
+def reference_states(denoiser, x, levels: torch.Tensor, *, cond=None, substeps: int = 8) -> list:
+    """x at each of `levels` (descending, ending in 0) by Heun (EDM Alg. 2) with `substeps` log-spaced
+    steps per level; the last level, 0, is reached through sigmas down to levels[-2] / 1e4.
+
+    Returns [len(levels)] tensors shaped like x (x itself first)."""
+    states = [x]
+    for a, b in zip(levels[:-1].tolist(), levels[1:].tolist()):
+        lo = b if b > 0 else a * 1e-4
+        inner = torch.exp(torch.linspace(math.log(a), math.log(lo), substeps + 1, dtype=torch.float64))
+        grid = inner if b > 0 else torch.cat([inner, inner.new_zeros(1)])
+        states.append(sample_heun(denoiser, states[-1], grid, cond=cond))
+    return states
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root mean square over samples of the per-sample Euclidean distance."""
+    return float((a - b).to(torch.float64).pow(2).flatten(1).sum(1).mean().sqrt())
+
+
+class _RepeatCache:
+    """A denoiser that returns its last output again for the same (x, sigma): the GITS cost matrix
+    steps from each reference state to every later level, and all those steps start with one call."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.last = denoiser, None
+
+    def __call__(self, x, sigma, cond=None):
+        if self.last is not None:
+            x0, s0, out = self.last
+            if x0.shape == x.shape and torch.equal(s0, sigma) and torch.equal(x0, x):
+                return out
+        out = self.denoiser(x, sigma, cond)
+        self.last = (x.clone(), sigma.clone(), out)
+        return out
+
+
+def gits_costs(sampler_fn, denoiser, states: list, levels: torch.Tensor, *, cond=None) -> torch.Tensor:
+    """GITS cost matrix (Chen et al. 2024, eq. 9): cost[i, j] = RMS error of one sampler step from the
+    reference state at levels[i] to levels[j], against the reference there; inf for j <= i."""
+    m = len(levels)
+    cost = torch.full((m, m), math.inf, dtype=torch.float64)
+    cached = _RepeatCache(denoiser)
+    for i in range(m - 1):
+        for j in range(i + 1, m):
+            out = sampler_fn(cached, states[i], levels[[i, j]], cond=cond)
+            cost[i, j] = rms(out, states[j])
+    return cost
+
+
+def cheapest_path(cost: torch.Tensor, steps: int) -> list[int]:
+    """Dynamic programming (GITS, Chen et al. 2024, Alg. 1): node indices 0 = k_0 < ... < k_steps = m - 1
+    minimising sum cost[k_t, k_t+1] over paths of exactly `steps` steps."""
+    m = cost.shape[0]
+    if not 1 <= steps <= m - 1:
+        raise ConfigError(f"a path of {steps} steps needs 1..{m - 1} steps on {m} levels")
+    best = torch.full((steps + 1, m), math.inf, dtype=torch.float64)  # best[t, k]: t steps, ending at k
+    back = torch.zeros((steps + 1, m), dtype=torch.long)
+    best[0, 0] = 0.0
+    for t in range(1, steps + 1):
+        totals = best[t - 1][:, None] + cost  # [from, to]
+        best[t], back[t] = totals.min(0)
+    path = [m - 1]
+    for t in range(steps, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+def coordinate_search(
+    objective: Callable[[torch.Tensor], float],
+    sigmas: torch.Tensor,
+    sigma_floor: float,
+    *,
+    step: float = 0.5,
+    min_step: float = 0.01,
+    max_evals: int = 600,
+    best: float | None = None,
+) -> tuple[torch.Tensor, float, int]:
+    """Minimise objective(sigmas) over the inner levels sigmas[1:-1] by coordinate search in log sigma.
+
+    Each level moves by +-step (kept strictly between its neighbours and above sigma_floor); a sweep
+    without improvement halves the step, down to min_step. sigmas[0] and the final 0 stay fixed.
+    Returns (best sigmas, best objective, objective evaluations)."""
+    logs = sigmas[:-1].log().clone()  # [steps]; logs[0] = log sigma_max is fixed
+    best_sigmas = sigmas.clone()
+    evals = 0
+    if best is None:
+        best, evals = objective(best_sigmas), 1
+    gap = 1e-3  # neighbouring levels stay at least 0.1% apart
+    floor = math.log(sigma_floor)
+    while step >= min_step and evals < max_evals and len(logs) > 1:
+        improved = False
+        for k in range(1, len(logs)):
+            hi = float(logs[k - 1]) - gap
+            lo = float(logs[k + 1]) + gap if k + 1 < len(logs) else floor
+            for direction in (-1.0, 1.0):
+                value = min(max(float(logs[k]) + direction * step, lo), hi)
+                if abs(value - float(logs[k])) < 1e-12 or evals >= max_evals:
+                    continue
+                trial = logs.clone()
+                trial[k] = value
+                candidate = torch.cat([sigmas[:1], trial[1:].exp(), trial.new_zeros(1)])
+                score = objective(candidate)
+                evals += 1
+                if score < best:
+                    best, logs, best_sigmas, improved = score, trial, candidate, True
+                    break
+        if not improved:
+            step /= 2
+    return best_sigmas, best, evals
+
+
+def relocate(objective, sigmas: torch.Tensor, sigma_floor: float, tries: int = 3):
+    """Move each of the `tries` most crowded inner levels (smallest log gap to a neighbour) to the
+    log-midpoint of every other step in turn (the last step's midpoint taken between its level and
+    sigma_floor); returns the best such grid, its objective and the evaluations. Coordinate search
+    cannot pass a level through its neighbours; this move lets a stranded level go where it helps."""
+    logs = sigmas[:-1].log()  # [steps]
+    steps = len(logs)
+    best, best_sigmas, evals = math.inf, sigmas, 0
+    if steps < 3:
+        return best_sigmas, best, evals
+
+    def crowding(k: int) -> float:  # log gap to the nearer neighbour
+        return min(float(logs[k - 1] - logs[k]), float(logs[k] - logs[k + 1]) if k + 1 < steps else math.inf)
+
+    for k in sorted(range(1, steps), key=crowding)[:tries]:
+        kept = torch.cat([logs[:k], logs[k + 1 :]])
+        bounds = [*kept.tolist(), math.log(sigma_floor)]
+        for i in range(len(kept)):
+            if bounds[i] - bounds[i + 1] < 4e-3:
+                continue
+            middle = kept.new_tensor([(bounds[i] + bounds[i + 1]) / 2])
+            trial = torch.sort(torch.cat([kept, middle]), descending=True)[0]
+            candidate = torch.cat([sigmas[:1], trial[1:].exp(), trial.new_zeros(1)])
+            score = objective(candidate)
+            evals += 1
+            if score < best:
+                best, best_sigmas = score, candidate
+    return best_sigmas, best, evals
+
+
+def direct_search(objective, sigmas: torch.Tensor, sigma_floor: float, *, step: float, max_evals: int):
+    """Coordinate search, then relocations of the most crowded level, each followed by a finer
+    coordinate search, while they improve and evaluations remain; returns (sigmas, objective)."""
+    sigmas, best, used = coordinate_search(objective, sigmas, sigma_floor, step=step, max_evals=max_evals)
+    while used < max_evals:
+        moved, score, evals = relocate(objective, sigmas, sigma_floor)
+        used += evals
+        if not score < best:
+            break
+        sigmas, best, evals = coordinate_search(
+            objective, moved, sigma_floor, step=step / 4, max_evals=max_evals - used, best=score
+        )
+        used += evals
+    return sigmas, best
+
+
+@dataclass
+class _Problem:
+    """What the methods share: the sampler, noise, references and the end-point errors."""
+
+    sampler_fn: Callable
+    denoiser: object
+    cond: object
+    x_tune: torch.Tensor
+    x_check: torch.Tensor
+    states: list  # reference states of x_tune at the fine levels
+    end_check: torch.Tensor  # reference end point of x_check
+
+    def tune_error(self, sigmas: torch.Tensor) -> float:
+        return rms(self.sampler_fn(self.denoiser, self.x_tune, sigmas, cond=self.cond), self.states[-1])
+
+    def check_error(self, sigmas: torch.Tensor) -> float:
+        return rms(self.sampler_fn(self.denoiser, self.x_check, sigmas, cond=self.cond), self.end_check)
+
+
+RHOS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0, 60.0)  # 1: uniform in sigma .. 60: nearly log-uniform
+START_RHOS = (3.0, 7.0, 20.0, 60.0)  # one start of the direct search per rho (the best smallest level)
+
+
+def family_starts(objective, steps: int, sigma_min: float, sigma_max: float, lowest: int = 6) -> list:
+    """Karras-type grids (Karras et al. 2022, eq. 5) with `lowest` smallest levels from sigma_min up to
+    min(sigma_max / 2, 1000 sigma_min), log-spaced: for each rho in START_RHOS the best of them, then
+    the best over all RHOS (the peers' "grid without the sigma_min step" is one of these grids).
+
+    Starts of different rho end in different local optima of the direct search (measured on the tree
+    mixture: from 0.033 to 0.021 at 16 evaluations), hence several; the best start is not the best end."""
+    if steps == 1:
+        return [karras_sigmas(1, sigma_min, sigma_max)]
+    top = min(sigma_max / 2, 1000 * sigma_min)
+    floors = torch.logspace(math.log10(sigma_min), math.log10(top), lowest, dtype=torch.float64).tolist()
+    floors[0] = sigma_min
+    scored = {}  # rho -> [(objective, grid)]
+    for rho in RHOS:
+        for lo in floors:
+            grid = karras_sigmas(steps, lo, sigma_max, rho)
+            grid[0] = sigma_max  # exactly: (sigma_max^(1/rho))^rho may be off in the last bit
+            scored.setdefault(rho, []).append((objective(grid), grid))
+    best = [min(scored[rho], key=lambda pair: pair[0]) for rho in START_RHOS]
+    overall = min((pair for pairs in scored.values() for pair in pairs), key=lambda pair: pair[0])
+    return [grid for _, grid in best] + ([] if any(overall[1] is g for _, g in best) else [overall[1]])
+
+
+def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, steps, floor, max_evals):
+    """{name: sigmas} of the grids the method produces (the baseline always included)."""
+    grids = {"karras": baseline}
+    if method in ("gits", "gits+direct"):
+        cost = gits_costs(problem.sampler_fn, problem.denoiser, problem.states, levels, cond=problem.cond)
+        grids["gits"] = levels[cheapest_path(cost, steps)]
+    if method in ("direct", "gits+direct"):
+        mean_gap = math.log(float(baseline[0]) / floor) / max(steps - 1, 1)
+
+        def search(start):
+            step = min(0.5, mean_gap / 2)
+            return direct_search(problem.tune_error, start, floor, step=step, max_evals=max_evals)[0]
+
+        ends = [
+            search(start) for start in family_starts(problem.tune_error, steps, floor, float(baseline[0]))
+        ]
+        # the ends differ by their basins: keep the one that generalises (validation samples)
+        grids["direct"] = min(ends, key=problem.check_error)
+        if "gits" in grids:
+            grids["gits+direct"] = search(grids["gits"])
+    return grids
+
+
+def tune_grid(
+    denoiser,
+    shape: tuple[int, ...],
+    sampler: str,
+    nfe: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    cond=None,
+    method: str = "gits+direct",
+    samples: int = 256,
+    seed: int = 0,
+    fine_levels: int = 96,  # at least 2 * steps are used
+    substeps: int = 8,
+    max_evals: int = 300,  # objective evaluations of each start's direct search
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> TunedGrid:
+    """The sigma grid of `nfe` evaluations that minimises `sampler`'s end-point error for `denoiser`.
+
+    GITS (Chen et al. 2024) and/or a direct search (Sabour et al. 2024; Xue et al. 2024), see the module
+    docstring. Tuning samples are noise streams 0..samples-1 of `seed`, validation samples the next
+    `samples` streams (PerSampleNoise); cond is None or one class for all samples. The grid starts at
+    sigma_max, keeps its nonzero levels >= sigma_min and ends in 0; the baseline is Karras (rho)."""
+    start_time = time.perf_counter()
+    steps = check_tunable(sampler, nfe)
+    lookup("tuning method", method, METHODS)
+    if samples < 1 or fine_levels < 2 or substeps < 1:
+        raise ConfigError(
+            f"need samples >= 1, fine_levels >= 2 and substeps >= 1, got {samples}, {fine_levels}, {substeps}"
+        )
+    baseline = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    fine_levels = max(fine_levels, 2 * steps)  # GITS picks `steps` of them: leave it a choice
+    fine = torch.linspace(math.log(sigma_max), math.log(sigma_min), fine_levels, dtype=torch.float64)
+    levels = torch.cat([fine.exp(), fine.new_zeros(1)])  # log-spaced, then 0
+    levels[0], levels[-2] = sigma_max, sigma_min  # exactly, not exp(log(.))
+    sampler_fn = get_sampler(sampler)
+    labels = None if cond is None else torch.full((samples,), int(cond), dtype=torch.long, device=device)
+    x = [
+        PerSampleNoise.from_seed(seed, samples, start=start, device=device).randn(shape, dtype) * sigma_max
+        for start in (0, samples)
+    ]
+    states = reference_states(denoiser, x[0], levels, cond=labels, substeps=substeps)
+    end_check = reference_states(denoiser, x[1], levels, cond=labels, substeps=substeps)[-1]
+    problem = _Problem(sampler_fn, denoiser, labels, x[0], x[1], states, end_check)
+    grids = _candidates(problem, method, baseline, levels, steps, sigma_min, max_evals)
+    errors = {name: problem.check_error(sigmas) for name, sigmas in grids.items()}
+    chosen = min(errors, key=errors.get)
+    return TunedGrid(
+        sigmas=grids[chosen],
+        sampler=sampler,
+        nfe=nfe,
+        steps=steps,
+        method=method,
+        chosen=chosen,
+        error_before=errors["karras"],
+        error_after=errors[chosen],
+        errors=errors,
+        grids=grids,
+        seconds=time.perf_counter() - start_time,
+        samples=samples,
+        seed=seed,
+        baseline=f"karras rho={rho:g} sigma {sigma_min:g}..{sigma_max:g}",
+    )
