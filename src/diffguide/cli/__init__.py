@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 
+from diffguide.cli.common import apply_threads
 from diffguide.errors import DiffguideError
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
+            apply_threads(args)
             return int(args.func(args) or 0)
     except DiffguideError as e:
         print(f"{prefix}: error: {e}", file=sys.stderr)

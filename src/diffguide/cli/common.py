@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from diffguide.errors import ConfigError, output_error
 from diffguide.io import atomic_write_text
 
@@ -14,6 +16,27 @@ from diffguide.io import atomic_write_text
 WRITTEN_BY = "written_by"
 # A run folder holds config.json and checkpoints/; these are its own files, never outputs of a command.
 RUN_FILES = ("config.json", "checkpoints")
+
+
+def add_threads_arg(p) -> None:
+    """--threads N: torch's intra-op thread count for the command (train, sample, eval, likelihood)."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch's intra-op threads (torch.set_num_threads; default: torch's, usually one per core); "
+        "train records it in metrics.jsonl",
+    )
+
+
+def apply_threads(args) -> None:
+    """Set torch's thread count from --threads when the command has it and it was given (N >= 1)."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be an integer >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def make_output_folder(out: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffguide.cli.common import grid_overrides, make_output_folder, write_json
+from diffguide.cli.common import add_threads_arg, grid_overrides, make_output_folder, write_json
 from diffguide.config import apply_overrides, load_config_file, load_preset, preset_summaries
 from diffguide.errors import ConfigError, output_error
 
@@ -76,6 +76,7 @@ def add_train_extras(p) -> None:
     from diffguide.cli import guidance_args
 
     guidance_args.add_train_args(p)
+    add_threads_arg(p)
 
 
 def add_sample_extras(p) -> None:
@@ -84,6 +85,7 @@ def add_sample_extras(p) -> None:
     diffusers_args.add_sample_args(p)
     condition_args.add_sample_args(p)
     guidance_args.add_sample_args(p)
+    add_threads_arg(p)
 
 
 def cmd_presets(args) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffguide.cli.common import check_json_output, write_json
+from diffguide.cli.common import add_threads_arg, check_json_output, write_json
 from diffguide.errors import ConfigError
 
 # keys of every likelihood JSON, to recognise one written before `written_by` was recorded
@@ -41,6 +41,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace an existing --out that `likelihood` did not write"
     )
+    add_threads_arg(p)
     p.set_defaults(func=cmd_likelihood)
 
 
