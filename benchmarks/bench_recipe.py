@@ -70,7 +70,7 @@ def table(rows: list[dict], truth: dict) -> str:
         f"as the demo. Unguided precision/coverage as the demo computes them (2000 samples, Heun 24 steps); "
         f"true samples score precision {truth['precision']:.3f}, coverage {truth['coverage']:.3f}.",
         "",
-        "| steps | target | train s | s/step | precision | coverage |",
+        "| steps | target | train s | per step | precision | coverage |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
