@@ -152,6 +152,6 @@ def test_exact_targets_refusal_exits_2_through_the_cli(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == (
         "diffguide train: error: diffusion.loss.exact_target=true needs data with an exact mixture "
-        "(data.name=tree, 8gaussians, grid, ...); data.name='moons' has none"
+        "(data.name=tree, 8gaussians, grid, or mixture with data.path); data.name='moons' has none"
     ), result.stderr
     assert not any(tmp_path.iterdir())

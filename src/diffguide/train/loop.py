@@ -190,8 +190,8 @@ def exact_denoiser(cfg: RunConfig, dataset: Dataset, device: torch.device) -> Ga
         return None
     if dataset.mixture is None:
         raise ConfigError(
-            f"diffusion.loss.exact_target=true needs data with an exact mixture (data.name=tree, "
-            f"8gaussians, grid, ...); data.name={cfg.data.name!r} has none"
+            "diffusion.loss.exact_target=true needs data with an exact mixture (data.name=tree, 8gaussians, "
+            f"grid, or mixture with data.path); data.name={cfg.data.name!r} has none"
         )
     return copy.deepcopy(dataset.mixture).to(device)
 
