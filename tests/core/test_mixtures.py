@@ -68,6 +68,20 @@ def test_class_conditional_log_weights(small_tree):
         torch.testing.assert_close(small_tree(x, sigma, mixed)[rows], small_tree(x, sigma, full)[rows])
 
 
+def test_per_sample_sigmas_match_scipy_and_the_one_sigma_path(small_tree):
+    """The per-sample path (one eigendecomposition of the covariances, as exact training targets use it)
+    against scipy's densities row by row, and its denoiser against the one-sigma path's, with labels
+    that include the null class."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(60, 2, generator=gen, dtype=F64) * 0.8
+    sigma = torch.exp(torch.empty(60, dtype=F64).uniform_(-6, 1, generator=gen))
+    labels = torch.tensor([0, 1, small_tree.num_classes]).repeat(20)
+    expected = [scipy_log_prob(small_tree, x[[i, i]].numpy(), float(sigma[i]))[0] for i in range(60)]
+    np.testing.assert_allclose(small_tree.log_prob(x, sigma).numpy(), expected, rtol=1e-9, atol=1e-9)
+    one_sigma = torch.cat([small_tree(x[i : i + 1], sigma[i], labels[i : i + 1]) for i in range(60)])
+    torch.testing.assert_close(small_tree(x, sigma, labels), one_sigma, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("per_sample_sigma", [False, True])
 @pytest.mark.parametrize("cond", [None, 0, 1])
 def test_score_is_autograd_of_log_prob(tree, per_sample_sigma, cond):

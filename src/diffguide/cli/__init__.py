@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 
+from diffguide.cli.common import apply_threads
 from diffguide.errors import DiffguideError, StoppedBySignal
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
+            apply_threads(args)
             return int(args.func(args) or 0)
     except StoppedBySignal as e:  # Ctrl-C / SIGTERM: the work done is kept; say where, exit 130 / 143
         print(f"{prefix}: {e}", file=sys.stderr)

@@ -16,6 +16,29 @@ WRITTEN_BY = "written_by"
 RUN_FILES = ("config.json", "checkpoints")
 
 
+def add_threads_arg(p) -> None:
+    """--threads N: torch's intra-op thread count for the command (train, sample, eval, likelihood)."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch's intra-op threads (torch.set_num_threads; default: torch's, usually one per core); "
+        "train records it in metrics.jsonl",
+    )
+
+
+def apply_threads(args) -> None:
+    """Set torch's thread count from --threads when the command has it and it was given (N >= 1)."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be an integer >= 1, got {threads}")
+    import torch  # here, not at the top: building the parser imports no torch (fast --help)
+
+    torch.set_num_threads(threads)
+
+
 def make_output_folder(out: Path) -> None:
     """Create the folder `out` goes in; an unwritable place is our error naming the path and why."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffguide.cli.common import make_output_folder, write_json
+from diffguide.cli.common import add_threads_arg, make_output_folder, write_json
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
 
@@ -84,6 +84,7 @@ def add_train_extras(p) -> None:
     from diffguide.cli import guidance_args
 
     guidance_args.add_train_args(p)
+    add_threads_arg(p)
 
 
 def add_sample_extras(p) -> None:
@@ -92,6 +93,7 @@ def add_sample_extras(p) -> None:
     diffusers_args.add_sample_args(p)
     condition_args.add_sample_args(p)
     guidance_args.add_sample_args(p)
+    add_threads_arg(p)
 
 
 def cmd_presets(args) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffguide.cli.common import check_json_output, write_json
+from diffguide.cli.common import add_threads_arg, check_json_output, write_json
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError
 
@@ -49,6 +49,7 @@ def add_parsers(sub) -> None:
     from diffguide.cli import guidance_args
 
     guidance_args.add_sample_args(p)
+    add_threads_arg(p)
     p.set_defaults(func=cmd_eval)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffguide.cli.common import check_json_output, write_json
+from diffguide.cli.common import add_threads_arg, check_json_output, write_json
 from diffguide.cli.progress import add_progress_flag, likelihood_callback, progress_bar
 from diffguide.errors import ConfigError
 
@@ -43,6 +43,7 @@ def add_parsers(sub) -> None:
         "--force", action="store_true", help="replace an existing --out that `likelihood` did not write"
     )
     add_progress_flag(p)
+    add_threads_arg(p)
     p.set_defaults(func=cmd_likelihood)
 
 

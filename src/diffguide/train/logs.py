@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from diffguide.io import atomic_write_text
@@ -40,6 +41,7 @@ class RunLogger:
             **values,
             "steps_per_s": rate,
             "samples_per_s": rate * batch_size,
+            "threads": torch.get_num_threads(),  # the intra-op threads that speed was measured with
             "time": time.time(),
         }
         self.jsonl.write(json.dumps(record) + "\n")

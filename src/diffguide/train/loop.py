@@ -6,6 +6,7 @@ optimizer, generator) is saved and resumed in state.py, resumable bit for bit on
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from diffguide.config import RunConfig, TrainConfig, validate
 from diffguide.data import Dataset, make_dataset
 from diffguide.errors import ConfigError, DiffguideError
 from diffguide.losses import DenoisingLoss
+from diffguide.mixtures import GaussianMixture
 from diffguide.models.build import build_denoiser, build_network
 from diffguide.optim import LRSchedule, make_lr_schedule
 from diffguide.processes import make_process
@@ -64,13 +66,14 @@ def train(
     device = distributed.local_device(resolve_device(t.device), info)
     check_batch_split(t, info)
     dataset = make_dataset(cfg.data)  # before the run folder: missing data files leave nothing behind
+    exact = exact_denoiser(cfg, dataset, device)
     run_dir = Path(run_dir)
     if info.is_main:
         prepare_run_dir(cfg, run_dir, resume)
     distributed.barrier(info)
     net, model = build_model(cfg, dataset, device, info)
     denoiser = build_denoiser(cfg, model)
-    loss_fn = DenoisingLoss(cfg.diffusion.loss, make_process(cfg.diffusion.process))
+    loss_fn = DenoisingLoss(cfg.diffusion.loss, make_process(cfg.diffusion.process), exact)
     state = new_training_state(cfg, net)
     checkpoints = run_dir / "checkpoints"
     if resume:
@@ -200,6 +203,19 @@ def lr_schedule(t: TrainConfig) -> LRSchedule:
     return make_lr_schedule(
         t.decay, t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps, min_lr_ratio=t.min_lr_ratio
     )
+
+
+def exact_denoiser(cfg: RunConfig, dataset: Dataset, device: torch.device) -> GaussianMixture | None:
+    """The data's exact mixture on `device` as the loss's target when diffusion.loss.exact_target, else
+    None; refused for data without one. A copy: the dataset keeps sampling its own on the CPU."""
+    if not cfg.diffusion.loss.exact_target:
+        return None
+    if dataset.mixture is None:
+        raise ConfigError(
+            "diffusion.loss.exact_target=true needs data with an exact mixture (data.name=tree, 8gaussians, "
+            f"grid, or mixture with data.path); data.name={cfg.data.name!r} has none"
+        )
+    return copy.deepcopy(dataset.mixture).to(device)
 
 
 def check_batch_split(t: TrainConfig, info: distributed.DistInfo) -> None:
