@@ -92,11 +92,23 @@ def _x0_from_score(x, s, out):
     return x + s * out
 
 
-OUTPUT_TO_X0 = {"eps": _x0_from_eps, "x0": _x0_from_x0, "v": _x0_from_v, "score": _x0_from_score}
+def _x0_from_velocity(x, s, out):
+    # the flow-matching velocity v = eps - x0 (Liu et al. 2023; SD3), = dx_t/dt under the flow process.
+    # There x0_hat = x_t - t v with x_t = x / (1 + sigma), t = sigma / (1 + sigma); in x = x0 + sigma eps:
+    return (x - s * out) / (1 + s)
+
+
+OUTPUT_TO_X0 = {
+    "eps": _x0_from_eps,
+    "x0": _x0_from_x0,
+    "v": _x0_from_v,
+    "score": _x0_from_score,
+    "velocity": _x0_from_velocity,
+}
 
 
 class ProcessPrecond(nn.Module):
-    """Wrap a network trained under a noise process with target eps, x0, v or score into a denoiser.
+    """Wrap a network trained under a noise process with target eps, x0, v, score or velocity into a denoiser.
 
     The net sees the process's own coordinates x_t = s(t) x and its noise input c_noise(t); its output
     is converted to x0_hat. This is k-diffusion's DiscreteEpsDDPMDenoiser / VDenoiser idea, one class

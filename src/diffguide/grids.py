@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from diffguide.errors import ConfigError, lookup
+from diffguide.processes import timestep_shift
 
 
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:
@@ -48,6 +49,33 @@ def uniform_t_sigmas(n: int, process) -> torch.Tensor:
     return process.uniform_t_sigmas(int(n))
 
 
+def flow_shift_sigmas(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, shift: float = 1.0
+) -> torch.Tensor:
+    """SD3 / diffusers' FlowMatchEulerDiscreteScheduler grid: flow time u evenly spaced, then shifted.
+
+    u runs from u(sigma_max) to u(sigma_min), where u is the unshifted flow time of t = sigma / (1 + sigma);
+    t = shift u / (1 + (shift - 1) u), sigma = t / (1 - t). diffusers' own grid is the limit
+    sigma_max -> inf (t = 1, which scale-free coordinates cannot hold) with u ending at
+    shift / (1000 + shift - 1) (its sigma_min, shifted once more).
+    """
+    _check(n, sigma_min, sigma_max)
+    if not 0 < shift < math.inf:  # written so that NaN fails too
+        raise ConfigError(f"the flow-shift grid needs a finite shift > 0, got shift={shift}")
+
+    def unshift(sigma):  # t = sigma / (1 + sigma), then the inverse shift u = t / (shift - (shift - 1) t)
+        t = sigma / (1 + sigma)
+        return t / (shift - (shift - 1) * t)
+
+    u = torch.linspace(unshift(sigma_max), unshift(sigma_min), n, dtype=torch.float64)
+    t = timestep_shift(u, shift)
+    return torch.cat([t / (1 - t), t.new_zeros(1)])
+
+
+def _flow_shift_grid(n, process, sigma_min, sigma_max, rho):
+    return flow_shift_sigmas(n, sigma_min, sigma_max, getattr(process, "shift", 1.0))
+
+
 def _karras_grid(n, process, sigma_min, sigma_max, rho):
     return karras_sigmas(n, sigma_min, sigma_max, rho)
 
@@ -68,8 +96,9 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "karras": _karras_grid,
     "loglinear": _loglinear_grid,
     "uniform-t": _uniform_t_grid,
+    "flow-shift": _flow_shift_grid,  # the flow process's shift; 1 (uniform t) for other processes
 }
-GridName = Literal["karras", "loglinear", "uniform-t"]  # the keys of GRIDS
+GridName = Literal["karras", "loglinear", "uniform-t", "flow-shift"]  # the keys of GRIDS
 
 
 def make_sigmas(

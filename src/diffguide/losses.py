@@ -5,6 +5,7 @@ x0_hat = D(x, sigma),
     eps-MSE   = ||x0_hat - x0||^2 / sigma^2
     x0-MSE    = ||x0_hat - x0||^2
     v-MSE     = ||x0_hat - x0||^2 (1 + sigma^2) / sigma^2
+    velocity  = ||x0_hat - x0||^2 (1 + sigma)^2 / sigma^2   (flow matching: v = eps - x0)
     score     = eps-MSE (the net predicts std * score = -eps; Song et al.'s lambda = std^2 weighting)
     EDM       = ||x0_hat - x0||^2 (sigma^2 + sd^2) / (sigma sd)^2   (Karras et al. 2022, lambda(sigma))
 so one code path serves all of them; `weighting` then chooses the loss weight per noise level:
@@ -27,9 +28,9 @@ import torch
 from diffguide.denoiser import append_dims
 from diffguide.errors import ConfigError, lookup
 
-Target = Literal["edm", "eps", "x0", "v", "score"]  # the keys of TARGET_WEIGHT
+Target = Literal["edm", "eps", "x0", "v", "score", "velocity"]  # the keys of TARGET_WEIGHT
 Weighting = Literal["native", "snr", "min-snr", "edm"]  # the keys of WEIGHTINGS
-NoiseSampling = Literal["log-normal", "uniform-t"]  # the keys of NOISE_SAMPLING
+NoiseSampling = Literal["log-normal", "uniform-t", "logit-normal"]  # the keys of NOISE_SAMPLING
 
 
 @dataclass
@@ -53,6 +54,8 @@ TARGET_WEIGHT = {
     "x0": lambda s, sd: torch.ones_like(s),
     "v": lambda s, sd: (1 + s**2) / s**2,
     "edm": lambda s, sd: (s**2 + sd**2) / (s * sd) ** 2,
+    # flow velocity eps - x0: its error is the x0 error over t = sigma / (1 + sigma)
+    "velocity": lambda s, sd: (1 + s) ** 2 / s**2,
 }
 
 # loss weighting -> w(sigma, cfg), the weight on the x0-space squared error
@@ -75,10 +78,17 @@ def _uniform_t_sigmas(n: int, generator, cfg: LossConfig, process) -> torch.Tens
     return process.sigma(process.sample_t(n, generator)).to(torch.float64)
 
 
+def _logit_normal_sigmas(n: int, generator, cfg: LossConfig, process) -> torch.Tensor:
+    """SD3's logit-normal (Esser et al. 2024, eq. 19): u = sigmoid(p_mean + p_std z), t = the process's t at u."""
+    z = torch.randn(n, generator=generator, dtype=torch.float64)
+    return process.sigma(process.t_from_unit(torch.sigmoid(cfg.p_mean + cfg.p_std * z))).to(torch.float64)
+
+
 # noise sampling -> sigmas(n, generator, cfg, process), the training noise-level distribution
 NOISE_SAMPLING: dict[str, Callable[..., torch.Tensor]] = {
     "log-normal": _log_normal_sigmas,
     "uniform-t": _uniform_t_sigmas,
+    "logit-normal": _logit_normal_sigmas,
 }
 
 

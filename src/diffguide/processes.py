@@ -57,7 +57,10 @@ class NoiseProcess:
 
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """t ~ U(t_min, t_max) for training with uniform-t noise sampling."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return self.t_from_unit(torch.rand(n, generator=generator, dtype=torch.float64))
+
+    def t_from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """The process's t for u in [0, 1] (noise-level distributions drawn on [0, 1], e.g. logit-normal)."""
         return self.t_min + (self.t_max - self.t_min) * u
 
     def uniform_t_sigmas(self, n: int) -> torch.Tensor:
@@ -283,6 +286,54 @@ class EDMProcess(NoiseProcess):
         return torch.log(_t(t)) / 4
 
 
+def timestep_shift(t, shift: float):
+    """SD3's timestep shift (Esser et al. 2024, eq. 23): t' = shift t / (1 + (shift - 1) t)."""
+    t = _t(t)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+class FlowProcess(NoiseProcess):
+    """Rectified flow / flow matching (Liu et al. 2023; Lipman et al. 2023; SD3): x_t = (1 - t) x0 + t eps.
+
+    In the scale-free form x_t = s(t) (x0 + sigma(t) eps): s(t) = 1 - t, sigma(t) = t / (1 - t). t = 1
+    (pure noise) is sigma = inf, which scale-free coordinates cannot hold: t runs over
+    [t(sigma_min), t(sigma_max)]. `shift` is SD3's timestep shift, applied to every t the process draws
+    (`t_from_unit`: uniform-t and logit-normal training) and to the `flow-shift` grid. The network is
+    told 1000 t, the timestep of diffusers' FlowMatchEulerDiscreteScheduler.
+    """
+
+    name = "flow"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, shift: float = 1.0):
+        _check_sigma_range(sigma_min, sigma_max)
+        if not 0 < shift < math.inf:  # written so that NaN fails too
+            raise ConfigError(f"the flow process needs a finite timestep shift > 0, got shift={shift}")
+        self.shift = float(shift)
+        self.t_min, self.t_max = sigma_min / (1 + sigma_min), sigma_max / (1 + sigma_max)
+
+    @classmethod
+    def from_config(cls, cfg: ProcessConfig) -> FlowProcess:
+        return cls(cfg.sigma_min, cfg.sigma_max, cfg.shift)
+
+    def sigma(self, t):
+        t = _t(t)
+        return t / (1 - t)
+
+    def scale(self, t):
+        return 1 - _t(t)
+
+    def t_of_sigma(self, sigma):
+        sigma = _t(sigma)
+        return sigma / (1 + sigma)
+
+    def c_noise(self, t):
+        return 1000 * _t(t)  # diffusers' timestep = sigma_flow * num_train_timesteps
+
+    def t_from_unit(self, u):
+        """SD3: u in [0, 1] is shifted, then kept in the process's range [t_min, t_max]."""
+        return timestep_shift(u, self.shift).clamp(self.t_min, self.t_max)
+
+
 # name -> process class; each class's from_config reads the ProcessConfig fields it needs.
 PROCESSES: dict[str, type[NoiseProcess]] = {
     "ddpm": DDPM,
@@ -290,9 +341,10 @@ PROCESSES: dict[str, type[NoiseProcess]] = {
     "ve": VESDE,
     "ve-seed": VESDESeed,
     "edm": EDMProcess,
+    "flow": FlowProcess,
 }
 
-ProcessName = Literal["ddpm", "vp", "ve", "ve-seed", "edm"]  # the keys of PROCESSES
+ProcessName = Literal["ddpm", "vp", "ve", "ve-seed", "edm", "flow"]  # the keys of PROCESSES
 BetaSchedule = Literal["linear", "cosine"]  # the keys of BETA_SCHEDULES
 
 
@@ -307,9 +359,10 @@ class ProcessConfig:
     beta_end: float = 0.02  # ddpm, linear schedule
     beta_min: float = 0.1  # vp
     beta_max: float = 20.0  # vp
-    sigma_min: float = 0.002  # ve, edm
-    sigma_max: float = 80.0  # ve, edm
+    sigma_min: float = 0.002  # ve, edm, flow (t_min = sigma_min / (1 + sigma_min))
+    sigma_max: float = 80.0  # ve, edm, flow
     sigma: float = 25.0  # ve-seed
+    shift: float = 1.0  # flow: SD3's timestep shift t' = shift t / (1 + (shift - 1) t)
 
 
 def make_process(cfg: ProcessConfig) -> NoiseProcess:

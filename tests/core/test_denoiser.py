@@ -31,6 +31,7 @@ SIGMA_FROM_C_NOISE = {
     "ve": lambda p, c: 2 * c.exp(),
     "ve-seed": lambda p, c: p.sigma(c),
     "edm": lambda p, c: (4 * c).exp(),
+    "flow": lambda p, c: (c / 1000) / (1 - c / 1000),  # diffusers' timestep 1000 t, sigma = t / (1 - t)
 }
 VARIANCE_PRESERVING = {"ddpm", "vp"}
 
@@ -41,7 +42,8 @@ class OracleNet(nn.Module):
     Input: the process's own coordinates x_t = alpha (x0 + sigma eps), alpha = 1 / sqrt(1 + sigma^2)
     for VP processes and 1 for VE ones. Targets: eps; x0; v = (alpha eps - sigma_t x0) /
     sqrt(alpha^2 + sigma_t^2) with sigma_t = alpha sigma (Salimans & Ho 2022; the normalisation makes
-    it hold for VE too); score: std_t * grad log q(x_t | x0) = -(x_t - alpha x0) / (alpha sigma) = -eps.
+    it hold for VE too); score: std_t * grad log q(x_t | x0) = -(x_t - alpha x0) / (alpha sigma) = -eps;
+    velocity (rectified flow, where alpha = 1 - t = 1 / (1 + sigma)): eps - x0.
     """
 
     def __init__(self, x0, process_name, process, target):
@@ -51,6 +53,8 @@ class OracleNet(nn.Module):
     def forward(self, x_t, c_noise, cond=None):
         sigma = append_dims(SIGMA_FROM_C_NOISE[self.name](self.process, c_noise.to(F64)), x_t.ndim)
         alpha = 1 / (1 + sigma**2).sqrt() if self.name in VARIANCE_PRESERVING else torch.ones_like(sigma)
+        if self.name == "flow":  # x_t = (1 - t) x0 + t eps: alpha = 1 - t = 1 / (1 + sigma)
+            alpha = 1 / (1 + sigma)
         eps = (x_t / alpha - self.x0) / sigma
         sigma_t = alpha * sigma
         if self.target == "eps":
@@ -59,6 +63,8 @@ class OracleNet(nn.Module):
             return self.x0
         if self.target == "v":
             return (alpha * eps - sigma_t * self.x0) / (alpha**2 + sigma_t**2).sqrt()
+        if self.target == "velocity":  # rectified flow's eps - x0
+            return eps - self.x0
         return -(x_t - alpha * self.x0) / sigma_t  # score target
 
 
@@ -70,7 +76,7 @@ def process_sigmas(process) -> torch.Tensor:
     return process.sigma(t)
 
 
-@pytest.mark.parametrize("target", ["eps", "x0", "v", "score"])
+@pytest.mark.parametrize("target", ["eps", "x0", "v", "score", "velocity"])
 @pytest.mark.parametrize("process_name", list(PROCESSES))
 def test_process_precond_recovers_x0(process_name, target):
     process = PROCESSES[process_name]()

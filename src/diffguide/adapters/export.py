@@ -16,7 +16,8 @@ themselves (`export_problems`), and every reason it cannot map is reported at on
 - sizes divisible by 2^(levels - 1) (diffusers upsamples by exactly 2, we resize to the skip's size);
 - class labels or no condition (attribute dicts have no diffusers counterpart);
 - a DDPM process (diffusers' timestep t) with target eps, v or x0 (`prediction_type`); EDM's
-  c_skip/c_out mixing and the VP/VE SDE processes have no DDPMScheduler equivalent.
+  c_skip/c_out mixing and the VP/VE SDE processes have no DDPMScheduler equivalent, and a flow run
+  would need FlowMatchEulerDiscreteScheduler, which this DDPMPipeline writer and its reader lack.
 
 The folder is a DDPMPipeline: model_index.json, unet/ (config.json, diffusion_pytorch_model.safetensors)
 and scheduler/scheduler_config.json. Writing it needs no diffusers; loading it is diffusers' job.
@@ -89,7 +90,13 @@ def export_problems(net: nn.Module, process, target: str, sample_shape: tuple[in
             f"its target {target!r} has no diffusers prediction_type; eps, v and x0 map to "
             f"{', '.join(TARGET_TO_PREDICTION.values())}"
         )
-    if not isinstance(process, DDPM):
+    if getattr(process, "name", "") == "flow":
+        problems.append(
+            "its noise process is 'flow' (rectified flow): this exporter writes DDPMPipeline folders "
+            "with a DDPMScheduler and load_diffusers reads DDPM tables back, so there is no place yet for "
+            "FlowMatchEulerDiscreteScheduler; sample it with diffguide"
+        )
+    elif not isinstance(process, DDPM):
         problems.append(
             f"its noise process is {getattr(process, 'name', type(process).__name__)!r}; DDPMScheduler "
             "needs the discrete DDPM process (diffusion.process.name='ddpm')"
