@@ -214,7 +214,7 @@ def cmd_sample_diffusers(args) -> int:
 
     from diffguide.adapters.diffusers import load_diffusers
     from diffguide.guidance.spec import sampler_for
-    from diffguide.plots.images import ProgressRecorder, write_image_samples
+    from diffguide.plots.images import ProgressRecorder, save_image_samples
     from diffguide.samplers.generation import generate, sigma_grid
     from diffguide.samplers.registry import sampler_options
 
@@ -229,7 +229,7 @@ def cmd_sample_diffusers(args) -> int:
     sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
     callback = None
     if getattr(args, "gif", False):
-        callback = args.progress_recorder = ProgressRecorder(keep=min(16, args.n))
+        callback = ProgressRecorder(keep=min(16, args.n))
     with progress_bar(args.n, "sampling", "samples", enabled=not getattr(args, "no_progress", False)) as bar:
         x = generate(
             denoiser, args.n, model.shape, sigmas=sigmas,
@@ -247,5 +247,5 @@ def cmd_sample_diffusers(args) -> int:
             raise output_error(out, e) from None
         print(f"wrote {out}")
         out = out.with_suffix(".png")
-    write_image_samples(out, x, None, args)
+    save_image_samples(out, x, per_sample=getattr(args, "per_sample", False), progress=callback)
     return 0

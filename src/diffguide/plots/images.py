@@ -104,17 +104,6 @@ def save_image_samples(
     return written
 
 
-def write_image_samples(out: Path, x: torch.Tensor, run, args) -> None:
-    """Deprecated: save_image_samples from a `diffguide sample` namespace.
-
-    Kept only because cli/diffusers_args.py, being rewritten on another branch, still calls it; that
-    call becomes save_image_samples(out, x, per_sample=args.per_sample, progress=callback). Remove
-    this then: the library takes no argparse namespace."""
-    recorder = getattr(args, "progress_recorder", None)
-    progress = recorder if getattr(args, "gif", False) else None
-    save_image_samples(out, x, per_sample=getattr(args, "per_sample", False), progress=progress)
-
-
 def example_conditions(run, n: int):
     """Conditions for a figure of n samples: classes cycling 0..K-1, or held-out punks' attributes."""
     if not run.num_classes:
