@@ -29,7 +29,7 @@ from torch import nn
 
 from diffguide.conditioning import null_condition
 from diffguide.denoiser import append_dims, batch_sigma
-from diffguide.errors import ConfigError
+from diffguide.errors import ConfigError, lookup
 
 Interval = tuple[float, float] | None
 
@@ -221,6 +221,5 @@ def classifier_guidance(denoiser: Callable, classifier: Callable, scale: float, 
 def convert_weight(value: float, convention: str) -> float:
     """Our w from another convention's number: 'ours', 'diffusers' (same) or 'ho-salimans' (w' + 1)."""
     table = {"ours": 0.0, "diffusers": 0.0, "ho-salimans": 1.0}
-    from diffguide.errors import lookup
 
     return float(value) + lookup("guidance convention", convention, table)

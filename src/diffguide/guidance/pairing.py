@@ -13,8 +13,10 @@ import json
 import os
 from pathlib import Path
 
+from diffguide.classifiers.points import ClassifierConfig, train_classifier
 from diffguide.config import RunConfig, validate
 from diffguide.errors import CheckpointError, ConfigError
+from diffguide.train import train
 
 NOTE_FILE = "guidance.json"
 
@@ -119,7 +121,6 @@ def train_amateur(
     progress: bool = True,
 ) -> Path:
     """Train the amateur next to the expert (RUNS/NAME-amateur) and note it in the expert's folder."""
-    from diffguide.train import train
 
     expert_dir = Path(expert_dir)
     acfg = amateur_config(cfg, width, steps)
@@ -133,7 +134,6 @@ def train_run_classifier(
     cfg: RunConfig, expert_dir: str | Path, steps: int | None = None, *, progress: bool = True
 ) -> Path:
     """Train a noise-conditional classifier on the run's data (RUNS/NAME-classifier) and note it."""
-    from diffguide.classifiers.points import ClassifierConfig, train_classifier
 
     expert_dir = Path(expert_dir)
     ccfg = ClassifierConfig(seed=cfg.train.seed)

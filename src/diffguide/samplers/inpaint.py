@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from diffguide.denoiser import append_dims
-from diffguide.errors import ConfigError, DataError
+from diffguide.errors import ConfigError, DataError, unknown
 from diffguide.noise import noise_like
 from diffguide.samplers.registry import get_sampler
 
@@ -83,8 +83,6 @@ def shape_mask(name: str, shape: tuple[int, ...]) -> torch.Tensor:
     elif name == "border":  # only the centre is known
         m[:, h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = 1
     else:
-        from diffguide.errors import unknown
-
         raise unknown("mask shape", name, MASK_SHAPES)
     return m
 
