@@ -207,7 +207,7 @@ def test_dynamic_thresholding_equals_diffusers_ddpm_scheduler():
             lambda: APG(idle, idle, 2.0, momentum=2.0),
             "APG momentum must be a finite number in [-1.0, 1.0], got 2.0",
         ),
-        (lambda: APG(idle, idle, math.inf), "guidance weight w must be finite, got inf"),
+        (lambda: APG(idle, idle, math.inf), "guidance weight w must be finite (1 = no guidance), got inf"),
         (lambda: MamboG(idle, idle, 2.0, alpha=-1), "MAMBO-G alpha must be a finite number >= 0.0, got -1.0"),
         (lambda: APG(idle, idle, 2.0, space="v"), "unknown guidance space 'v'"),
         (lambda: WeightSchedule("linear", 0.0, 10.0), "the linear schedule runs over log sigma"),

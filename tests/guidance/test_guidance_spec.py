@@ -481,6 +481,7 @@ def test_cfgpp_brings_its_own_step_and_refuses_other_samplers(run):
         (["--guidance", "cfg", "--schedule", "linear", "0.1", "5", "--rescale", "0.5"], "--rescale and --schedule do not combine"),
         (["--guidance", "auto", "--dynamic-threshold", "1.5"], "--dynamic-threshold percentile must be in (0, 1], got 1.5"),
         (["--guidance", "cfg++", "--sampler", "heun"], "CFG++ is defined for the first-order deterministic step"),
+        (["--guidance", "cfg", "--w", "inf"], "--w must be finite (1 = no guidance), got inf"),
         (["--guidance", "cfg++", "--clip-denoised", "-1", "1"], "--guidance cfg++ renoises with its own estimates"),
     ],
 )  # fmt: skip

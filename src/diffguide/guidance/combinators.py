@@ -39,6 +39,8 @@ def check_weight(w: float, what: str = "guidance weight w") -> float:
     w = float(w)
     if not w >= 0:  # also catches NaN
         raise ConfigError(f"{what} must be >= 0 (1 = no guidance), got {w}")
+    if w == float("inf"):  # every sample would come out NaN
+        raise ConfigError(f"{what} must be finite (1 = no guidance), got {w}")
     return w
 
 

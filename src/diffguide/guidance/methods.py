@@ -114,8 +114,6 @@ class TwoPredictionGuidance(nn.Module):
         super().__init__()
         self.main, self.guide = _module(main), _module(guide)
         self.w = check_weight(w)
-        if not math.isfinite(self.w):
-            raise ConfigError(f"guidance weight w must be finite, got {self.w}")
         self.space = lookup("guidance space", space, {s: s for s in SPACES})
         self.interval = check_interval(interval)
         self.schedule = schedule
