@@ -40,7 +40,7 @@ atomic_write_text({str(kept)!r}, "[]")
 
 def test_a_trained_run_is_readable_by_others_under_umask_022(tmp_path):
     """`diffguide train` under umask 022: config.json, every checkpoint, `latest` and metrics.jsonl
-    are 0644 (they used to be 0600, so a colleague could not load the run)."""
+    are 0644, so a colleague sharing the runs folder can load the run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sets = ["train.steps=4", "train.ckpt_every=2", "train.log_every=2"]
     cmd = [

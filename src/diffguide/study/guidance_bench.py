@@ -31,6 +31,7 @@ from diffguide.metrics.points import MixtureMetrics, class_labels
 from diffguide.samplers.generation import generate, sigma_grid
 from diffguide.study.experiment import SELECTION_RULE, StudySettings, report_weight, summarize, train_pair
 from diffguide.study.plots import bench_figure
+from diffguide.study.report import sweep_table
 
 MARKER = "diffguide guidance-bench"  # "benchmark" in metrics.json and MARKER_FILE: a previous result
 MARKER_FILE = "guidance-bench.json"  # written first, so an interrupted run's folder (its runs) is reused
@@ -312,17 +313,6 @@ def method_table(dataset: dict) -> str:
         lines.append(
             f"| {name} | {m['sampler']} | {m['w']:g} | {rule} | {m['precision']:.3f} | {m['coverage']:.3f} | "
             f"{m['mean_logp']:.2f} | {m['sliced_w2']:.4f} | {m['time_ratio']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def sweep_table(dataset: dict) -> str:
-    """Markdown: every (method, w) of the sweep."""
-    lines = ["| method | w | precision | coverage | mean log p | sliced W2 |", "|---|---|---|---|---|---|"]
-    for r in dataset["sweep"]:
-        lines.append(
-            f"| {r['method']} | {r['w']:g} | {r['precision']:.3f} | {r['coverage']:.3f} | "
-            f"{r['mean_logp']:.2f} | {r['sliced_w2']:.4f} |"
         )
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ def metrics_table(metrics: dict) -> str:
 
 
 def sweep_table(metrics: dict) -> str:
+    """Markdown: every (method, w) of a sweep (`metrics["sweep"]`), for the demo and the guidance benchmark."""
     lines = ["| method | w | precision | coverage | mean log p | sliced W2 |", "|---|---|---|---|---|---|"]
     for r in metrics["sweep"]:
         lines.append(
