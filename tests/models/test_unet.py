@@ -122,3 +122,43 @@ def test_build_network_for_image_data():
     assert isinstance(net, UNet) and net.cond_emb.num_classes == 10
     x, y = ds.sample_batch(2, torch.Generator().manual_seed(0))
     assert net(x, torch.zeros(2), y).shape == (2, 1, 8, 8)
+
+
+def _without_map(net: UNet) -> UNet:
+    """The same U-Net without its condition map: conv_in keeps the image channels' weights only."""
+    plain = UNet(3, 8, channels=8, num_blocks=1, num_types=5, num_accessories=6)
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("cond_map.")}
+    state["conv_in.weight"] = state["conv_in.weight"][:, :3]
+    plain.load_state_dict(state)
+    return plain.eval()
+
+
+def test_condition_map_starts_as_the_plain_unet_and_adds_one_template_per_active_entry():
+    torch.manual_seed(0)
+    net = _randomise_output(
+        UNet(3, 8, channels=8, num_blocks=1, num_types=5, num_accessories=6, cond_map_channels=2)
+    )
+    x, c = torch.randn(3, 3, 8, 8), torch.rand(3)
+    cond = {
+        "type": torch.tensor([3, -1, 0]),
+        "accessories": torch.tensor([[1.0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1], [-1.0] * 6]),
+    }
+    # zero-initialised templates: the extra input channels are zero, so the net is the plain U-Net
+    assert torch.allclose(net(x, c, cond), _without_map(net)(x, c, cond), atol=1e-6)
+    torch.nn.init.normal_(net.cond_map.templates)
+    t = net.cond_map.templates.reshape(-1, 2, 8, 8)  # rows: 5 types, null type, 6 accessories, null flag
+    expected = torch.stack([t[3] + t[6 + 0] + t[6 + 3], t[5] + t[6 + 5], t[0] + t[12]])
+    maps = net.cond_map(net.cond_emb.indicators(cond, 3, "cpu"))
+    assert torch.allclose(maps, expected, atol=1e-6)
+    # with templates, the condition reaches the output through the map too
+    assert not torch.allclose(net(x, c, cond), _without_map(net)(x, c, cond), atol=1e-4)
+    # null parts stay null: None == all-null dict, as without a map
+    assert torch.equal(net(x, c, None), net(x, c, null_attributes(cond)))
+
+
+def test_condition_map_for_class_labels_is_the_class_template():
+    net = UNet(1, 8, channels=8, num_blocks=1, num_classes=4, cond_map_channels=1)
+    torch.nn.init.normal_(net.cond_map.templates)
+    maps = net.cond_map(net.cond_emb.indicators(torch.tensor([2, 4]), 2, "cpu"))  # 4 = the null class
+    assert torch.equal(maps[:, 0], net.cond_map.templates[[2, 4]].reshape(2, 8, 8))
+    assert UNet(1, 8, channels=8, cond_map_channels=3).cond_map is None  # unconditional: no map

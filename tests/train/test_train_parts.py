@@ -316,3 +316,38 @@ def test_stop_on_signal_asks_once_then_interrupts():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_constant_lr_run_stopped_at_k_is_the_k_step_run(tmp_path):
+    """With decay "none", nothing depends on train.steps: the checkpoint at step k of a longer run is the
+    k-step run, bit for bit (what lets one long run give a learning curve of the punks preset)."""
+    from diffguide.config import apply_overrides, load_preset
+    from diffguide.train import train
+    from diffguide.train.checkpoint import list_checkpoints
+
+    sets = ["train.decay=none", "train.warmup_steps=4", "train.ckpt_every=10", "train.keep_last=10"]
+    long_dir = train(
+        apply_overrides(load_preset("tiny"), [*sets, "train.steps=30"]), tmp_path / "l", progress=False
+    )
+    short_dir = train(
+        apply_overrides(load_preset("tiny"), [*sets, "train.steps=10"]), tmp_path / "s", progress=False
+    )
+    at10 = {p.name: p for p in list_checkpoints(long_dir / "checkpoints")}["ckpt-00000010.safetensors"]
+    short = list_checkpoints(short_dir / "checkpoints")[-1]
+    from safetensors.torch import load_file
+
+    a, b = load_file(at10), load_file(short)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the same with the cosine decay differs (its learning rate depends on train.steps): the test can fail
+    cos = [s for s in sets if "decay" not in s]
+    cos_long = train(
+        apply_overrides(load_preset("tiny"), [*cos, "train.steps=30"]), tmp_path / "cl", progress=False
+    )
+    c = load_file(
+        {p.name: p for p in list_checkpoints(cos_long / "checkpoints")}["ckpt-00000010.safetensors"]
+    )
+    cos_short = train(
+        apply_overrides(load_preset("tiny"), [*cos, "train.steps=10"]), tmp_path / "cs", progress=False
+    )
+    d = load_file(list_checkpoints(cos_short / "checkpoints")[-1])
+    assert not all(torch.equal(c[k], d[k]) for k in c)

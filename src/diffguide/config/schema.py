@@ -38,6 +38,8 @@ class ModelConfig:
     attn_resolutions: list = field(default_factory=list)
     # U-Net GroupNorm groups in every layer (diffusers' norm_num_groups); 0: min(32, C/4) per layer
     norm_groups: int = 0
+    # U-Net, conditional runs: channels of a learned per-condition input map (nets/unet.py ConditionMap)
+    cond_map_channels: int = 0
 
 
 @dataclass

@@ -149,6 +149,51 @@ class ConditionEmbedding(nn.Module):
             null, self.accessory_null.to(projected.dtype).expand_as(projected), projected
         )
 
+    def indicators(self, cond, n: int, device) -> torch.Tensor:
+        """The condition as one 0/1 vector per sample: one-hot class (null included), or one-hot type
+        (null included) + the accessory multi-hot + a null-accessories flag."""
+        if self.type_emb is None:
+            labels = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+            if cond is not None:
+                labels = torch.as_tensor(cond, device=device).long().reshape(-1).expand(n)
+            return F.one_hot(labels, self.num_classes + 1).float()
+        cond = cond or {}
+        kind = cond.get("type")
+        kind = torch.full((n,), -1, device=device) if kind is None else torch.as_tensor(kind, device=device)
+        kind = kind.long().reshape(-1).expand(n)
+        kind = torch.where(kind < 0, torch.full_like(kind, self.num_types), kind)
+        acc = cond.get("accessories")
+        if acc is None:
+            acc = torch.full((n, self.num_accessories), -1.0, device=device)
+        acc = torch.as_tensor(acc, device=device).float().reshape(-1, self.num_accessories).expand(n, -1)
+        null = (acc < 0).all(dim=1, keepdim=True).float()
+        return torch.cat([F.one_hot(kind, self.num_types + 1).float(), acc.clamp(min=0), null], dim=1)
+
+    @property
+    def indicator_dim(self) -> int:
+        if self.type_emb is None:
+            return self.num_classes + 1
+        return self.num_types + 1 + self.num_accessories + 1
+
+
+class ConditionMap(nn.Module):
+    """A learned image per condition entry, fed to the first convolution as extra input channels.
+
+    map = sum over the condition's active entries (class, or type and each accessory) of a learned
+    [channels, H, W] template: where an attribute lives in the picture (a CryptoPunk's earring is
+    always at the same pixels) is given to the network at full resolution, instead of only through
+    the per-channel scale and shift of the embedding. Zero-initialised, so training starts from the
+    plain U-Net.
+    """
+
+    def __init__(self, indicator_dim: int, channels: int, height: int, width: int):
+        super().__init__()
+        self.shape = (channels, height, width)
+        self.templates = nn.Parameter(torch.zeros(indicator_dim, channels * height * width))
+
+    def forward(self, indicators: torch.Tensor) -> torch.Tensor:
+        return (indicators @ self.templates).reshape(-1, *self.shape)
+
 
 class UNet(nn.Module):
     """F(x_in, c_noise, cond) -> [N, C, H, W]: the U-Net described in this module's docstring."""
@@ -168,6 +213,7 @@ class UNet(nn.Module):
         num_types: int = 0,
         num_accessories: int = 0,
         norm_groups: int = 0,
+        cond_map_channels: int = 0,
     ):
         super().__init__()
         if not channel_mult:
@@ -179,10 +225,18 @@ class UNet(nn.Module):
             nn.Linear(emb_dim, emb_dim),
         )
         self.cond_emb = ConditionEmbedding(emb_dim, num_classes, num_types, num_accessories)
+        conditional = bool(num_classes or num_types)
+        self.cond_map = None
+        if cond_map_channels and conditional:
+            dim = self.cond_emb.indicator_dim
+            self.cond_map = ConditionMap(dim, cond_map_channels, resolution, resolution)
+            in_map = cond_map_channels
+        else:
+            in_map = 0
         attn = set(int(r) for r in attn_resolutions)
         g = int(norm_groups)  # GroupNorm groups of every layer; 0: min(32, C/4) per layer
 
-        self.conv_in = nn.Conv2d(in_channels, channels * channel_mult[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + in_map, channels * channel_mult[0], 3, padding=1)
         self.down = nn.ModuleList()
         skips = [channels * channel_mult[0]]
         c, res = channels * channel_mult[0], resolution
@@ -224,7 +278,11 @@ class UNet(nn.Module):
         if extra is not None:
             emb = emb + extra
         emb = F.silu(emb)
-        h = self.conv_in(x.float())
+        h = x.float()
+        if self.cond_map is not None:
+            maps = self.cond_map(self.cond_emb.indicators(cond, n, x.device))
+            h = torch.cat([h, maps[..., : h.shape[-2], : h.shape[-1]]], dim=1)
+        h = self.conv_in(h)
         hs = [h]
         for layer in self.down:
             for module in layer:
@@ -263,6 +321,12 @@ def check_unet(model) -> None:
         )
     if not all(_positive_int(r) for r in m.attn_resolutions):
         raise ConfigError(f"model.attn_resolutions must be a list of integers >= 1, got {m.attn_resolutions}")
+    maps = getattr(m, "cond_map_channels", 0)
+    if isinstance(maps, bool) or not isinstance(maps, int) or maps < 0:
+        raise ConfigError(
+            f"model.cond_map_channels must be an integer >= 0 (0: no condition map; 4 is a good start), "
+            f"got {maps!r}"
+        )
     # model.norm_groups: GroupNorm groups of every layer (diffusers' norm_num_groups, needed to export);
     # 0 = min(32, C/4) per layer. Read with a default so a config without the key builds the same net.
     norm_groups = getattr(m, "norm_groups", 0)
@@ -304,6 +368,7 @@ def build_unet(cfg, dataset) -> UNet:
             num_types=num_types,
             num_accessories=num_accessories,
             norm_groups=getattr(m, "norm_groups", 0),
+            cond_map_channels=getattr(m, "cond_map_channels", 0),
         )
     except ValueError as e:  # a norm_groups that does not divide some layer's channels
         raise ConfigError(f"model.norm_groups: {e}") from None
