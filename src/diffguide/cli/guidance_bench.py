@@ -14,6 +14,12 @@ def add_parsers(sub) -> None:
         help="output folder: new, empty or a previous result (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        default="",
+        help="your own 2D data instead of the tree and 8 Gaussians: points (.npy/.npz/.csv) or a mixture (.json/.safetensors)",
+    )
     p.add_argument("--full", action="store_true", help="the full benchmark (the demo's sizes, every weight)")
     p.set_defaults(func=cmd_guidance_bench)
 
@@ -30,6 +36,8 @@ def cmd_guidance_bench(args) -> int:
         settings = BenchSettings(study=StudySettings(seed=args.seed, progress=False))
     else:
         settings = BenchSettings.fast(args.seed)
+    if args.data:
+        settings = settings.with_data(args.data)  # a bad file stops here, before any training
     metrics = run_benchmark(out, settings)
     for name, d in metrics["datasets"].items():
         print(f"\n{name}:\n{method_table(d)}")

@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 
 from diffguide.config import RunConfig, from_dict, validate
-from diffguide.data import make_dataset
-from diffguide.data.files import resolve_data_path
+from diffguide.data.record import dataset_for_run, ensure_dataset_known
 from diffguide.errors import CheckpointError
 from diffguide.models.build import build_denoiser, build_network
 from diffguide.processes import NoiseProcess, make_process
@@ -45,9 +44,11 @@ def load_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a run folder: it has no config.json")
     try:
-        return validate(from_dict(RunConfig, json.loads(path.read_text())))
+        cfg = from_dict(RunConfig, json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    ensure_dataset_known(cfg.data, run_dir)  # a dataset registered from Python: from the run's record
+    return validate(cfg)
 
 
 def load_run(
@@ -85,7 +86,7 @@ def load_run(
             f"checkpoint {str(path)!r} holds EMA weights only (a post-hoc EMA reconstruction?); "
             "load its EMA weights (drop --raw / use_ema=False)"
         )
-    dataset = make_dataset(resolve_data_path(cfg.data, run_dir))
+    dataset = dataset_for_run(cfg.data, run_dir)
     net = build_network(cfg, dataset)
     load_module_tensors(net, tensors, "ema." if use_ema else "model.", source=repr(str(path)))
     denoiser = build_denoiser(cfg, net).to(device).eval()

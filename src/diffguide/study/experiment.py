@@ -1,4 +1,5 @@
-"""The guidance study behind `diffguide demo`: no guidance vs CFG vs autoguidance on the tree mixture.
+"""The guidance study behind `diffguide demo`: no guidance vs CFG vs autoguidance on the tree mixture
+(or on your own 2D data: `StudySettings.data`, `diffguide demo --data FILE`).
 
 1. Train the expert (class-conditional with label dropout, so it is also its own CFG guide) and the
    amateur (narrower and shorter, Karras et al. 2024) on the two-class tree mixture.
@@ -7,6 +8,11 @@
 3. On the S-curve (the S-curve autoguidance experiment), train one net for `scurve_steps` steps and use its snapshot at
    `scurve_amateur_steps` as the amateur; draw the expert, amateur and difference fields.
 4. Write report.md, metrics.json and the figures; return the metrics.
+
+On your own data (a points or mixture file) the pair is trained on it and scored by
+study.evaluation: a mixture file gives every exact metric; points give sliced W2 and the distance to
+the data, and the rule picks w by sliced W2. Unlabelled data skips the CFG methods, and the S-curve
+experiment (step 3) is skipped: it is about the S-curve.
 
 Every step is a library function; cli/demo.py only parses options and calls `run_study`.
 """
@@ -25,13 +31,14 @@ import torch
 from diffguide.config import apply_overrides, load_preset
 from diffguide.guidance import autoguidance, cfg_and_autoguidance, classifier_free_guidance
 from diffguide.guidance.pairing import amateur_config, write_guidance_note
-from diffguide.metrics.points import METRICS, MixtureMetrics, class_labels, sliced_w2
+from diffguide.metrics.points import sliced_w2
 from diffguide.models.runs import load_run
 from diffguide.noise import PerSampleNoise
 from diffguide.samplers.generation import generate, sigma_grid
 from diffguide.samplers.registry import get_sampler
 from diffguide.study import plots as study_plots
 from diffguide.study import report as study_report
+from diffguide.study.evaluation import evaluation_for, rounded, user_data
 from diffguide.study.plots import grid_points, integrate_score, score_on, scurve_figure
 from diffguide.train import train
 from diffguide.train.checkpoint import checkpoint_name
@@ -42,6 +49,12 @@ SELECTION_RULE = (
     "when no such w beats the unguided precision the rule keeps w = 1 (no guidance) and the method is "
     "reported at the w of its sweep with the best precision, flagged helped = false"
 )
+POINTS_RULE = (
+    "without an exact density, for each method the w of the sweep with the lowest sliced W2 to the data, "
+    "when it is lower than the unguided sliced W2; else w = 1 (no guidance) and the method is reported "
+    "at the w of its sweep with the lowest sliced W2, flagged helped = false"
+)
+CFG_SKIPPED = "the data has no class labels (or one class), so there is no condition to guide"
 
 
 @dataclass
@@ -49,6 +62,7 @@ class StudySettings:
     """Sizes of the study. `fast()` shrinks it for tests; the defaults are the README demo."""
 
     seed: int = 0
+    data: str = ""  # your own 2D data file (points or mixture, see data/files.py); "" = the tree
     expert_preset: str = "demo-expert"
     expert_overrides: list = field(default_factory=list)
     amateur_width: int = 32
@@ -138,8 +152,10 @@ class Timer:
 def train_pair(settings: StudySettings, runs_dir: Path, log=print):
     """Train (or reuse, when finished) the tree expert and its amateur; returns (expert, amateur) runs."""
 
+    own = list(user_data(settings.data).overrides) if settings.data else []
     cfg = apply_overrides(
-        load_preset(settings.expert_preset), [f"train.seed={settings.seed}", *settings.expert_overrides]
+        load_preset(settings.expert_preset),
+        [f"train.seed={settings.seed}", *settings.expert_overrides, *own],
     )
     acfg = amateur_config(cfg, settings.amateur_width, settings.amateur_steps)
     expert_dir, amateur_dir = runs_dir / cfg.name, runs_dir / acfg.name
@@ -181,21 +197,35 @@ def guided_sets(expert, amateur, settings: StudySettings) -> list[tuple[str, flo
     """(method, w, denoiser) for every sample set of the sweep, no guidance first."""
     d1, d0, k = expert.denoiser, amateur.denoiser, expert.num_classes
     sets = [("none", 1.0, d1)]
+    sets += [("autoguidance", w, autoguidance(d1, d0, w)) for w in settings.auto_weights]
+    if not k:  # CFG_SKIPPED
+        return sets
     sets += [("cfg", w, classifier_free_guidance(d1, w, k)) for w in settings.cfg_weights]
     sets += [
         ("cfg-interval", w, classifier_free_guidance(d1, w, k, interval=settings.cfg_interval))
         for w in settings.cfg_interval_weights
     ]
-    sets += [("autoguidance", w, autoguidance(d1, d0, w)) for w in settings.auto_weights]
     if settings.both_weights:
         wa, wc = settings.both_weights
         sets.append(("cfg+autoguidance", wa, cfg_and_autoguidance(d1, d0, wa, wc, k)))
     return sets
 
 
+def _best(rows: list[dict]) -> dict:
+    """The row of highest precision (then coverage); without exact metrics, of lowest sliced W2."""
+    if rows[0].get("precision") is None:
+        return min(rows, key=lambda r: r["sliced_w2"])
+    return max(rows, key=lambda r: (r["precision"], r["coverage"]))
+
+
 def choose_weight(rows: list[dict], none: dict, tolerance: float) -> dict:
     """The SELECTION_RULE: highest precision with coverage >= coverage(none) - tolerance, if it beats
-    the unguided precision; else w = 1 (the unguided numbers)."""
+    the unguided precision; else w = 1 (the unguided numbers). POINTS_RULE without exact metrics."""
+    if none.get("precision") is None:
+        best = _best(rows) if rows else None
+        if best is None or best["sliced_w2"] >= none["sliced_w2"]:
+            return {**none, "method": rows[0].get("method", "none") if rows else "none", "w": 1.0}
+        return best
     ok = [r for r in rows if r["coverage"] >= none["coverage"] - tolerance]
     best = max(ok, key=lambda r: (r["precision"], r["coverage"])) if ok else None
     if best is None or best["precision"] <= none["precision"]:
@@ -203,9 +233,7 @@ def choose_weight(rows: list[dict], none: dict, tolerance: float) -> dict:
     return best
 
 
-def summarize(metrics: dict) -> dict:
-    """The headline numbers of one evaluation (overall metrics, rounded)."""
-    return {k: round(float(metrics[k]), 5) for k in METRICS}
+summarize = rounded  # the headline numbers of one evaluation (overall metrics, rounded)
 
 
 def report_weight(rows: list[dict], none: dict, tolerance: float) -> tuple[dict, dict]:
@@ -219,14 +247,23 @@ def report_weight(rows: list[dict], none: dict, tolerance: float) -> tuple[dict,
     # a row of the sweep, not the unguided copy (w = 1 is not no guidance for every method: CFG++'s
     # lambda, classifier guidance's scale)
     helped = any(rule is r for r in rows)
-    shown = rule if helped else max(rows, key=lambda r: (r["precision"], r["coverage"]))
+    shown = rule if helped else _best(rows)
     reported = {**summarize(shown), "w": float(shown["w"]), "helped": helped, "rule_w": float(rule["w"])}
     return reported, {**summarize(rule), "w": float(rule["w"])}
 
 
-def run_sweep(expert, amateur, settings: StudySettings, evaluator: MixtureMetrics, timer: Timer, log=print):
+def describe(m: dict) -> str:
+    """One log line of metrics; those the data cannot give (no exact density) left out."""
+    parts = [f"{k} {m[k]:.3f}" for k in ("precision", "coverage") if m.get(k) is not None]
+    parts += [f"mean_logp {m['mean_logp']:8.2f}"] if m.get("mean_logp") is not None else []
+    parts += [f"sliced_w2 {m['sliced_w2']:.4f}"]
+    parts += [f"distance_to_data {m['distance_to_data']:.4f}"] if "distance_to_data" in m else []
+    return "  ".join(parts)
+
+
+def run_sweep(expert, amateur, settings: StudySettings, evaluator, timer: Timer, log=print):
     """Sample every set with the same seeds and labels; returns (samples, labels, evaluations list)."""
-    labels = class_labels(expert.dataset.mixture, settings.n_samples, seed=settings.seed)
+    labels = evaluator.labels(settings.n_samples, settings.seed)
     sigmas = sigma_grid("karras", settings.sampler_steps, expert.process, sigma_max=settings.sigma_max)
     results, samples = [], {}
     for method, w, denoiser in guided_sets(expert, amateur, settings):
@@ -244,10 +281,7 @@ def run_sweep(expert, amateur, settings: StudySettings, evaluator: MixtureMetric
             m = evaluator.evaluate(x, labels)
         samples[(method, w)] = x
         results.append({"method": method, "w": float(w), **m})
-        log(
-            f"  {method:17s} w={w:<4g} precision {m['precision']:.3f}  coverage {m['coverage']:.3f}  "
-            f"mean_logp {m['mean_logp']:8.2f}  sliced_w2 {m['sliced_w2']:.4f}"
-        )
+        log(f"  {method:17s} w={w:<4g} {describe(m)}")
     return samples, labels, results
 
 
@@ -331,26 +365,8 @@ def run_study(out_dir: str | Path, settings: StudySettings | None = None, log=pr
         torch.set_num_threads(previous_threads)
 
 
-def _run_study(out_dir, settings: StudySettings, log) -> dict:
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs_dir = out / "runs"
-    timer = Timer()
-    t_start = time.perf_counter()
-
-    with timer("training (tree expert + amateur)"):
-        expert, amateur = train_pair(settings, runs_dir, log)
-    mixture = expert.dataset.mixture
-    with timer("metrics"):
-        evaluator = MixtureMetrics(mixture, n_reference=settings.n_reference, seed=settings.seed + 12345)
-    log("sampling and scoring (same seeds and labels for every method):")
-    samples, labels, results = run_sweep(expert, amateur, settings, evaluator, timer, log)
-
-    with timer("metrics"):
-        g = torch.Generator().manual_seed(settings.seed + 99)
-        truth_x, comp = mixture.sample(settings.n_samples, generator=g)
-        truth = evaluator.evaluate(truth_x, mixture.classes[comp])
+def _reported(results: list[dict], settings: StudySettings) -> tuple[dict, dict]:
+    """Each method at its reported w, and the rule's choice (see report_weight)."""
     none = next(r for r in results if r["method"] == "none")
     reported, rule = {}, {}
     for method in ("cfg", "cfg-interval", "autoguidance"):
@@ -363,27 +379,51 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
         reported["cfg+autoguidance"]["w_cfg"] = settings.both_weights[1]
     if "cfg-interval" in reported:
         reported["cfg-interval"]["interval"] = list(settings.cfg_interval)
-    sweep_rows = [
-        {k: r[k] for k in ("method", "w", "precision", "coverage", "mean_logp", "sliced_w2")}
-        for r in results
-        if r["method"] != "none"
-    ]
+    return reported, rule
 
+
+def _run_study(out_dir, settings: StudySettings, log) -> dict:
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_dir = out / "runs"
+    timer = Timer()
+    t_start = time.perf_counter()
+
+    with timer("training (expert + amateur)"):
+        expert, amateur = train_pair(settings, runs_dir, log)
+    with timer("metrics"):
+        evaluator = evaluation_for(expert, settings.n_reference, settings.seed + 12345, settings.n_samples)
+    if evaluator.skipped:
+        log(f"skipped: {evaluator.skipped}")
+    log("sampling and scoring (same seeds and labels for every method):")
+    samples, labels, results = run_sweep(expert, amateur, settings, evaluator, timer, log)
+
+    with timer("metrics"):
+        truth_x, truth_labels = evaluator.truth(settings.n_samples, settings.seed + 99)
+        truth = evaluator.evaluate(truth_x, truth_labels)
+    none = next(r for r in results if r["method"] == "none")
+    reported, rule = _reported(results, settings)
+    sweep_rows = [{k: r[k] for k in ("method", "w", *summarize(r))} for r in results if r["method"] != "none"]
+    r = {"samples": samples, "labels": labels, "results": results, "sweep": sweep_rows, "none": none,
+         "truth": truth, "truth_x": truth_x, "truth_labels": truth_labels, "reported": reported, "rule": rule}  # fmt: skip
     with timer("figures"):
-        figures = tree_figures(
-            out, expert, amateur, evaluator, settings,
-            {"samples": samples, "labels": labels, "results": results, "sweep": sweep_rows,
-             "none": none, "truth": truth, "truth_x": truth_x, "truth_labels": mixture.classes[comp],
-             "reported": reported, "rule": rule},
-        )  # fmt: skip
+        if evaluator.exact:
+            figures = tree_figures(out, expert, amateur, evaluator, settings, r)
+        else:
+            figures = points_figure(out, expert, evaluator, settings, r)
 
-    with timer("S-curve (training, sampling, figure)"):
-        scurve = scurve_study(settings, runs_dir, out / "scurve_autoguidance.png", log)
+    if settings.data:
+        scurve = {"metrics": None, "figure": None}
+    else:
+        with timer("S-curve (training, sampling, figure)"):
+            scurve = scurve_study(settings, runs_dir, out / "scurve_autoguidance.png", log)
 
     total = time.perf_counter() - t_start
     metrics = {
+        "data": _data_note(settings, expert, evaluator),
         "none": {**summarize(none), "w": 1.0},
-        "cfg": reported["cfg"],
+        "cfg": reported.get("cfg"),
         "autoguidance": reported["autoguidance"],
         "cfg_interval": reported.get("cfg-interval"),
         "cfg+autoguidance": reported.get("cfg+autoguidance"),
@@ -391,14 +431,14 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
         "rule_choice": rule,
         "per_class": {r["method"] + f"@{r['w']:g}": r.get("per_class", {}) for r in results},
         "sweep": sweep_rows,
-        "selection_rule": SELECTION_RULE.format(tol=settings.coverage_tolerance),
+        "selection_rule": (SELECTION_RULE.format(tol=settings.coverage_tolerance) if evaluator.exact
+                           else POINTS_RULE),
         "scurve": scurve["metrics"],
         "figures_detail": figures["detail"],
         "timings_s": {**{k: round(v, 1) for k, v in timer.times.items()}, "total": round(total, 1)},
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
         "runs": {"expert": str(expert.path), "amateur": str(amateur.path)},
-        "figures": {"study_panel": figures["study_panel"], "weight_sweep": figures["weight_sweep"],
-                    "scurve": scurve["figure"]},
+        "figures": {**{k: v for k, v in figures.items() if k != "detail"}, "scurve": scurve["figure"]},
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report = study_report.write_report(out / "report.md", metrics, settings, expert, amateur)
@@ -406,7 +446,38 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
     return metrics
 
 
-def tree_figures(out: Path, expert, amateur, evaluator: MixtureMetrics, settings: StudySettings, r: dict):
+def _data_note(settings: StudySettings, expert, evaluator) -> dict:
+    """What the study ran on, and which metrics and methods it had to skip (with the reasons)."""
+    skipped = {}
+    if evaluator.skipped:
+        skipped["exact metrics"] = evaluator.skipped
+    if not expert.num_classes:
+        skipped["CFG"] = CFG_SKIPPED
+    if settings.data:
+        skipped["S-curve"] = "the S-curve experiment is about the S-curve; run the demo without --data for it"
+    return {
+        "file": settings.data or None,
+        "name": expert.config.data.name,
+        "exact": evaluator.exact,
+        "classes": expert.num_classes,
+        "skipped": skipped,
+    }
+
+
+def points_figure(out: Path, expert, evaluator, settings: StudySettings, r: dict) -> dict:
+    """samples.png for data without a density: the data and each method's samples at its reported w."""
+    panels = {"data": (r["truth_x"], r["truth_labels"])}
+    for method in ("none", "autoguidance", "cfg"):
+        row = r["reported"].get(method) if method != "none" else {"w": 1.0}
+        if row is not None:
+            panels[f"{method}, w={row['w']:g}"] = (r["samples"][(method, row["w"])], r["labels"])
+    png = study_plots.samples_figure(
+        out / "samples.png", panels, f"{expert.config.data.name}: {settings.data}"
+    )
+    return {"samples": png.name, "detail": {"panels": list(panels)}}
+
+
+def tree_figures(out: Path, expert, amateur, evaluator, settings: StudySettings, r: dict):
     """study_panel.png and weight_sweep.png from the sweep's results `r`; returns their names and the
     figures' own numbers (zoom window, weights shown, end points inside the 99% region)."""
 
@@ -419,7 +490,12 @@ def tree_figures(out: Path, expert, amateur, evaluator: MixtureMetrics, settings
     w_auto = (
         reported["autoguidance"]["w"] if reported["autoguidance"]["helped"] else settings.auto_weights[-1]
     )
-    w_cfg = reported["cfg"]["w"] if reported["cfg"]["helped"] else settings.cfg_weights[-1]
+    # the fourth sample panel: CFG, or (data without classes) autoguidance at the sweep's largest w
+    if "cfg" in reported:
+        fourth, name4 = "cfg", "CFG"
+        w_cfg = reported["cfg"]["w"] if reported["cfg"]["helped"] else settings.cfg_weights[-1]
+    else:
+        fourth, name4, w_cfg = "autoguidance", "Autoguidance", settings.auto_weights[-1]
     w_traj = max(settings.auto_weights)
     fields = model_fields(
         expert.denoiser, amateur.denoiser, zc, zh, settings.field_sigma, cls, settings.field_res
@@ -448,25 +524,26 @@ def tree_figures(out: Path, expert, amateur, evaluator: MixtureMetrics, settings
             "zoom_tau": evaluator.tau[cls],
             "ground_truth": truth_x.numpy(),
             "ground_truth_labels": r["truth_labels"].numpy(),
-            "labels": r["labels"].numpy(),
+            "labels": None if r["labels"] is None else r["labels"].numpy(),
             "samples": {
                 "none": r["samples"][("none", 1.0)].numpy(),
                 "autoguidance": r["samples"][("autoguidance", w_auto)].numpy(),
-                "cfg": r["samples"][("cfg", w_cfg)].numpy(),
+                "cfg": r["samples"][(fourth, w_cfg)].numpy(),
             },
             "titles": {
                 "none": f"No guidance (precision {none['precision']:.2f}, coverage {none['coverage']:.2f})",
                 "autoguidance": _title("Autoguidance", results, "autoguidance", w_auto),
-                "cfg": _title("CFG", results, "cfg", w_cfg),
+                "cfg": _title(name4, results, fourth, w_cfg),
             },
             "fields": fields,
             "trajectories": traj,
             "trajectory_inside": inside,
             "w_trajectories": w_traj,
             "suptitle": (
-                f"Two-class tree (blue: class A, orange: B); expert {e.width}x{e.depth}, {expert.step} steps; "
-                f"amateur {a.width}x{a.depth}, {amateur.step} steps\nzoom panels (dashed box): the first fork "
-                f"of class A at sigma = {settings.field_sigma:g}"
+                f"{_data_title(settings)}; expert {e.width}x{e.depth}, {expert.step} steps; "
+                f"amateur {a.width}x{a.depth}, {amateur.step} steps\nzoom panels (dashed box): "
+                f"{'a window on class 0' if settings.data else 'the first fork of class A'} at sigma = "
+                f"{settings.field_sigma:g}"
             ),
         },
     )
@@ -479,6 +556,14 @@ def tree_figures(out: Path, expert, amateur, evaluator: MixtureMetrics, settings
         "trajectory_ends_inside": {k: [int(v.sum()), len(v)] for k, v in inside.items()},
     }
     return {"study_panel": panel.name, "weight_sweep": sweep_png.name, "detail": detail}
+
+
+def _data_title(settings: StudySettings) -> str:
+    return (
+        f"Your data ({Path(settings.data).name})"
+        if settings.data
+        else "Two-class tree (blue: class A, orange: B)"
+    )
 
 
 def _title(name: str, results: list[dict], method: str, w: float) -> str:

@@ -9,7 +9,9 @@ and scored against the exact density (`diffguide guidance-bench`, `benchmarks/be
    same sampler; time each set, as a ratio to unguided sampling measured in the same run.
 4. Write report.md, metrics.json, samples.npz and guidance_bench.png.
 
-A method added to METHODS joins automatically, with DEFAULT_WEIGHTS unless WEIGHTS names its own; one
+`--data FILE` (BenchSettings.data) replaces the two datasets by your own 2D data (study.evaluation):
+a mixture file is scored exactly; points by sliced W2 and the distance to the data, the other
+metrics skipped with the reason. A method added to METHODS joins automatically, with DEFAULT_WEIGHTS unless WEIGHTS names its own; one
 that cannot be built for these runs is listed as skipped with the builder's reason.
 """
 
@@ -27,11 +29,19 @@ import torch
 
 from diffguide.errors import ConfigError
 from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, build_guided, sampler_for
-from diffguide.metrics.points import MixtureMetrics, class_labels
 from diffguide.samplers.generation import generate, sigma_grid
-from diffguide.study.experiment import SELECTION_RULE, StudySettings, report_weight, summarize, train_pair
+from diffguide.study.evaluation import evaluation_for, user_data
+from diffguide.study.experiment import (
+    POINTS_RULE,
+    SELECTION_RULE,
+    StudySettings,
+    describe,
+    report_weight,
+    summarize,
+    train_pair,
+)
 from diffguide.study.plots import bench_figure
-from diffguide.study.report import sweep_table
+from diffguide.study.report import metric_cells, metric_columns, sweep_table
 
 MARKER = "diffguide guidance-bench"  # "benchmark" in metrics.json and MARKER_FILE: a previous result
 MARKER_FILE = "guidance-bench.json"  # written first, so an interrupted run's folder (its runs) is reused
@@ -105,6 +115,13 @@ class BenchSettings:
     datasets: tuple[str, ...] = tuple(DATASETS)
     max_weights: int | None = None  # None: every weight of WEIGHTS
     timing_repeats: int = 3  # unguided sampling is timed this many times (median), per sampler
+
+    def with_data(self, path: str) -> BenchSettings:
+        """These settings on your own 2D data file (checked here, before any training) instead of DATASETS."""
+        data = user_data(path)
+        own = [o for o in self.study.expert_overrides if not o.startswith("data.")]
+        study = dataclasses.replace(self.study, data=str(path), expert_overrides=own)
+        return dataclasses.replace(self, study=study, datasets=(data.name,))
 
     @classmethod
     def fast(cls, seed: int = 0) -> BenchSettings:
@@ -182,13 +199,14 @@ def sweep_variant(run, variant: Variant, labels, sigmas, settings: BenchSettings
 def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print) -> dict:
     """Train the pair on one dataset and run every variant; returns its results (samples kept apart)."""
     study = dataclasses.replace(
-        settings.study, expert_overrides=[*settings.study.expert_overrides, *DATASETS[name]]
+        settings.study, expert_overrides=[*settings.study.expert_overrides, *DATASETS.get(name, [])]
     )
     settings = dataclasses.replace(settings, study=study)
     expert, _ = train_pair(study, runs_dir / name, log)
-    mixture = expert.dataset.mixture
-    evaluator = MixtureMetrics(mixture, n_reference=study.n_reference, seed=study.seed + 12345)
-    labels = class_labels(mixture, study.n_samples, seed=study.seed)
+    evaluator = evaluation_for(expert, study.n_reference, study.seed + 12345, study.n_samples)
+    if evaluator.skipped:
+        log(f"  {name}: skipped: {evaluator.skipped}")
+    labels = evaluator.labels(study.n_samples, study.seed)
     sigmas = sigma_grid("karras", study.sampler_steps, expert.process, sigma_max=study.sigma_max)
     rows = [v for v in variants(settings.max_weights) if v.name != "none"]
     base = {}
@@ -210,15 +228,14 @@ def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print)
         results[variant.name] = {**r, "reported": reported, "rule": rule}
         samples.update({f"{variant.name}@{w:g}": x for w, x in r["samples"].items()})
         log(
-            f"  {name}: {variant.name:12s} w={reported['w']:<5g} precision {reported['precision']:.3f} "
-            f"coverage {reported['coverage']:.3f}  time x{reported['time_ratio']:.2f}"
+            f"  {name}: {variant.name:12s} w={reported['w']:<5g} {describe(reported)}  time x{reported['time_ratio']:.2f}"
         )
-    truth_x, comp = mixture.sample(study.n_samples, generator=torch.Generator().manual_seed(study.seed + 99))
-    truth = summarize(evaluator.evaluate(truth_x, mixture.classes[comp]))
+    truth = summarize(evaluator.evaluate(*evaluator.truth(study.n_samples, study.seed + 99)))
     return {
         "unguided": {s: {**summarize(b["metrics"]), "seconds": round(b["seconds"], 4)} for s, b in base.items()},
         "results": results, "skipped": skipped, "samples": samples, "ground_truth": truth,
-        "labels": labels, "run": str(expert.path), "components": len(mixture.weights),
+        "labels": labels, "run": str(expert.path), "exact": evaluator.exact, "metrics_skipped": evaluator.skipped,
+        "components": len(evaluator.mixture.weights) if evaluator.exact else None,
     }  # fmt: skip
 
 
@@ -243,11 +260,12 @@ def run_benchmark(out_dir: str | Path, settings: BenchSettings | None = None, lo
     finally:
         torch.set_num_threads(previous_threads)
     arrays = {f"{d}/{key}": x.numpy() for d, r in data.items() for key, x in r["samples"].items()}
-    arrays.update({f"{d}/labels": r["labels"].numpy() for d, r in data.items()})
+    arrays.update({f"{d}/labels": r["labels"].numpy() for d, r in data.items() if r["labels"] is not None})
     np.savez_compressed(out / "samples.npz", **arrays)
-    bench_figure(out / "guidance_bench.png", metrics)
+    exact = {k: d for k, d in metrics["datasets"].items() if d["exact"]}  # the figure plots precision
+    figure = bench_figure(out / "guidance_bench.png", {**metrics, "datasets": exact}).name if exact else None
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out / "report.md", metrics, "guidance_bench.png")
+    write_report(out / "report.md", metrics, figure)
     return metrics
 
 
@@ -258,6 +276,8 @@ def bench_metrics(data: dict, settings: BenchSettings, seconds: float) -> dict:
     for name, d in data.items():
         datasets[name] = {
             "components": d["components"],
+            "exact": d["exact"],
+            "metrics_skipped": d["metrics_skipped"],
             "run": d["run"],
             "ground_truth": d["ground_truth"],
             "unguided": d["unguided"],
@@ -276,8 +296,9 @@ def bench_metrics(data: dict, settings: BenchSettings, seconds: float) -> dict:
         "benchmark": MARKER,
         "datasets": datasets,
         "selection_rule": SELECTION_RULE.format(tol=study.coverage_tolerance),
+        **({"selection_rule_without_density": POINTS_RULE} if not all(d["exact"] for d in data.values()) else {}),
         "settings": {
-            "seed": study.seed, "n_samples": study.n_samples, "sampler": study.sampler,
+            "seed": study.seed, "data": study.data or None, "n_samples": study.n_samples, "sampler": study.sampler,
             "sampler_steps": study.sampler_steps, "sigma_max": study.sigma_max, "n_reference": study.n_reference,
             "expert": [study.expert_preset, *study.expert_overrides],
             "amateur": {"width": study.amateur_width, "steps": study.amateur_steps},
@@ -294,44 +315,52 @@ def bench_metrics(data: dict, settings: BenchSettings, seconds: float) -> dict:
 
 def method_table(dataset: dict) -> str:
     """Markdown: each variant at its reported w, the unguided rows and the ground truth first."""
+    columns = metric_columns([dataset["ground_truth"]])
+    names = " | ".join(name for name, _ in columns)
     lines = [
-        "| method | sampler | w | rule | precision | coverage | mean log p | sliced W2 | time / unguided |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| method | sampler | w | rule | {names} | time / unguided |",
+        "|" + "---|" * (len(columns) + 5),
     ]
-    t = dataset["ground_truth"]
     lines.append(
-        f"| ground truth (same n) | - | - | - | {t['precision']:.3f} | {t['coverage']:.3f} | "
-        f"{t['mean_logp']:.2f} | {t['sliced_w2']:.4f} | - |"
+        f"| ground truth (same n) | - | - | - | {metric_cells(dataset['ground_truth'], columns)} | - |"
     )
     for sampler, m in dataset["unguided"].items():
-        lines.append(
-            f"| no guidance | {sampler} | 1 | - | {m['precision']:.3f} | {m['coverage']:.3f} | "
-            f"{m['mean_logp']:.2f} | {m['sliced_w2']:.4f} | 1 |"
-        )
+        lines.append(f"| no guidance | {sampler} | 1 | - | {metric_cells(m, columns)} | 1 |")
+    best = "best precision" if dataset.get("exact", True) else "lowest sliced W2"
     for name, m in dataset["methods"].items():
-        rule = "chosen" if m["helped"] else "no w helped: best precision"
+        rule = "chosen" if m["helped"] else f"no w helped: {best}"
         lines.append(
-            f"| {name} | {m['sampler']} | {m['w']:g} | {rule} | {m['precision']:.3f} | {m['coverage']:.3f} | "
-            f"{m['mean_logp']:.2f} | {m['sliced_w2']:.4f} | {m['time_ratio']:.2f} |"
+            f"| {name} | {m['sampler']} | {m['w']:g} | {rule} | {metric_cells(m, columns)} | {m['time_ratio']:.2f} |"
         )
     return "\n".join(lines)
 
 
 def ranking(dataset: dict, tolerance: float) -> str:
-    """One sentence: the methods that helped, best precision first (all within the coverage tolerance)."""
-    helped = sorted(
-        ((n, m) for n, m in dataset["methods"].items() if m["helped"]), key=lambda nm: -nm[1]["precision"]
-    )
+    """One sentence: the methods that helped, best first (precision within the coverage tolerance, or
+    sliced W2 without an exact density)."""
+    exact = dataset.get("exact", True)
+    helped = [(n, m) for n, m in dataset["methods"].items() if m["helped"]]
+    helped.sort(key=lambda nm: -nm[1]["precision"] if exact else nm[1]["sliced_w2"])
     if not helped:
+        if not exact:
+            return "no method lowered the sliced W2 to the data below the unguided one."
         return f"no method raised precision while keeping coverage within {tolerance:g} of unguided."
-    best = ", ".join(f"{n} (w={m['w']:g}: {m['precision']:.3f}, {m['coverage']:.3f})" for n, m in helped[:4])
+    if exact:
+        best = ", ".join(
+            f"{n} (w={m['w']:g}: {m['precision']:.3f}, {m['coverage']:.3f})" for n, m in helped[:4]
+        )
+        lead = f"at coverage within {tolerance:g} of unguided, highest precision (precision, coverage)"
+    else:
+        best = ", ".join(f"{n} (w={m['w']:g}: {m['sliced_w2']:.4f})" for n, m in helped[:4])
+        lead = "lowest sliced W2 to the data"
     missed = [n for n, m in dataset["methods"].items() if not m["helped"]]
     tail = f"; no w helped for {', '.join(missed)}" if missed else ""
-    return f"at coverage within {tolerance:g} of unguided, highest precision (precision, coverage): {best}{tail}."
+    return f"{lead}: {best}{tail}."
 
 
-def write_report(path: Path, metrics: dict, figure: str) -> Path:
-    """report.md: settings, one table per dataset, the figure, the full sweep; `figure` its link."""
+def write_report(path: Path, metrics: dict, figure: str | None) -> Path:
+    """report.md: settings, one table per dataset, the figure, the full sweep; `figure` its link (None:
+    no dataset had an exact density, which the figure's precision axis needs)."""
     s = metrics["settings"]
     tol = float(metrics["selection_rule"].split("minus ")[1].split(" ")[0])
     parts = [
@@ -347,14 +376,19 @@ def write_report(path: Path, metrics: dict, figure: str) -> Path:
         f"{s['threads'] or 'default'} torch thread(s); a busy machine moves them by tens of percent, so read "
         "them as about 1x, 2x, 3x (one, two, three denoiser evaluations per step) and more.\n",
         f"Selection rule: {metrics['selection_rule']}.\n",
-        f"![guidance benchmark]({figure})\n",
     ]
+    if "selection_rule_without_density" in metrics:
+        parts.append(f"Selection rule for points: {metrics['selection_rule_without_density']}.\n")
+    if figure:
+        parts.append(f"![guidance benchmark]({figure})\n")
     for name, d in metrics["datasets"].items():
         parts += [
-            f"## {name} ({d['components']} components)\n",
+            f"## {name} ({d['components']} components)\n" if d["exact"] else f"## {name} (points)\n",
             method_table(d) + "\n",
             ranking(d, tol) + "\n",
         ]
+        if d["metrics_skipped"]:
+            parts.append(f"Skipped metrics: {d['metrics_skipped']}.\n")
         if d["skipped"]:
             parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in d["skipped"].items()) + "\n")
     parts.append("## The full sweep\n")

@@ -315,6 +315,23 @@ def _place_labels(ax, items: list[tuple[float, float, str, str]], markers: list,
         labels.append(best[2])
 
 
+def samples_figure(path: Path, panels: dict, title: str) -> Path:
+    """One scatter per entry of panels {title: (points [N, 2], labels [N] or None)}, on shared axes."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=110, squeeze=False)
+    everything = np.concatenate([np.asarray(p) for p, _ in panels.values()])
+    everything = everything[np.isfinite(everything).all(1)]
+    lo, hi = np.quantile(everything, [0.001, 0.999], axis=0) if len(everything) else (-np.ones(2), np.ones(2))
+    center, half = tuple((lo + hi) / 2), max(float((hi - lo).max()) / 2 * 1.1, 1e-6)
+    for ax, (name, (pts, labels)) in zip(axes[0], panels.items()):
+        _scatter(ax, np.asarray(pts), None if labels is None else np.asarray(labels))
+        _style(ax, name, center, half)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def sweep_figure(path: Path, sweep: list[dict], none: dict, truth: dict, reported: dict) -> Path:
     """Precision against coverage as w grows, one curve per method (the quality/variety trade-off).
 

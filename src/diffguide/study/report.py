@@ -14,47 +14,77 @@ ROWS = (
 )
 
 
+COLUMNS = (("precision", "{:.3f}"), ("coverage", "{:.3f}"), ("mean log p", "{:.2f}"), ("sliced W2", "{:.4f}"))
+KEYS = {
+    "precision": "precision", "coverage": "coverage", "mean log p": "mean_logp", "sliced W2": "sliced_w2",
+    "distance to data": "distance_to_data",
+}  # fmt: skip
+
+
+def metric_columns(rows) -> tuple:
+    """The metric columns: the four exact ones, plus the distance to the data when the rows have it."""
+    if any("distance_to_data" in r for r in rows):
+        return (*COLUMNS, ("distance to data", "{:.4f}"))
+    return COLUMNS
+
+
+def metric_cells(m: dict, columns) -> str:
+    """'| 0.912 | 0.950 | ...' with '-' for a metric the data cannot give (no exact density)."""
+    values = [m.get(KEYS[name]) for name, _ in columns]
+    return " | ".join("-" if v is None else fmt.format(v) for v, (_, fmt) in zip(values, columns))
+
+
+def _head(first: str, columns) -> list[str]:
+    names = [name for name, _ in columns]
+    return [f"| {first} | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + first.count("|") + 1)]
+
+
 def metrics_table(metrics: dict) -> str:
     """The headline table (markdown, also readable as plain text)."""
-    lines = [
-        "| method | w | precision | coverage | mean log p | sliced W2 |",
-        "|---|---|---|---|---|---|",
-    ]
+    columns = metric_columns([m for _, key in ROWS if (m := metrics.get(key))])
+    lines = _head("method | w", columns)
     for label, key in ROWS:
         m = metrics.get(key)
         if not m:
             continue
         w = "-" if m.get("w") is None else f"{m['w']:g}"
         if m.get("helped") is False:
-            w = f"{w} (no w helped: the sweep's best precision)"
+            best = "best precision" if m.get("precision") is not None else "lowest sliced W2"
+            w = f"{w} (no w helped: the sweep's {best})"
         if key == "cfg+autoguidance" and m.get("w_cfg") is not None:
             w = f"{w} (auto) + {m['w_cfg']:g} (cfg)"
         if key == "cfg_interval" and m.get("interval"):
             w = f"{w}, sigma in [{m['interval'][0]:g}, {m['interval'][1]:g}]"
-        lines.append(
-            f"| {label} | {w} | {m['precision']:.3f} | {m['coverage']:.3f} | {m['mean_logp']:.2f} | "
-            f"{m['sliced_w2']:.4f} |"
-        )
+        lines.append(f"| {label} | {w} | {metric_cells(m, columns)} |")
     return "\n".join(lines)
 
 
 def sweep_table(metrics: dict) -> str:
     """Markdown: every (method, w) of a sweep (`metrics["sweep"]`), for the demo and the guidance benchmark."""
-    lines = ["| method | w | precision | coverage | mean log p | sliced W2 |", "|---|---|---|---|---|---|"]
+    columns = metric_columns(metrics["sweep"])
+    lines = _head("method | w", columns)
     for r in metrics["sweep"]:
-        lines.append(
-            f"| {r['method']} | {r['w']:g} | {r['precision']:.3f} | {r['coverage']:.3f} | "
-            f"{r['mean_logp']:.2f} | {r['sliced_w2']:.4f} |"
-        )
+        lines.append(f"| {r['method']} | {r['w']:g} | {metric_cells(r, columns)} |")
     return "\n".join(lines)
 
 
-def _header(settings, expert, amateur) -> str:
+def _data_line(metrics: dict) -> str:
+    d = metrics.get("data") or {}
+    if not d.get("file"):
+        return (
+            "Data: the two-class tree mixture (`tree`), an exact Gaussian mixture, so every metric below is "
+            "computed\nfrom the true density."
+        )
+    what = "a Gaussian mixture (exact density)" if d["exact"] else "a point cloud (no density)"
+    skipped = "".join(f"\n- skipped: {k}: {v}." for k, v in d["skipped"].items())
+    return f"Data: your file `{d['file']}`, {what}, {d['classes'] or 'no'} classes.{skipped}\n"
+
+
+def _header(settings, expert, amateur, metrics: dict) -> str:
     e, a = expert.config, amateur.config
     return f"""# Guidance study: no guidance, classifier-free guidance and autoguidance
 
-Data: the two-class tree mixture (`tree`), an exact Gaussian mixture, so every metric below is computed
-from the true density. Seed {settings.seed}. {settings.n_samples} samples per method, the same per-sample
+{_data_line(metrics)} Seed {settings.seed}. {settings.n_samples} samples per method, the same per-sample
 seeds and the same class labels (in the mixture's class proportions) for every method;
 sampler {settings.sampler}, {settings.sampler_steps} steps, Karras grid, sigma_max = {settings.sigma_max:g}.
 
@@ -70,6 +100,24 @@ Guidance weight convention: guide + w (main - guide); w = 1 is no guidance.
 
 
 def _results(metrics: dict, settings) -> str:
+    if not (metrics.get("data") or {}).get("exact", True):
+        return f"""## Results
+
+{metrics_table(metrics)}
+
+Chosen w: {metrics["selection_rule"]}.
+
+- sliced W2: sliced Wasserstein-2 distance to {settings.n_reference} (at most) points of the data;
+- distance to data: the mean distance of a sample to its nearest data point (lower: closer to the data;
+  it keeps falling as guidance concentrates the samples, so it measures quality, not variety).
+
+### The whole sweep
+
+{sweep_table(metrics)}
+
+![samples](samples.png)
+
+"""
     return f"""## Results
 
 {metrics_table(metrics)}
@@ -95,6 +143,8 @@ Per-class metrics (against p(x | class)) are in metrics.json under "per_class".
 
 
 def _figures(metrics: dict, settings) -> str:
+    if "study_panel" not in metrics["figures"]:
+        return ""  # data without a density: samples.png only, shown with the results
     fd = metrics["figures_detail"]
     ends = fd["trajectory_ends_inside"]
     return f"""## Figures
@@ -127,6 +177,8 @@ panels is the exact mixture density.
 
 def _scurve(metrics: dict) -> str:
     sc = metrics["scurve"]
+    if sc is None:
+        return ""
     return f"""![S-curve](scurve_autoguidance.png)
 
 `scurve_autoguidance.png` (the S-curve autoguidance experiment): one net trained {sc["expert_steps"]} steps on the
@@ -159,7 +211,7 @@ Runs are in `runs/`; `runs/{e.name}/guidance.json` names the amateur, so
 def write_report(path: Path, metrics: dict, settings, expert, amateur) -> Path:
     """report.md: what was trained, the table, the rule, the figures and how to read them, timings."""
     parts = (
-        _header(settings, expert, amateur),
+        _header(settings, expert, amateur, metrics),
         _results(metrics, settings),
         _figures(metrics, settings),
         _scurve(metrics),

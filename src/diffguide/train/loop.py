@@ -69,7 +69,7 @@ def train(
     exact = exact_denoiser(cfg, dataset, device)
     run_dir = Path(run_dir)
     if info.is_main:
-        prepare_run_dir(cfg, run_dir, resume)
+        prepare_run_dir(cfg, run_dir, resume, dataset)
     distributed.barrier(info)
     net, model = build_model(cfg, dataset, device, info)
     denoiser = build_denoiser(cfg, model)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from diffguide.config import RunConfig, from_dict, to_dict
 from diffguide.data.files import keep_data_file
+from diffguide.data.record import keep_dataset_record
 from diffguide.errors import CheckpointError, ConfigError, output_error
 from diffguide.io import atomic_write_text
 
@@ -29,10 +30,11 @@ RESUMABLE_KEYS = (
 )
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path:
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, dataset=None) -> Path:
     """Create the run folder and write config.json; refuse to overwrite a different run.
 
-    Resuming with changes only in RESUMABLE_KEYS prints them and saves the new config."""
+    Resuming with changes only in RESUMABLE_KEYS prints them and saves the new config. The data file
+    (file-based sets) or a record of `dataset` (sets registered from Python) is kept in the folder."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     new = to_dict(cfg)
@@ -61,6 +63,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path:
         if cfg_path is not None:
             atomic_write_text(cfg_path, json.dumps(new, indent=2) + "\n")
         keep_data_file(cfg.data, run_dir)
+        if dataset is not None:
+            keep_dataset_record(cfg.data, dataset, run_dir)
     except OSError as e:
         raise output_error(run_dir, e) from None
     return run_dir
