@@ -118,6 +118,7 @@ def test_refusals_list_every_reason():
         (tiny_unet(channel_mult=(2, 2)), ddpm, "eps", (3, 8, 8), ["noise embedding has 16 channels"]),
         (tiny_unet(num_classes=0, num_types=2, num_accessories=3), ddpm, "eps", (3, 8, 8), ["attribute"]),
         (tiny_unet(), ddpm, "eps", (3, 7, 7), ["7x7 but 2 levels need sizes divisible by 2"]),
+        (tiny_unet(cond_map_channels=2), ddpm, "eps", (3, 8, 8), ["condition map (model.cond_map_channels)"]),
         (tiny_unet(), EDMProcess(), "edm", (3, 8, 8), ["EDM-preconditioned", "noise process is 'edm'"]),
         (tiny_unet(), ddpm, "score", (3, 8, 8), ["target 'score'"]),
     ]

@@ -162,3 +162,16 @@ def test_condition_map_for_class_labels_is_the_class_template():
     maps = net.cond_map(net.cond_emb.indicators(torch.tensor([2, 4]), 2, "cpu"))  # 4 = the null class
     assert torch.equal(maps[:, 0], net.cond_map.templates[[2, 4]].reshape(2, 8, 8))
     assert UNet(1, 8, channels=8, cond_map_channels=3).cond_map is None  # unconditional: no map
+
+
+def test_bad_condition_map_width_is_refused_before_training(tmp_path):
+    from tests.helpers import run_cli
+
+    out = tmp_path / "runs"
+    r = run_cli("train", "--preset", "digits-cfg", "--set", "model.cond_map_channels=-2", "--out", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "diffguide train: error: model.cond_map_channels must be an integer >= 0 (0: no condition map; 4 is a "
+        "good start), got -2"
+    ]
+    assert not out.exists()

@@ -141,6 +141,11 @@ def _network_problems(net: nn.Module, sample_shape: tuple[int, ...]) -> list[str
             "it is conditioned on attribute dicts (type + accessories), which UNet2DModel cannot take "
             "(it has class labels only)"
         )
+    if getattr(net, "cond_map", None) is not None:
+        problems.append(
+            "it has a condition map (model.cond_map_channels), extra input channels that UNet2DModel "
+            "cannot compute from a class label: train with model.cond_map_channels=0 to export"
+        )
     levels = len(_Levels(net).down)
     factor = 2 ** (levels - 1)
     size = tuple(int(v) for v in sample_shape[1:])
