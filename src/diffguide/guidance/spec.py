@@ -179,7 +179,7 @@ class RunParts:
             arch = self.run.config.model.arch
             raise ConfigError(
                 f"{self.names['kind']} {kind} perturbs self-attention layers; run {self.run.config.name!r} "
-                f"is a {arch} without attention: use a U-Net run with attention (model.arch='unet'), or "
+                f"has none (model.arch={arch!r}): use a U-Net run (model.arch='unet'), or "
                 f"{self.names['kind']} slg or dropout, which perturb the same network's residual layers"
             )
         return net
