@@ -28,6 +28,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "guidance.combinators",
         "guidance.methods",
         "guidance.cfgpp",
+        "guidance.perturbed",
         "guidance",
         "models",
         "models.nets.*",

@@ -441,8 +441,9 @@ def test_sample_guidance_errors(pair, cli_run, tmp_path, capsys):
     assert "guidance rescale must be in [0, 1], got 1.5" in error(
         run, "--guidance", "auto", "--rescale", "1.5"
     )
-    assert "--rescale applies to --guidance cfg, auto, cfg+auto or icg, not none" in error(
-        run, "--rescale", "0.5"
+    assert (
+        "--rescale applies to --guidance cfg, auto, cfg+auto, icg, pag, seg, slg or dropout, not none"
+        in error(run, "--rescale", "0.5")
     )
 
 

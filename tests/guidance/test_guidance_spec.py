@@ -23,6 +23,7 @@ from diffguide.dashboard.safety import RunsFolder
 from diffguide.denoiser import ClipDenoised
 from diffguide.errors import ConfigError
 from diffguide.guidance import (
+    Guided,
     NullConditioned,
     autoguidance,
     cfg_and_autoguidance,
@@ -32,6 +33,7 @@ from diffguide.guidance import (
 )
 from diffguide.guidance.cfgpp import CFGPlusPlus, sample_euler_cfgpp
 from diffguide.guidance.methods import APG, TCFG, CFGZeroStar, MamboG, RandomConditioned
+from diffguide.guidance.perturbed import PerturbedGuide
 from diffguide.guidance.spec import (
     EXACT,
     METHODS,
@@ -42,6 +44,7 @@ from diffguide.guidance.spec import (
     check,
     sampler_for,
 )
+from diffguide.models.nets.perturb import DropResidual
 from diffguide.models.runs import load_run
 from tests.helpers import run_cli
 
@@ -134,7 +137,24 @@ FRONT_END_CASES = {
     "mambo-g": (["--w", "4", "--guidance-option", "alpha=2"], dict(w=4.0, options={"alpha": 2.0})),
     "icg": (["--w", "2", "--interval", "0.1", "5"], dict(w=2.0, interval=(0.1, 5.0))),
     "cfg++": (["--w", "0.6"], dict(w=0.6)),
+    "slg": (["--w", "2", "--w-cfg", "1.5"], dict(w=2.0, w_cfg=1.5)),
+    "dropout": (
+        [
+            "--w",
+            "2",
+            "--guidance-option",
+            "dropout=0.3",
+            "--guidance-option",
+            "auto_guidance_layers=blocks.0",
+        ],
+        dict(w=2.0, options={"dropout": 0.3, "auto_guidance_layers": "blocks.0"}),
+    ),
+    # refused on this MLP run (no attention) by both front ends; tests/guidance/test_perturbed_guidance.py
+    # builds them on a U-Net
+    "pag": (["--w", "2"], dict(w=2.0)),
+    "seg": (["--w", "2"], dict(w=2.0)),
 }
+NEEDS_ATTENTION = ("pag", "seg")
 
 
 def _cli_args(runs, kind: str, options: list[str]):
@@ -146,8 +166,17 @@ def _cli_args(runs, kind: str, options: list[str]):
 def test_cli_and_dashboard_build_the_same_denoiser(runs, run, kind):
     """Every method of the registry (a new one needs a case here: the KeyError says so)."""
     options, widgets = FRONT_END_CASES[kind]
-    from_cli = cli_guided_denoiser(_cli_args(runs, kind, options), run)
     spec = generation.guidance_spec(RunsFolder(runs), kind, **widgets)
+    if kind in NEEDS_ATTENTION:
+        message = (
+            f"{kind} perturbs self-attention layers; run 'tiny' has none \\(model.arch='mlp'\\): use a U-Net"
+        )
+        with pytest.raises(ConfigError, match=f"^--guidance {message}"):
+            cli_guided_denoiser(_cli_args(runs, kind, options), run)
+        with pytest.raises(ConfigError, match=f"^guidance {message}"):
+            generation.guided_denoiser(run, spec)
+        return
+    from_cli = cli_guided_denoiser(_cli_args(runs, kind, options), run)
     from_page = generation.guided_denoiser(run, spec)
     a, b = _out(from_cli), _out(from_page)
     assert torch.equal(a, b), (a - b).abs().max()
@@ -207,10 +236,24 @@ def _references(runs, run):
         ),
         "icg": (GuidanceSpec("icg", 2.0), guidance(d, RandomConditioned(d, k, 0), 2.0)),
         "cfg++": (GuidanceSpec("cfg++", 0.6), CFGPlusPlus(d, NullConditioned(d, k), 0.6)),
+        "slg": (
+            GuidanceSpec("slg", 2.0, w_cfg=1.5),
+            Guided(
+                d,
+                [
+                    (PerturbedGuide(d, [d.net.blocks[len(d.net.blocks) // 2]], DropResidual(1.0)), 2.0),
+                    (NullConditioned(d, k), 1.5),
+                ],
+            ),
+        ),  # fmt: skip
+        "dropout": (
+            GuidanceSpec("dropout", 2.0, options={"dropout": 0.3, "auto_guidance_layers": "blocks.0"}),
+            guidance(d, PerturbedGuide(d, [d.net.blocks[0]], DropResidual(0.3, seed=0)), 2.0),
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", list(METHODS))
+@pytest.mark.parametrize("kind", [k for k in METHODS if k not in NEEDS_ATTENTION])
 def test_builder_equals_the_combinators(runs, run, kind):
     spec, expected = _references(runs, run)[kind]
     assert torch.equal(_out(build_guided(run, spec)), _out(expected))
@@ -254,7 +297,8 @@ def test_a_new_method_is_one_registry_entry(runs, run, monkeypatch):
     assert torch.equal(_out(from_cli), expected)
     assert torch.equal(_out(generation.guided_denoiser(run, spec)), expected)
     with pytest.raises(
-        ConfigError, match="--rescale applies to --guidance cfg, auto, cfg\\+auto or icg, not half-cfg"
+        ConfigError,
+        match="--rescale applies to --guidance cfg, auto, cfg\\+auto, icg, pag, seg, slg or dropout, not half-cfg",
     ):
         cli_guided_denoiser(_cli_args(runs, "half-cfg", ["--rescale", "0.5"]), run)
 
@@ -285,9 +329,15 @@ def test_loaders_are_used_for_every_guide(runs, run):
         (GuidanceSpec("cfg", 2, interval=(-1, 2)), r"bounds must be >= 0, got \(-1.0, 2.0\)"),
         (GuidanceSpec("auto", 2, rescale=1.5), r"guidance rescale must be in \[0, 1\], got 1.5"),
         (GuidanceSpec("cfg", 2, clip=(1, -1)), "clip needs LOW < HIGH, got 1 -1"),
-        (GuidanceSpec(rescale=0.5), r"rescale applies to guidance cfg, auto, cfg\+auto or icg, not none"),
+        (
+            GuidanceSpec(rescale=0.5),
+            r"rescale applies to guidance cfg, auto, cfg\+auto, icg, pag, seg, slg or dropout, not none",
+        ),
         (GuidanceSpec("cfg", 2, guide="runs/x"), r"guide applies to guidance auto or cfg\+auto, not cfg"),
-        (GuidanceSpec("auto", 2, w_cfg=2), r"w_cfg applies to guidance cfg\+auto, not auto"),
+        (
+            GuidanceSpec("auto", 2, w_cfg=2),
+            r"w_cfg applies to guidance cfg\+auto, pag, seg, slg or dropout, not auto",
+        ),
         (GuidanceSpec("auto", 2, classifier=EXACT), "classifier applies to guidance classifier, not auto"),
         (GuidanceSpec("classifier", 2, interval=(0, 1), null=torch.zeros(1)), "null condition applies to"),
     ],
@@ -308,10 +358,14 @@ def test_front_ends_name_the_fields_their_way(runs, tmp_path, capsys):
             ["--guidance", "cfg", "--guide", str(runs / "tiny-amateur")],
             "--guide applies to --guidance auto, ",
         ),
-        (["--guidance", "auto", "--w-cfg", "2"], "--w-cfg applies to --guidance cfg+auto, not auto"),
+        (
+            ["--guidance", "auto", "--w-cfg", "2"],
+            "--w-cfg applies to --guidance cfg+auto, pag, seg, slg or dropout, not auto",
+        ),
         (
             ["--interval", "0.1", "5"],
-            "--interval applies to --guidance cfg, auto, classifier, cfg+auto, apg, cfg-zero*, tcfg, mambo-g or icg, not",
+            "--interval applies to --guidance cfg, auto, classifier, cfg+auto, apg, cfg-zero*, tcfg, mambo-g, icg, pag, "
+            "seg, slg or dropout, not",
         ),
     ):
         capsys.readouterr()
@@ -483,6 +537,10 @@ def test_cfgpp_brings_its_own_step_and_refuses_other_samplers(run):
         (["--guidance", "cfg++", "--sampler", "heun"], "CFG++ is defined for the first-order deterministic step"),
         (["--guidance", "cfg", "--w", "inf"], "--w must be finite (1 = no guidance), got inf"),
         (["--guidance", "cfg++", "--clip-denoised", "-1", "1"], "--guidance cfg++ renoises with its own estimates"),
+        (["--guidance", "pag"], "--guidance pag perturbs self-attention layers; run 'tiny' has none (model.arch='mlp'): use a U-Net run (model.arch='unet'), or --guidance slg or dropout"),
+        (["--guidance", "slg", "--guidance-option", "skip_layer_guidance_layers=mid,down"], "option skip_layer_guidance_layers of --guidance slg: 'down' names no residual layer of this MLP; its residual layers: blocks.0 (a name"),
+        (["--guidance", "dropout", "--guidance-option", "dropout=0"], "dropout must be in (0, 1] (1: skip the layer), got 0.0"),
+        (["--guidance", "seg", "--guidance-option", "seg_blur_sigma=x"], "option seg_blur_sigma of --guidance seg must be a number (default inf), got 'x'"),
     ],
 )  # fmt: skip
 def test_bad_method_settings_exit_2_with_one_line(runs, tmp_path, options, message):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # parser must not (`diffguide --help` in <= 0.3 s). tests/cli/test_cli_startup.py checks they agree.
 METHOD_NAMES = (
     "none", "cfg", "auto", "classifier", "cfg+auto", "apg", "cfg-zero*", "tcfg", "mambo-g", "icg", "cfg++",
+    "pag", "seg", "slg", "dropout",
 )  # fmt: skip
 
 # how the guidance builder's messages name each GuidanceSpec field on the command line
@@ -68,7 +69,12 @@ def add_sample_args(p) -> None:
         help=f"{' | '.join(METHOD_NAMES)} (default: none)",
     )
     g.add_argument("--w", type=float, default=2.0, help="guidance weight, ours: 1 = none (default: 2)")
-    g.add_argument("--w-cfg", type=float, help="CFG weight with --guidance cfg+auto (default: --w)")
+    g.add_argument(
+        "--w-cfg",
+        type=float,
+        help="CFG weight with --guidance cfg+auto (default: --w); "
+        "with pag, seg, slg, dropout: adds CFG at this weight (default: off)",
+    )
     g.add_argument(
         "--guide",
         metavar="DIR",
@@ -103,7 +109,9 @@ def add_sample_args(p) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a method's own option, repeatable: apg eta=0 norm_threshold=0.5 momentum=-0.5 space=x0|eps; "
-        "cfg-zero* zero_init_sigma=40; mambo-g alpha=8; icg seed=0 (docs/guidance.md)",
+        "cfg-zero* zero_init_sigma=40; mambo-g alpha=8; icg seed=0; pag pag_applied_layers=mid; seg "
+        "seg_blur_sigma=inf seg_guidance_layers=mid; slg skip_layer_guidance_layers=mid; dropout dropout=0.5 "
+        "auto_guidance_layers=mid seed=0 (docs/guidance.md)",
     )
     g.add_argument(
         "--schedule",

@@ -46,6 +46,16 @@ from diffguide.guidance.methods import (
     WeightSchedule,
 )
 from diffguide.guidance.pairing import check_compatible, find_guide
+from diffguide.guidance.perturbed import PerturbedGuide
+from diffguide.models.nets.perturb import (
+    ATTENTION,
+    RESIDUAL,
+    DropResidual,
+    IdentityAttention,
+    SmoothedQuery,
+    perturbable_layers,
+    select_layers,
+)
 from diffguide.models.runs import Run, load_run
 
 EXACT = "exact"  # GuidanceSpec.classifier: the exact Bayes classifier of the run's ground-truth mixture
@@ -80,6 +90,8 @@ class GuidanceSpec:
         method = lookup("guidance kind", self.kind, METHODS)
         w_cfg = self.w if self.w_cfg is None else self.w_cfg
         text = method.label.format(w=float(self.w), w_cfg=float(w_cfg))
+        if self.w_cfg is not None and "{w_cfg" not in method.label:  # a method's optional CFG term
+            text += f" + CFG w={float(self.w_cfg):g}"
         if self.kind != "none" and self.interval is not None:
             text += f", sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
         if self.kind != "none" and self.rescale:
@@ -159,6 +171,18 @@ class RunParts:
 
     def null_guide(self, spec: GuidanceSpec):
         return NullConditioned(self.denoiser, self.num_classes)
+
+    def network(self, kind: str, point: str):
+        """The run's own network, for a guide that perturbs its `point` (ATTENTION or RESIDUAL) layers."""
+        net = self.denoiser.net
+        if not perturbable_layers(net, point):
+            arch = self.run.config.model.arch
+            raise ConfigError(
+                f"{self.names['kind']} {kind} perturbs self-attention layers; run {self.run.config.name!r} "
+                f"has none (model.arch={arch!r}): use a U-Net run (model.arch='unet'), or "
+                f"{self.names['kind']} slg or dropout, which perturb the same network's residual layers"
+            )
+        return net
 
     def amateur(self, spec: GuidanceSpec):
         """The weaker run: spec.guide (a run folder or one of its checkpoints) or the run's noted amateur."""
@@ -247,6 +271,13 @@ class DiffusersParts:
 
     def classifier(self, spec: GuidanceSpec):
         self.check_classifier(spec.kind)
+
+    def network(self, kind: str, point: str):
+        raise ConfigError(
+            f"{self.names['kind']} {kind} perturbs the network's own layers, which is done for diffguide's "
+            f"nets (run folders); for a diffusers model use diffusers' guider of that name, or "
+            f"{self.names['kind']} auto with {self.names['guide']} DIR (a weaker model)"
+        )
 
 
 Parts = RunParts | DiffusersParts
@@ -337,6 +368,40 @@ def _cfg_and_auto(parts: Parts, spec: GuidanceSpec):
     return Guided(parts.denoiser, guides, interval=spec.interval, rescale=spec.rescale)
 
 
+# the methods whose guide is the same network perturbed: name -> (hook point, layer option, perturbation)
+PERTURBATIONS: dict[str, tuple[str, str, Callable[[Mapping], object]]] = {
+    "pag": (ATTENTION, "pag_applied_layers", lambda o: IdentityAttention()),
+    "seg": (ATTENTION, "seg_guidance_layers", lambda o: SmoothedQuery(o["seg_blur_sigma"])),
+    "slg": (RESIDUAL, "skip_layer_guidance_layers", lambda o: DropResidual(1.0)),
+    "dropout": (RESIDUAL, "auto_guidance_layers", lambda o: DropResidual(o["dropout"], int(o["seed"]))),
+}
+
+
+def _perturbed_guide(parts: Parts, spec: GuidanceSpec) -> PerturbedGuide:
+    """The model itself with the method's perturbation on the chosen layers (models/nets/perturb.py)."""
+    point, key, make = PERTURBATIONS[spec.kind]
+    options = {**METHODS[spec.kind].options, **spec.options}
+    perturbation = make(options)  # checks the method's numbers before the layers
+    where = f"{parts.names['options']} {key} of {parts.names['kind']} {spec.kind}"
+    layers = select_layers(parts.network(spec.kind, point), point, options[key], where)
+    return PerturbedGuide(parts.denoiser, layers, perturbation)
+
+
+def _perturbed(parts: Parts, spec: GuidanceSpec):
+    """PAG, SEG, SLG, dropout (guidance/perturbed.py): D_pert + w (D - D_pert), plus CFG with w_cfg."""
+    guide = _perturbed_guide(parts, spec)
+    if spec.w_cfg is None:
+        return _two(parts.denoiser, guide, spec)
+    if spec.schedule is not None:
+        raise ConfigError(
+            f"{parts.names['schedule']} and {parts.names['w_cfg']} do not combine for {parts.names['kind']} "
+            f"{spec.kind}; choose one"
+        )
+    parts.check_null(spec.kind, spec)
+    guides = [(guide, spec.w), (parts.null_guide(spec), spec.w_cfg)]
+    return Guided(parts.denoiser, guides, interval=spec.interval, rescale=spec.rescale)
+
+
 @dataclass(frozen=True)
 class Method:
     """One guidance method: its builder, the optional spec fields it reads and how it is shown."""
@@ -424,6 +489,34 @@ METHODS: dict[str, Method] = {
         "CFG++ w={w:g}",
         null_guide=True,
     ),
+    "pag": Method(
+        _perturbed,
+        frozenset({"w_cfg", "interval", "rescale", "schedule"}),
+        "perturbed-attention guidance (PAG: identity self-attention in the guide)",
+        "PAG w={w:g}",
+        options={"pag_applied_layers": "mid"},
+    ),
+    "seg": Method(
+        _perturbed,
+        frozenset({"w_cfg", "interval", "rescale", "schedule"}),
+        "smoothed-energy guidance (SEG: blurred attention query in the guide)",
+        "SEG w={w:g}",
+        options={"seg_blur_sigma": math.inf, "seg_guidance_layers": "mid"},
+    ),
+    "slg": Method(
+        _perturbed,
+        frozenset({"w_cfg", "interval", "rescale", "schedule"}),
+        "skip-layer guidance (SLG: chosen layers of the same net skipped in the guide)",
+        "SLG w={w:g}",
+        options={"skip_layer_guidance_layers": "mid"},
+    ),
+    "dropout": Method(
+        _perturbed,
+        frozenset({"w_cfg", "interval", "rescale", "schedule"}),
+        "dropout guidance (diffusers' AutoGuidance: dropout on chosen layers of the same net)",
+        "dropout guidance w={w:g}",
+        options={"dropout": 0.5, "auto_guidance_layers": "mid", "seed": 0},
+    ),
 }
 
 
@@ -458,14 +551,20 @@ def check(
         parts = model if isinstance(model, (RunParts, DiffusersParts)) else model_parts(model, names)
         if "classifier" in method.fields:
             parts.check_classifier(spec.kind)
-        if method.null_guide:
+        if method.null_guide or (spec.kind in PERTURBATIONS and spec.w_cfg is not None):
             parts.check_null(spec.kind, spec)
+        if spec.kind in PERTURBATIONS:
+            _perturbed_guide(parts, spec)  # the network has the layers, the numbers are in range
     return method
 
 
 def _check_option(kind: str, key: str, value, default, names: Mapping[str, str]) -> None:
     """One method option: the type of its default; numbers not NaN; `space` one of SPACES."""
     where = f"{names['options']} {key} of {names['kind']} {kind}"
+    if isinstance(default, str) and key.endswith("_layers"):  # names checked against the network
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where} must name layers, e.g. 'mid' or 'down.3,up.2', got {value!r}")
+        return
     if isinstance(default, str):
         choices = SPACES if key == "space" else (default,)
         if value not in choices:
@@ -547,6 +646,7 @@ __all__ = [
     "GuidanceSpec",
     "Loaders",
     "Method",
+    "PERTURBATIONS",
     "RunParts",
     "build_guided",
     "check",

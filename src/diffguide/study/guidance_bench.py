@@ -76,6 +76,8 @@ WEIGHTS: dict[str, tuple[float, ...]] = {
     "mambo-g": (1.5, 2.0, 3.0, 4.0, 6.0),
     "icg": (1.5, 2.0, 3.0, 4.0),
     "cfg++": (0.2, 0.4, 0.6, 0.8),
+    "slg": (1.25, 1.5, 2.0, 3.0),
+    "dropout": (1.25, 1.5, 2.0, 3.0),
 }
 FIELDS = {"classifier": {"classifier": EXACT}}
 SAMPLERS = {"cfg++": "euler"}  # its own step replaces euler's (sampler_for); heun is refused
@@ -85,6 +87,9 @@ EXTRA = {
         ("cfg-linear", {"schedule": ("linear", 0.05, 5.0)}, None),
     ],
     "apg": [("apg-eps", {"options": {"space": "eps"}}, None)],
+    # the MLP's first residual block skipped instead of its middle one; dropout 0.2 instead of 0.5
+    "slg": [("slg-first", {"options": {"skip_layer_guidance_layers": "blocks.0"}}, None)],
+    "dropout": [("dropout-0.2", {"options": {"dropout": 0.2}}, None)],
 }
 
 

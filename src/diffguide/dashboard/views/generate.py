@@ -83,10 +83,12 @@ def _pick_options(kind: str, prefix: str) -> dict:
         label, wkey = f"{kind} {key}", f"{prefix}-{kind}-{key}"
         if key == "space":
             chosen[key] = st.selectbox(label, ["x0", "eps"], index=["x0", "eps"].index(default), key=wkey)
+        elif isinstance(default, str):  # layer names of the same-network guides (pag, seg, slg, dropout)
+            chosen[key] = st.text_input(label, value=default, key=wkey, help="e.g. mid, down.2, up")
         elif isinstance(default, int):
             chosen[key] = int(st.number_input(label, value=default, step=1, key=wkey))
         elif math.isinf(default):  # an optional level: empty keeps the default (off)
-            value = st.number_input(f"{label} (empty: off)", value=None, key=wkey)
+            value = st.number_input(f"{label} (empty: inf, the default)", value=None, key=wkey)
             if value is not None:
                 chosen[key] = float(value)
         else:

@@ -7,9 +7,13 @@ from torch import nn
 
 from diffguide.errors import ConfigError
 from diffguide.models.nets.embedding import make_embedding
+from diffguide.models.nets.perturb import RESIDUAL, residual
 
 
 class ResidualBlock(nn.Module):
+    perturbation_points = (RESIDUAL,)  # models/nets/perturb.py: the guides that perturb this net
+    perturbation = None
+
     def __init__(self, width: int, emb_dim: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(width)
@@ -21,7 +25,7 @@ class ResidualBlock(nn.Module):
     def forward(self, h, emb):
         r = self.fc1(self.norm(h)) + self.emb(emb)
         r = self.fc2(self.drop(nn.functional.silu(r)))
-        return h + r
+        return h + residual(self, r)
 
 
 class MLP(nn.Module):

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from diffguide.errors import ConfigError
 from diffguide.models.nets.embedding import make_embedding
+from diffguide.models.nets.perturb import ATTENTION, RESIDUAL, attend, residual
 
 
 def group_norm(channels: int, groups: int = 0) -> nn.GroupNorm:
@@ -47,6 +48,9 @@ def group_norm(channels: int, groups: int = 0) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv, plus skip."""
 
+    perturbation_points = (RESIDUAL,)  # models/nets/perturb.py: the guides that perturb this net
+    perturbation = None
+
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, norm_groups: int = 0):
         super().__init__()
         self.norm1 = group_norm(cin, norm_groups)
@@ -64,11 +68,14 @@ class ResBlock(nn.Module):
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))
-        return self.skip(x) + h
+        return self.skip(x) + residual(self, h)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions (heads of 32 channels, at least one)."""
+
+    perturbation_points = (ATTENTION, RESIDUAL)
+    perturbation = None
 
     def __init__(self, channels: int, norm_groups: int = 0):
         super().__init__()
@@ -83,8 +90,8 @@ class Attention(nn.Module):
         n, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
         # q, k, v: [N, heads, head_dim, HW] -> attention over HW
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        out = attend(self, q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), (h, w))
+        return x + residual(self, self.proj(out.transpose(-1, -2).reshape(n, c, h, w)))
 
 
 class Downsample(nn.Module):
