@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from diffguide.cli.common import apply_threads
+from diffguide.cli.crash import report_internal_error
 from diffguide.errors import DiffguideError, StoppedBySignal
 
 # Each module registers its subcommands with add_parser(subparsers); order is the help order.
@@ -41,9 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; exit 0, 2 (bad input, one line), 1 (a bug: one line, traceback saved), 130/143."""
+    try:
+        args = build_parser().parse_args(argv)
+    except Exception as e:  # argparse's own errors are SystemExit(2) and pass through
+        return report_internal_error("diffguide", e, argv)
     prefix = f"diffguide {args.command}"
+    try:
+        return _run(args, prefix)
+    except Exception as e:
+        return report_internal_error(prefix, e, argv)
+
+
+def _run(args, prefix: str) -> int:
+    """args.func(args), with every expected failure turned into one line and its exit code."""
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         # our warnings (a skipped bad checkpoint, ...) as one line a user reads, not a source location
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         if not _out_of_memory(e):
-            raise
+            raise  # main() reports it as an internal error
         # the commands with their own advice (train, sample) raise DiffguideError instead
         print(f"{prefix}: error: out of memory ({e}); try a smaller --batch-size or --n", file=sys.stderr)
         return 2
