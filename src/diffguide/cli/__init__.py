@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import warnings
 
@@ -75,12 +77,36 @@ def _run(args, prefix: str) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in FILE_SYSTEM_ERRNOS:
+            raise  # main() reports it as an internal error
+        print(f"{prefix}: error: {file_system_error(e)}", file=sys.stderr)
+        return 2
     except Exception as e:
         if not _out_of_memory(e):
             raise  # main() reports it as an internal error
         # the commands with their own advice (train, sample) raise DiffguideError instead
         print(f"{prefix}: error: out of memory ({e}); try a smaller --batch-size or --n", file=sys.stderr)
         return 2
+
+
+# The machine's refusals, not bugs: a full disk or quota, a file over the size limit, a read-only file
+# system, no permission. Every output is written atomically, so none leaves a half-written file.
+FILE_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def file_system_error(e: OSError) -> str:
+    """One line for a write the file system refused: the file, why, and what to do."""
+    name = repr(str(e.filename)) if e.filename is not None else "a file"
+    why = e.strerror or os.strerror(e.errno)
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission for {name} ({why}); choose another path (--out) or change its permissions"
+    if e.errno == errno.EROFS:
+        return f"cannot write {name}: {why}; choose another output path (--out)"
+    return (
+        f"cannot write {name}: {why}; nothing half-written was left in its place. Free some space or "
+        "choose another output path (--out), then run the command again"
+    )
 
 
 def _out_of_memory(e: Exception) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from diffguide.cli.common import add_threads_arg, make_output_folder, write_json
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
+from diffguide.io import atomic_write_file
 
 if TYPE_CHECKING:
     import torch
@@ -283,7 +284,7 @@ def write_samples(
         if labels is not None:
             arrays["labels"] = labels
         try:
-            np.savez(out, **arrays)
+            atomic_write_file(out, lambda f: np.savez(f, **arrays))
         except OSError as e:
             raise output_error(out, e) from None
         if x.shape[1] == 2:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from diffguide.cli.common import grid_overrides, make_output_folder
 from diffguide.cli.progress import progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
+from diffguide.io import atomic_write_file
 
 if TYPE_CHECKING:  # numpy and torch are imported by the commands: the parser stays fast
     import torch
@@ -242,7 +243,7 @@ def cmd_sample_diffusers(args) -> int:
         if labels is not None:
             arrays["labels"] = labels.numpy()
         try:
-            np.savez(out, **arrays)
+            atomic_write_file(out, lambda f: np.savez(f, **arrays))
         except OSError as e:
             raise output_error(out, e) from None
         print(f"wrote {out}")

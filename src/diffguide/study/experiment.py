@@ -25,6 +25,7 @@ import torch
 from diffguide.config import apply_overrides, load_preset
 from diffguide.guidance import autoguidance, cfg_and_autoguidance, classifier_free_guidance
 from diffguide.guidance.pairing import amateur_config, write_guidance_note
+from diffguide.io import atomic_write_text
 from diffguide.metrics.points import METRICS, MixtureMetrics, class_labels, sliced_w2
 from diffguide.models.runs import load_run
 from diffguide.noise import PerSampleNoise
@@ -400,7 +401,7 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
         "figures": {"study_panel": figures["study_panel"], "weight_sweep": figures["weight_sweep"],
                     "scurve": scurve["figure"]},
     }  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     report = study_report.write_report(out / "report.md", metrics, settings, expert, amateur)
     metrics["report"] = str(report)
     return metrics
