@@ -21,6 +21,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# Recorded in the images diffguide writes (a PNG's "Software" text, a GIF's comment), so a later command
+# knows a file at its --out is an earlier output it may replace, not a user's picture.
+SOFTWARE_TAG = "diffguide"
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call write(tmp) on a temporary file in path's folder, fsync it, rename it to path, fsync the folder.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffguide.cli.common import grid_overrides, make_output_folder
+from diffguide.cli.common import check_outputs, grid_overrides, make_output_folder
 from diffguide.cli.progress import progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
 from diffguide.io import atomic_write_file
@@ -222,6 +222,10 @@ def cmd_sample_diffusers(args) -> int:
     check_args(args)
     options = sampler_options(args.sampler or DEFAULT_SAMPLER, getattr(args, "sampler_option", []))
     out = Path(args.out)
+    beside = [out.with_suffix(".png")] if out.suffix.lower() == ".npz" else []
+    if getattr(args, "gif", False):
+        beside.append(out.with_suffix(".gif"))
+    check_outputs(out, beside, "sample", args.force)
     make_output_folder(out)
     model = load_diffusers(args.diffusers)
     cond, labels = build_condition(args, model, args.n)

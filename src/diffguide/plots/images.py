@@ -10,7 +10,7 @@ import torch
 
 from diffguide.data.images import to_uint8
 from diffguide.errors import ConfigError, output_error
-from diffguide.io import atomic_write_file, file_format
+from diffguide.io import SOFTWARE_TAG, atomic_write_file, file_format
 from diffguide.samplers.generation import sample_run
 
 
@@ -39,11 +39,22 @@ def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: in
     return to_pil(canvas, scale)
 
 
+def image_tag(path) -> dict:
+    """PIL save() arguments that mark a PNG as written by diffguide (its "Software" text)."""
+    if file_format(path) != "png":
+        return {}
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", SOFTWARE_TAG)
+    return {"pnginfo": info}
+
+
 def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> Path:
     path = Path(path)
     try:
         image = grid_image(x, nrow)
-        atomic_write_file(path, lambda f: image.save(f, format=file_format(path)))
+        atomic_write_file(path, lambda f: image.save(f, format=file_format(path), **image_tag(path)))
     except OSError as e:
         raise output_error(path, e) from None
     return path
@@ -81,7 +92,9 @@ def save_progress_gif(
     rest = frames[1:] + [frames[-1]] * 5
     atomic_write_file(
         path,
-        lambda f: frames[0].save(f, format="gif", save_all=True, append_images=rest, duration=ms, loop=0),
+        lambda f: frames[0].save(
+            f, format="gif", save_all=True, append_images=rest, duration=ms, loop=0, comment=SOFTWARE_TAG
+        ),
     )
     return path
 
@@ -101,7 +114,10 @@ def save_image_samples(
             folder.mkdir(parents=True, exist_ok=True)
             for i, img in enumerate(x):
                 image = to_pil(img)
-                atomic_write_file(folder / f"{i:05d}.png", lambda f, image=image: image.save(f, format="png"))
+                atomic_write_file(
+                    folder / f"{i:05d}.png",
+                    lambda f, image=image: image.save(f, format="png", **image_tag(".png")),
+                )
         except OSError as e:
             raise output_error(folder, e) from None
         written.append(folder)
