@@ -13,9 +13,13 @@ from pathlib import Path
 from filelock import FileLock
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m diffguide ARGS` in a subprocess (the real entry point), output captured."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None, **popen
+) -> subprocess.CompletedProcess:
+    """`python -m diffguide ARGS` in a subprocess (the real entry point), output captured.
+
+    env: variables set on top of this process's; popen: further subprocess.run arguments."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "diffguide", *args],
         capture_output=True,
@@ -23,6 +27,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         cwd=cwd,
         env=env,
         timeout=timeout,
+        **popen,
     )
 
 

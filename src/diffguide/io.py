@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from diffguide.errors import ConfigError
 
@@ -18,6 +19,11 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+# Recorded in the images diffguide writes (a PNG's "Software" text, a GIF's comment), so a later command
+# knows a file at its --out is an earlier output it may replace, not a user's picture.
+SOFTWARE_TAG = "diffguide"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -35,11 +41,30 @@ def _atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk's write() names no file: name it
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call write(f) on a binary file open for writing, then put it at `path` atomically (see
+    _atomic_write). For writers that take a file object: np.savez, PIL's save, matplotlib's savefig
+    (give them the format, e.g. format=file_format(path): the temporary file's name ends in .tmp)."""
+
+    def write_to(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    _atomic_write(path, write_to)
+
+
+def file_format(path: Path) -> str:
+    """The format a file's suffix names, for writers given a file object: 'x.png' -> 'png'."""
+    return Path(path).suffix.lstrip(".").lower()
 
 
 def _file_mode(path: Path) -> int:
@@ -88,11 +113,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors.save_file through a temporary file + rename."""
-    from safetensors.torch import save_file  # here: reading configs (the CLI's parser) needs no torch
+    """Tensors in the safetensors format, through a temporary file + rename."""
+    from safetensors.torch import save  # here: reading configs (the CLI's parser) needs no torch
 
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+    # serialised here and written by Python: a full disk is then an OSError naming the file, where
+    # safetensors' own save_file raises a SafetensorError
+    atomic_write_bytes(path, save(cpu, metadata=metadata))
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from diffguide.errors import ConfigError, output_error
+from diffguide.io import atomic_save_tensors, atomic_write_text
 from diffguide.models.nets.embedding import PositionalEmbedding
 from diffguide.models.nets.unet import Attention, Downsample, UNet, Upsample
 from diffguide.models.runs import load_run
@@ -300,7 +301,6 @@ def write_diffusers_folder(
 
     Refuses, listing every reason, what does not map exactly (export_problems); nothing is written then.
     """
-    from safetensors.torch import save_file
 
     problems = export_problems(net, process, target, sample_shape)
     if problems:
@@ -326,12 +326,9 @@ def write_diffusers_folder(
     try:
         for name, content in files.items():
             (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(json.dumps(content, indent=2) + "\n")
-        save_file(
-            diffusers_state_dict(net),
-            str(out / "unet" / "diffusion_pytorch_model.safetensors"),
-            metadata={"format": "pt"},
-        )
+            atomic_write_text(out / name, json.dumps(content, indent=2) + "\n")
+        weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+        atomic_save_tensors(weights, diffusers_state_dict(net), {"format": "pt"})
     except OSError as e:
         raise output_error(out, e) from None
     return out

@@ -27,6 +27,13 @@ def add_threads_arg(p) -> None:
     )
 
 
+def add_force_flag(p, command: str) -> None:
+    """--force: replace an existing output that `command` did not write (see docs/bad-input.md)."""
+    p.add_argument(
+        "--force", action="store_true", help=f"replace an existing output file that `{command}` did not write"
+    )
+
+
 def apply_threads(args) -> None:
     """Set torch's thread count from --threads when the command has it and it was given (N >= 1)."""
     threads = getattr(args, "threads", None)
@@ -146,3 +153,57 @@ def grid_overrides(args, sample_config=None) -> tuple:
         return value if value is not None else (getattr(s, name) if s is not None else default)
 
     return pick("sigma_min", None), pick("sigma_max", None), pick("rho", 7.0)
+
+
+SAMPLE_ARRAYS = ({"samples"}, {"samples", "labels"})  # what `diffguide sample` writes in a .npz
+
+
+def written_by_us(path: Path, command: str) -> bool:
+    """Whether the existing file `path` is an earlier output that `diffguide COMMAND` may replace.
+
+    A JSON file records its command (written_by); a PNG or GIF records diffguide (io.SOFTWARE_TAG) in
+    its text or comment; a .npz is ours when it holds exactly the arrays `sample` writes."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return json_writer(path) == f"diffguide {command}"
+    try:
+        if suffix in (".png", ".gif"):
+            from PIL import Image
+
+            from diffguide.io import SOFTWARE_TAG
+
+            with Image.open(path) as image:
+                tag = image.info.get("Software") if suffix == ".png" else image.info.get("comment")
+            return tag in (SOFTWARE_TAG, SOFTWARE_TAG.encode())
+        if suffix == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as arrays:
+                return set(arrays.files) in SAMPLE_ARRAYS
+    except Exception:  # not an image / archive we can read: not ours
+        return False
+    return False
+
+
+def check_outputs(out: Path, companions: list[Path], command: str, force: bool) -> None:
+    """check_replaceable for --out and each file written beside it (a scatter plot, a GIF, ...)."""
+    check_replaceable(out, command, force)
+    for path in companions:
+        check_replaceable(path, command, force, what=f"{str(path)!r}, written with --out")
+
+
+def check_replaceable(path: Path, command: str, force: bool, what: str = "--out") -> None:
+    """Refuse, before any work, to replace an existing file `command` did not write, unless --force."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{_named(what, path)} is a folder; give a file path")
+    if path.exists() and not force and not written_by_us(path, command):
+        raise ConfigError(
+            f"{_named(what, path)} exists and was not written by `diffguide {command}`; choose another "
+            "path, or add --force to replace it"
+        )
+
+
+def _named(what: str, path: Path) -> str:
+    """'--out 'x.npz'' for --out itself; the companion's own description (which names it) otherwise."""
+    return f"{what} {str(path)!r}" if what == "--out" else what

@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffguide.cli.common import add_threads_arg, make_output_folder, write_json
+from diffguide.cli.common import (
+    add_force_flag,
+    add_threads_arg,
+    check_outputs,
+    make_output_folder,
+    write_json,
+)
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
+from diffguide.io import atomic_write_file
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +75,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--out", required=True, help="output file (.npz for 2D)")
+    add_force_flag(p, "sample")
     p.add_argument(
         "--no-metrics",
         action="store_true",
@@ -193,6 +201,7 @@ def cmd_sample(args) -> int:
         )
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
     prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
+    check_outputs(Path(args.out), sample_companions(args, run), "sample", args.force)
     check_sample_count(args.n, run.dataset.shape)  # before the conditions for n samples are built
     s = run.config.sample
     steps = s.steps if args.steps is None else args.steps  # --steps 0 is an error, not the default
@@ -252,6 +261,19 @@ def write_exact_metrics(out: Path, x: torch.Tensor, run, labels) -> dict:
     return result
 
 
+def sample_companions(args, run) -> list[Path]:
+    """The files `sample` writes beside --out: a 2D run's scatter plot and exact metrics; an image
+    run's GIF (--gif) and per-sample PNGs (--per-sample, those that exist)."""
+    out = Path(args.out)
+    if run.dataset.kind == "points":
+        return [out.with_suffix(".png"), out.with_name(out.stem + ".metrics.json")]
+    paths = [out.with_suffix(".gif")] if getattr(args, "gif", False) else []
+    if getattr(args, "per_sample", False):
+        folder = out.with_suffix("")
+        paths += sorted(folder.glob("[0-9][0-9][0-9][0-9][0-9].png")) if folder.is_dir() else []
+    return paths
+
+
 def prepare_output(out: Path, run) -> None:
     """Check --out before sampling (the suffix this kind of run is written as) and create its folder."""
     if run.dataset.kind == "points" and out.suffix != ".npz":
@@ -283,7 +305,7 @@ def write_samples(
         if labels is not None:
             arrays["labels"] = labels
         try:
-            np.savez(out, **arrays)
+            atomic_write_file(out, lambda f: np.savez(f, **arrays))
         except OSError as e:
             raise output_error(out, e) from None
         if x.shape[1] == 2:

@@ -17,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffguide.cli.common import grid_overrides, make_output_folder
+from diffguide.cli.common import check_outputs, grid_overrides, make_output_folder
 from diffguide.cli.progress import progress_bar, sampling_callback
 from diffguide.errors import ConfigError, output_error
+from diffguide.io import atomic_write_file
 
 if TYPE_CHECKING:  # numpy and torch are imported by the commands: the parser stays fast
     import torch
@@ -221,6 +222,10 @@ def cmd_sample_diffusers(args) -> int:
     check_args(args)
     options = sampler_options(args.sampler or DEFAULT_SAMPLER, getattr(args, "sampler_option", []))
     out = Path(args.out)
+    beside = [out.with_suffix(".png")] if out.suffix.lower() == ".npz" else []
+    if getattr(args, "gif", False):
+        beside.append(out.with_suffix(".gif"))
+    check_outputs(out, beside, "sample", args.force)
     make_output_folder(out)
     model = load_diffusers(args.diffusers)
     cond, labels = build_condition(args, model, args.n)
@@ -242,7 +247,7 @@ def cmd_sample_diffusers(args) -> int:
         if labels is not None:
             arrays["labels"] = labels.numpy()
         try:
-            np.savez(out, **arrays)
+            atomic_write_file(out, lambda f: np.savez(f, **arrays))
         except OSError as e:
             raise output_error(out, e) from None
         print(f"wrote {out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffguide.cli.common import add_threads_arg, check_json_output, write_json
+from diffguide.cli.common import add_threads_arg, check_json_output, make_output_folder, write_json
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError
 
@@ -22,6 +22,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--feature-dim", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the classifier already in --out (or write into a non-empty folder)",
+    )
     p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser(
@@ -68,6 +73,7 @@ def cmd_train_classifier(args) -> int:
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     out = Path(args.out) if args.out else default_classifier_dir(args.data)
+    check_classifier_out(out, args.force)
     train_classifier(
         DataConfig(name=args.data, path=args.data_path, conditional=True),
         out,
@@ -80,6 +86,27 @@ def cmd_train_classifier(args) -> int:
     )
     print(f"classifier written to {out}")
     return 0
+
+
+def check_classifier_out(out: Path, force: bool) -> None:
+    """A trained classifier is replaced only with --force (eval's numbers would change without a word);
+    so is a non-empty folder that holds none. A file, or a place that cannot be written, never."""
+    from diffguide.classifiers.record import RECORD_FILE
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder for the classifier")
+    make_output_folder(out / RECORD_FILE)  # an unwritable place fails now, not after training
+    if force or not any(out.iterdir()):
+        return
+    if (out / RECORD_FILE).exists():
+        raise ConfigError(
+            f"--out {str(out)!r} already holds a classifier ({RECORD_FILE}); choose another --out, or add "
+            "--force to replace it (the metrics `eval` reports with it will change)"
+        )
+    raise ConfigError(
+        f"--out {str(out)!r} is a non-empty folder without a classifier; choose a new or empty folder, or "
+        "add --force to write the classifier into it"
+    )
 
 
 def cmd_eval(args) -> int:

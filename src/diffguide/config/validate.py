@@ -20,7 +20,7 @@ from diffguide.config.schema import (
     TrainConfig,
 )
 from diffguide.data.registry import check_data_config
-from diffguide.errors import ConfigError, lookup
+from diffguide.errors import ConfigError, closest, lookup
 from diffguide.grids import GRIDS
 from diffguide.losses import DenoisingLoss
 from diffguide.models.nets.embedding import EMBEDDINGS
@@ -86,6 +86,20 @@ def check_train(t: TrainConfig) -> None:
     lookup("learning-rate decay", t.decay, LR_SCHEDULES)
     lookup("precision", t.precision, dict.fromkeys(typing.get_args(Precision)))
     lookup("on_nan policy", t.on_nan, dict.fromkeys(typing.get_args(OnNan)))
+    check_device_name(t.device)
+
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device_name(name: str) -> None:
+    """train.device is one of DEVICE_FORMS (whether this machine has it is checked when training starts)."""
+    kind, _, index = name.partition(":")
+    if name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit()):
+        return
+    near = closest(name, ["auto", "cpu", "cuda", "mps"])
+    hint = f"; did you mean {' or '.join(repr(c) for c in near)}?" if near else ";"
+    raise ConfigError(f"unknown train.device {name!r}{hint} choices: {DEVICE_FORMS}")
 
 
 def check_model(m: ModelConfig) -> None:

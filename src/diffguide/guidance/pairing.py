@@ -16,6 +16,7 @@ from pathlib import Path
 from diffguide.classifiers.points import ClassifierConfig, train_classifier
 from diffguide.config import RunConfig, validate
 from diffguide.errors import CheckpointError, ConfigError
+from diffguide.io import atomic_write_text
 from diffguide.train import train
 
 NOTE_FILE = "guidance.json"
@@ -59,7 +60,7 @@ def write_guidance_note(run_dir: str | Path, **guides: str | Path) -> Path:
     note = read_guidance_note(run_dir)
     for key, path in guides.items():
         note[key] = os.path.relpath(Path(path).resolve(), run_dir.resolve())
-    (run_dir / NOTE_FILE).write_text(json.dumps(note, indent=2) + "\n")
+    atomic_write_text(run_dir / NOTE_FILE, json.dumps(note, indent=2) + "\n")
     return run_dir / NOTE_FILE
 
 

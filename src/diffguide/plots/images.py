@@ -10,6 +10,7 @@ import torch
 
 from diffguide.data.images import to_uint8
 from diffguide.errors import ConfigError, output_error
+from diffguide.io import SOFTWARE_TAG, atomic_write_file, file_format
 from diffguide.samplers.generation import sample_run
 
 
@@ -38,10 +39,22 @@ def grid_image(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: in
     return to_pil(canvas, scale)
 
 
+def image_tag(path) -> dict:
+    """PIL save() arguments that mark a PNG as written by diffguide (its "Software" text)."""
+    if file_format(path) != "png":
+        return {}
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", SOFTWARE_TAG)
+    return {"pnginfo": info}
+
+
 def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> Path:
     path = Path(path)
     try:
-        grid_image(x, nrow).save(path)
+        image = grid_image(x, nrow)
+        atomic_write_file(path, lambda f: image.save(f, format=file_format(path), **image_tag(path)))
     except OSError as e:
         raise output_error(path, e) from None
     return path
@@ -76,7 +89,13 @@ def save_progress_gif(
     last = final[: len(recorder.frames[0][0])]
     frames.append(grid_image(torch.cat([last, last]), nrow=len(last)))
     path = Path(path)
-    frames[0].save(path, save_all=True, append_images=frames[1:] + [frames[-1]] * 5, duration=ms, loop=0)
+    rest = frames[1:] + [frames[-1]] * 5
+    atomic_write_file(
+        path,
+        lambda f: frames[0].save(
+            f, format="gif", save_all=True, append_images=rest, duration=ms, loop=0, comment=SOFTWARE_TAG
+        ),
+    )
     return path
 
 
@@ -94,7 +113,11 @@ def save_image_samples(
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for i, img in enumerate(x):
-                to_pil(img).save(folder / f"{i:05d}.png")
+                image = to_pil(img)
+                atomic_write_file(
+                    folder / f"{i:05d}.png",
+                    lambda f, image=image: image.save(f, format="png", **image_tag(".png")),
+                )
         except OSError as e:
             raise output_error(folder, e) from None
         written.append(folder)
@@ -149,7 +172,7 @@ def save_w_sweep_plot(path: str | Path, rows: list[dict], keys: list[str], title
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path)))
     plt.close(fig)
     return Path(path)
 
@@ -176,7 +199,7 @@ def save_labelled_grids(path: str | Path, rows: list[tuple[str, torch.Tensor]], 
     fig.tight_layout()
     path = Path(path)
     try:
-        fig.savefig(path, dpi=100)
+        atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path), dpi=100))
     except OSError as e:
         raise output_error(path, e) from None
     finally:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from diffguide.io import SOFTWARE_TAG, atomic_write_file, file_format
 from diffguide.models.runs import load_run
 from diffguide.plots import images as image_figures
 from diffguide.samplers.generation import sample_run
@@ -56,7 +57,8 @@ def save_scatter(path: Path, points, title: str = "", mixture=None, labels=None)
     color = "C0" if labels is None else [f"C{int(c) % 10}" for c in np.asarray(labels)]
     scatter_2d(ax, points, title, mixture=mixture, color=color, s=2.0)
     fig.tight_layout()
-    fig.savefig(path)
+    tag = {"metadata": {"Software": SOFTWARE_TAG}} if file_format(path) == "png" else {}
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path), **tag))
     plt.close(fig)
     return Path(path)
 

@@ -31,6 +31,7 @@ import torch
 from diffguide.config import apply_overrides, load_preset
 from diffguide.guidance import autoguidance, cfg_and_autoguidance, classifier_free_guidance
 from diffguide.guidance.pairing import amateur_config, write_guidance_note
+from diffguide.io import atomic_write_text
 from diffguide.metrics.points import sliced_w2
 from diffguide.models.runs import load_run
 from diffguide.noise import PerSampleNoise
@@ -440,7 +441,7 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
         "runs": {"expert": str(expert.path), "amateur": str(amateur.path)},
         "figures": {**{k: v for k, v in figures.items() if k != "detail"}, "scurve": scurve["figure"]},
     }  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     report = study_report.write_report(out / "report.md", metrics, settings, expert, amateur)
     metrics["report"] = str(report)
     return metrics

@@ -29,6 +29,7 @@ import torch
 
 from diffguide.errors import ConfigError
 from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, build_guided, sampler_for
+from diffguide.io import atomic_write_file, atomic_write_text
 from diffguide.samplers.generation import generate, sigma_grid
 from diffguide.study.evaluation import evaluation_for, user_data
 from diffguide.study.experiment import (
@@ -254,7 +255,7 @@ def run_benchmark(out_dir: str | Path, settings: BenchSettings | None = None, lo
     out = Path(out_dir)
     check_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER_FILE).write_text(json.dumps({"benchmark": MARKER}) + "\n")
+    atomic_write_text(out / MARKER_FILE, json.dumps({"benchmark": MARKER}) + "\n")
     previous_threads = torch.get_num_threads()
     if settings.study.threads:
         torch.set_num_threads(settings.study.threads)
@@ -266,10 +267,10 @@ def run_benchmark(out_dir: str | Path, settings: BenchSettings | None = None, lo
         torch.set_num_threads(previous_threads)
     arrays = {f"{d}/{key}": x.numpy() for d, r in data.items() for key, x in r["samples"].items()}
     arrays.update({f"{d}/labels": r["labels"].numpy() for d, r in data.items() if r["labels"] is not None})
-    np.savez_compressed(out / "samples.npz", **arrays)
+    atomic_write_file(out / "samples.npz", lambda f: np.savez_compressed(f, **arrays))
     exact = {k: d for k, d in metrics["datasets"].items() if d["exact"]}  # the figure plots precision
     figure = bench_figure(out / "guidance_bench.png", {**metrics, "datasets": exact}).name if exact else None
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report.md", metrics, figure)
     return metrics
 
@@ -400,7 +401,7 @@ def write_report(path: Path, metrics: dict, figure: str | None) -> Path:
     for name, d in metrics["datasets"].items():
         parts += [f"### {name}\n", sweep_table(d) + "\n"]
     parts.append(f"Total time {metrics['total_seconds']:.0f} s (training included).\n")
-    path.write_text("\n".join(parts))
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from diffguide.denoiser import score_from_denoiser  # noqa: E402
+from diffguide.io import atomic_write_file, file_format
 from diffguide.plots.points import density_image  # noqa: E402
 
 CLASS_COLORS = ["#1f5fa8", "#c2410c", "#15803d", "#7e22ce"]
@@ -259,7 +260,7 @@ def study_panel(path: Path, d: dict) -> Path:
     )
     fig.suptitle(d["suptitle"], fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(path)
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path)))
     plt.close(fig)
     return Path(path)
 
@@ -327,7 +328,7 @@ def samples_figure(path: Path, panels: dict, title: str) -> Path:
         _style(ax, name, center, half)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path)))
     plt.close(fig)
     return Path(path)
 
@@ -383,7 +384,7 @@ def sweep_figure(path: Path, sweep: list[dict], none: dict, truth: dict, reporte
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     _place_labels(ax, labels, points, curves)
-    fig.savefig(path)
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path)))
     plt.close(fig)
     return Path(path)
 
@@ -427,7 +428,7 @@ def scurve_figure(path: Path, d: dict) -> Path:
         _style(ax, title, c, lim)
     fig.suptitle(d["suptitle"], fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path)
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path)))
     plt.close(fig)
     return Path(path)
 
@@ -477,6 +478,6 @@ def bench_figure(path: Path, metrics: dict) -> Path:
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Guidance methods, weight sweep (circled: the w the selection rule chose)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_file(path, lambda f: fig.savefig(f, format=file_format(path)))
     plt.close(fig)
     return Path(path)

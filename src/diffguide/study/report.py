@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffguide.io import atomic_write_text
+
 ROWS = (
     ("ground truth (same n)", "ground_truth"),
     ("no guidance", "none"),
@@ -217,5 +219,5 @@ def write_report(path: Path, metrics: dict, settings, expert, amateur) -> Path:
         _scurve(metrics),
         _timings(metrics, expert),
     )
-    Path(path).write_text("".join(parts))
+    atomic_write_text(Path(path), "".join(parts))
     return Path(path)

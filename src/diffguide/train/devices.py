@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from diffguide.errors import ConfigError
+
 BF16_ON_SLOW_CPU = (
     "train.precision=bf16 on a CPU without bfloat16 instructions (AVX512-BF16 or AMX): bf16 is emulated "
     "there and was measured 8 to 20 times slower than fp32 (benchmarks/results/training.md); "
@@ -12,10 +14,39 @@ BF16_ON_SLOW_CPU = (
 
 
 def resolve_device(name: str) -> torch.device:
-    """train.device as a torch device: "auto" is the GPU when there is one, else the CPU."""
+    """train.device as a torch device: "auto" is the GPU when there is one, else the CPU.
+
+    A device this machine does not have is a ConfigError naming it and the devices there are."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(
+            f"train.device={name!r} but {why} (torch {torch.__version__}); available: "
+            f"{', '.join(available_devices())}; use --set train.device=auto (or cpu)"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+            f"available: {', '.join(available_devices())}"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"train.device={name!r} but MPS (Apple GPUs) is not available here; available: "
+            f"{', '.join(available_devices())}; use --set train.device=auto (or cpu)"
+        )
+    return device
+
+
+def available_devices() -> list[str]:
+    """The train.device values this machine can use: cpu, each CUDA GPU, mps."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
 
 
 def cpu_has_bf16() -> bool:

@@ -26,6 +26,7 @@ from diffguide.train import distributed
 from diffguide.train.batches import draw_batch
 from diffguide.train.checkpoint import checkpoint_name
 from diffguide.train.devices import BF16_ON_SLOW_CPU, cpu_has_bf16, resolve_device
+from diffguide.train.lock import run_lock
 from diffguide.train.logs import RunLogger
 from diffguide.train.run_folder import prepare_run_dir
 from diffguide.train.signals import StopOnSignal, TrainingInterrupted
@@ -58,7 +59,8 @@ def train(
     on_finish: optional function called on every rank with (net, ema) when the loop ends.
     SIGINT/SIGTERM: the step reached is checkpointed, then TrainingInterrupted is raised (never a
     normal return). Resuming a run whose checkpoint already reached train.steps prints so and
-    returns without writing anything.
+    returns without writing anything. A run folder another process trains into is refused (RunInUse;
+    see lock.py).
     """
     cfg = validate(cfg)
     t = cfg.train
@@ -68,6 +70,17 @@ def train(
     dataset = make_dataset(cfg.data)  # before the run folder: missing data files leave nothing behind
     exact = exact_denoiser(cfg, dataset, device)
     run_dir = Path(run_dir)
+    with run_lock(run_dir, enabled=info.is_main):  # one process trains into a run folder at a time
+        return _train_locked(
+            cfg, run_dir, resume, info, device, dataset, exact, progress, stop_after, on_log, on_finish
+        )
+
+
+def _train_locked(
+    cfg, run_dir, resume, info, device, dataset, exact, progress, stop_after, on_log, on_finish
+) -> Path:
+    """train() once the run folder is ours: prepare it, build the model, resume, run the steps."""
+    t = cfg.train
     if info.is_main:
         prepare_run_dir(cfg, run_dir, resume, dataset)
     distributed.barrier(info)
