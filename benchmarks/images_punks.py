@@ -126,14 +126,16 @@ def _row(result: dict, keys, **extra) -> dict:
 
 
 def punks_floor(run, classifier_dir: Path, n: int) -> dict:
-    """n real training punks (seeded subset) measured like samples, against the held-out punks."""
+    """The real training punks whose attributes the samples request (reference_index), measured like
+    samples against the held-out punks: the floor of the same conditions and set size."""
     from diffguide.classifiers.images import load_classifier
     from diffguide.data.images import to_unit
     from diffguide.metrics.images import conditional_accuracy, feature_metrics
+    from diffguide.plots.images import reference_index
 
     classifier, _ = load_classifier(classifier_dir)
     ds = run.dataset
-    idx = ds.train_index[torch.randperm(len(ds.train_index), generator=torch.Generator().manual_seed(0))[:n]]
+    idx = reference_index(ds, n)
     real_f, _ = classifier.predict(ds.heldout()[0])
     floor_f, pred = classifier.predict(to_unit(ds.images[idx]))
     out = {"guidance": "real training punks", "w": None}
@@ -193,7 +195,8 @@ def learning_curves(work: Path, quick: bool, reuse: bool, times: dict) -> dict:
         {"curve-punks-cfg": ["punks-cfg", *s["punks"]], "curve-digits-cfg": ["digits-cfg", *s["digits"]]},
         reuse,
     )
-    times["curves (side by side)"] = round(time.perf_counter() - start, 1)
+    if time.perf_counter() - start > 1:  # trained now (not reused from an earlier run)
+        times["curves (side by side)"] = round(time.perf_counter() - start, 1)
     clf = {"punks": work / "classifier-cryptopunks-2500", "digits": work / "classifier-digits"}
     if not (reuse and (clf["punks"] / "classifier.json").is_file()):
         train_classifier(DataConfig(name="cryptopunks", conditional=True), clf["punks"], log=None,
@@ -280,7 +283,7 @@ def helped_accessories(rows: list[dict], top: int = 6) -> dict[str, list[tuple[s
             continue
         gains = sorted(((r["per_accessory"].get(a, 0.0) - v, a) for a, v in base.items()), reverse=True)
         out[f"{r['guidance']} w={r['w']:g}"] = [
-            (a, base[a], r["per_accessory"].get(a, 0.0)) for g, a in gains[:top]
+            (a, base[a], r["per_accessory"].get(a, 0.0)) for g, a in gains[:top] if g >= 0.01
         ]
     return out
 
@@ -327,6 +330,11 @@ def curves_figure(path: Path, curves: dict) -> Path:
             if key in floor:
                 ax.axhline(floor[key], ls="--", c="grey", label="real vs real")
             ax.set_xscale("log")
+            ax.set_xticks(
+                [r["minutes"] for r in rows if r["w"] == 1],
+                [f"{r['minutes']:g}" for r in rows if r["w"] == 1],
+            )
+            ax.minorticks_off()
             ax.set_title(f"{name}-cfg: {key}", fontsize=9)
             ax.set_xlabel("training minutes (1 core)", fontsize=8)
         axes[row, 0].legend(fontsize=7)

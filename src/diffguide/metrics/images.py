@@ -218,7 +218,8 @@ def evaluate_images(
     """Generate n samples from `denoiser` (conditions like the training data's) and measure them.
 
     Class-conditional runs request classes 0..K-1 in turn; attribute runs request the (type,
-    accessories) of held-out punks in turn; unconditional runs get FID/KID/precision/recall only.
+    accessories) of a fixed seeded set of training punks (plots.images.reference_index); unconditional
+    runs get FID/KID/precision/recall only.
     Real images are the dataset's held-out split. Returns (JSON-ready dict of metrics, samples).
     With `inception`, its prerequisites are checked before anything is sampled; if Inception FID then
     fails anyway, the other metrics are still returned, with the error as `fid_inception_error`.
