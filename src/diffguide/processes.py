@@ -303,13 +303,23 @@ class FlowProcess(NoiseProcess):
     """
 
     name = "flow"
+    num_train_timesteps = 1000  # c_noise = 1000 t: diffusers' timestep = sigma_flow * num_train_timesteps
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, shift: float = 1.0):
         _check_sigma_range(sigma_min, sigma_max)
         if not 0 < shift < math.inf:  # written so that NaN fails too
             raise ConfigError(f"the flow process needs a finite timestep shift > 0, got shift={shift}")
         self.shift = float(shift)
+        self.s_min, self.s_max = float(sigma_min), float(sigma_max)
         self.t_min, self.t_max = sigma_min / (1 + sigma_min), sigma_max / (1 + sigma_max)
+
+    @property
+    def sigma_min(self) -> float:
+        return self.s_min  # as given: sigma(t_min) would round-trip through t (0.01 -> 0.010000000000000002)
+
+    @property
+    def sigma_max(self) -> float:
+        return self.s_max
 
     @classmethod
     def from_config(cls, cfg: ProcessConfig) -> FlowProcess:
@@ -327,7 +337,7 @@ class FlowProcess(NoiseProcess):
         return sigma / (1 + sigma)
 
     def c_noise(self, t):
-        return 1000 * _t(t)  # diffusers' timestep = sigma_flow * num_train_timesteps
+        return self.num_train_timesteps * _t(t)
 
     def t_from_unit(self, u):
         """SD3: u in [0, 1] is shifted, then kept in the process's range [t_min, t_max]."""

@@ -24,7 +24,7 @@ from diffguide.adapters.diffusers import (  # noqa: E402
 from diffguide.errors import CheckpointError, ConfigError  # noqa: E402
 from diffguide.grids import spaced_sigmas  # noqa: E402
 from diffguide.mixtures import eight_gaussians  # noqa: E402
-from diffguide.samplers import sample_ddim  # noqa: E402
+from diffguide.samplers import sample_ddim, sample_euler  # noqa: E402
 from diffguide.samplers.generation import generate, sigma_grid  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -129,6 +129,35 @@ def test_zero_terminal_snr_is_clipped_to_a_finite_sigma():
     assert torch.isfinite(process.sigmas).all() and (process.sigmas[1:] > process.sigmas[:-1]).all()
     abar = scheduler.alphas_cumprod[:-1].double()
     assert torch.allclose(process.sigmas[:-1], ((1 - abar) / abar).sqrt(), rtol=1e-12, atol=0)
+
+
+def test_a_diffusers_flow_model_loads_as_a_velocity_denoiser(tmp_path, unet):
+    """A folder diffusers itself saved with a FlowMatchEulerDiscreteScheduler (here num_train_timesteps 500,
+    so the UNet is told 500 t): its scheduler loop equals our Euler sampler over its flow times t,
+    sigma = t / (1 - t), the first t = 1 (sigma = inf) standing as sigma = 1e8."""
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=500, shift=2.0)
+    model = load_diffusers(save_pipeline(tmp_path, unet, scheduler))
+    assert model.target == "velocity" and model.process.shift == 2.0
+    assert model.process.num_train_timesteps == 500
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    scheduler.set_timesteps(5)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    flow_t = scheduler.sigmas.double()
+    sigmas = flow_t / (1 - flow_t)
+    sigmas[0] = 1e8
+    ours = sample_euler(model.denoiser, noise.double() * sigmas[0], sigmas)
+    assert float((x - noise).abs().mean()) > 0.1
+    assert (ours - x.double()).abs().max() < 1e-5 * max(1.0, float(x.abs().max()))
+
+
+def test_flow_scheduler_with_inverted_sigmas_is_refused(tmp_path, unet):
+    """invert_sigmas puts t = 1 at the data, the reverse of our flow process."""
+    folder = save_pipeline(tmp_path, unet, diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))
+    with pytest.raises(ConfigError, match="invert_sigmas=true"):
+        load_diffusers(folder)
 
 
 def test_sampling_the_loaded_unet_matches_diffusers_ddim(tmp_path, unet):

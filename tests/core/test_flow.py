@@ -16,14 +16,12 @@ from scipy.integrate import quad
 from scipy.stats import multivariate_normal, norm
 from torch.distributions import MultivariateNormal
 
-from diffguide.adapters.export import export_problems
 from diffguide.cli import main
 from diffguide.denoiser import ProcessPrecond
 from diffguide.errors import ConfigError
 from diffguide.grids import flow_shift_sigmas, make_sigmas
 from diffguide.losses import DenoisingLoss, LossConfig
 from diffguide.mixtures import tree_mixture
-from diffguide.models.nets.unet import UNet
 from diffguide.noise import PerSampleNoise
 from diffguide.processes import FlowProcess, ProcessConfig, make_process, timestep_shift
 from diffguide.samplers.registry import SAMPLER_SPECS
@@ -237,12 +235,3 @@ def test_cli_refuses_a_bad_shift(value, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and message in err and "diffguide train: error: " in err, err
     assert not any(tmp_path.iterdir())
-
-
-def test_export_refuses_a_flow_run_with_its_reason():
-    net = UNet(
-        1, 8, channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), emb_dim=16, norm_groups=4
-    )
-    problems = export_problems(net, FlowProcess(), "velocity", (1, 8, 8))
-    assert any("'flow'" in p and "FlowMatchEulerDiscreteScheduler" in p for p in problems), problems
-    assert any("'velocity'" in p for p in problems), problems

@@ -2,10 +2,12 @@
 
 A diffusers UNet trained under a discrete DDPM schedule sees x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
 eps and the integer timestep t, and predicts eps, v or x0 (the scheduler's `prediction_type`). That
-is a diffguide `ProcessPrecond` around a `DDPM.from_alpha_bar(scheduler.alphas_cumprod)` process, so
-every diffguide sampler, guidance combinator and metric runs on it. The reverse direction,
-`EpsModelFromDenoiser`, lets diffusers' schedulers drive any diffguide denoiser (parity tests and
-peer benchmarks use it). diffusers is imported lazily: this module imports without it.
+is a diffguide `ProcessPrecond` around a `DDPM.from_alpha_bar(scheduler.alphas_cumprod)` process. A
+UNet of a FlowMatchEulerDiscreteScheduler sees x_t = (1 - t) x0 + t eps and the timestep
+num_train_timesteps * t, and predicts the velocity eps - x0: a `ProcessPrecond` around our flow
+process with target velocity. Every diffguide sampler, guidance combinator and metric runs on either.
+The reverse direction, `EpsModelFromDenoiser`, lets diffusers' schedulers drive any diffguide denoiser
+(parity tests and peer benchmarks use it). diffusers is imported lazily: this module imports without it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from torch import nn
 
 from diffguide.denoiser import ProcessPrecond, append_dims, batch_sigma
 from diffguide.errors import CheckpointError, ConfigError, lookup
-from diffguide.processes import DDPM
+from diffguide.processes import DDPM, FlowProcess, NoiseProcess
 
 # diffusers' prediction_type -> diffguide's ProcessPrecond target
 PREDICTION_TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"  # its model predicts the velocity eps - x0
+# [sigma_min, sigma_max] of an exported flow run in its scheduler config; diffusers ignores "_" keys
+FLOW_SIGMA_RANGE_KEY = "_diffguide_sigma_range"
+FLOW_SIGMA_RANGE = (0.002, 80.0)  # FlowProcess's defaults, for flow folders that do not carry a range
 
 
 def _require_diffusers():
@@ -63,6 +69,42 @@ def process_from_scheduler_config(config: dict) -> DDPM:
         # still decreasing; diffusers' Euler scheduler uses 2**-24, which breaks monotonicity here).
         alpha_bar[-1] = alpha_bar[-2] ** 2 / alpha_bar[-3]
     return DDPM.from_alpha_bar(alpha_bar)
+
+
+def flow_process_from_scheduler_config(config: dict) -> FlowProcess:
+    """The flow process of a FlowMatchEulerDiscreteScheduler config: x_t = (1 - t) x0 + t eps, the model
+    told the timestep num_train_timesteps * t (diffusers' sigma * num_train_timesteps) and predicting
+    eps - x0. `shift` is SD3's (our flow-shift grid); the sigma range is the exported run's where the
+    config carries it (FLOW_SIGMA_RANGE_KEY), else FlowProcess's defaults.
+    """
+    if config.get("invert_sigmas"):
+        raise ConfigError(
+            f"{FLOW_SCHEDULER} with invert_sigmas=true (t = 1 at the data) is not rectified flow as "
+            "diffguide's flow process has it (t = 0 at the data); a config with invert_sigmas=false maps"
+        )
+    sigma_range = config.get(FLOW_SIGMA_RANGE_KEY, FLOW_SIGMA_RANGE)
+    steps = config.get("num_train_timesteps", FlowProcess.num_train_timesteps)
+    try:
+        sigma_min, sigma_max = (float(v) for v in sigma_range)
+        process = FlowProcess(sigma_min, sigma_max, float(config.get("shift", 1.0)))
+        steps = int(steps)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the flow process of {FLOW_SCHEDULER} config (shift {config.get('shift')!r}, "
+            f"num_train_timesteps {steps!r}, {FLOW_SIGMA_RANGE_KEY} {sigma_range!r}): {e}"
+        ) from None
+    if steps < 1:
+        raise ConfigError(f"{FLOW_SCHEDULER} needs num_train_timesteps >= 1, got {steps}")
+    process.num_train_timesteps = steps
+    return process
+
+
+def scheduler_process(config: dict) -> tuple[NoiseProcess, str]:
+    """(process, ProcessPrecond target) of a scheduler config: the flow process and velocity for
+    FlowMatchEulerDiscreteScheduler, else the DDPM table and prediction_type of any DDPM-type scheduler."""
+    if config.get("_class_name") == FLOW_SCHEDULER:
+        return flow_process_from_scheduler_config(config), "velocity"
+    return process_from_scheduler_config(config), prediction_target(config)
 
 
 def prediction_target(config: dict) -> str:
@@ -147,11 +189,9 @@ class NullTextConditioned(nn.Module):
 
 
 def diffusers_denoiser(unet: nn.Module, scheduler_config: dict) -> ProcessPrecond:
-    """Wrap a diffusers UNet and its scheduler config (betas, prediction_type) into a denoiser."""
-    config = dict(scheduler_config)
-    return ProcessPrecond(
-        DiffusersUNet(unet), process_from_scheduler_config(config), prediction_target(config)
-    )
+    """Wrap a diffusers UNet and its scheduler config (betas and prediction_type, or flow matching) into
+    a denoiser."""
+    return ProcessPrecond(DiffusersUNet(unet), *scheduler_process(dict(scheduler_config)))
 
 
 @dataclass
@@ -159,7 +199,7 @@ class DiffusersModel:
     """A loaded diffusers model folder: its denoiser, process, sample shape and scheduler settings."""
 
     denoiser: ProcessPrecond
-    process: DDPM
+    process: NoiseProcess  # DDPM, or FlowProcess for a FlowMatchEulerDiscreteScheduler
     shape: tuple[int, ...]
     target: str
     timestep_spacing: str = "leading"
@@ -291,12 +331,16 @@ __all__ = [
     "DiffusersModel",
     "DiffusersUNet",
     "EpsModelFromDenoiser",
+    "FLOW_SCHEDULER",
+    "FLOW_SIGMA_RANGE_KEY",
     "NullTextConditioned",
     "ipndm_scheduler_sample",
     "PREDICTION_TARGETS",
     "diffusers_denoiser",
+    "flow_process_from_scheduler_config",
     "load_diffusers",
     "load_diffusers_denoiser",
     "process_from_scheduler_config",
     "prediction_target",
+    "scheduler_process",
 ]

@@ -1,4 +1,5 @@
-"""Export a diffguide DDPM-type U-Net run to a folder diffusers loads (UNet2DModel + DDPMScheduler).
+"""Export a diffguide U-Net run to a folder diffusers loads: UNet2DModel + DDPMScheduler or
+FlowMatchEulerDiscreteScheduler.
 
 Our U-Net (nets/unet.py) and diffusers' `UNet2DModel` are the same DDPM/ADM network when diffusers is
 configured as ours is built: scale-shift residual blocks (`resnet_time_scale_shift="scale_shift"`),
@@ -14,13 +15,17 @@ themselves (`export_problems`), and every reason it cannot map is reported at on
 - one attention head size for every attention layer (diffusers' `attention_head_dim`);
 - the noise embedding as wide as the first level (`channel_mult[0] = 1`) and sinusoidal;
 - sizes divisible by 2^(levels - 1) (diffusers upsamples by exactly 2, we resize to the skip's size);
-- class labels or no condition (attribute dicts have no diffusers counterpart);
-- a DDPM process (diffusers' timestep t) with target eps, v or x0 (`prediction_type`); EDM's
-  c_skip/c_out mixing and the VP/VE SDE processes have no DDPMScheduler equivalent, and a flow run
-  would need FlowMatchEulerDiscreteScheduler, which this DDPMPipeline writer and its reader lack.
+- class labels or no condition (attribute dicts and the condition map's extra input channels have no
+  diffusers counterpart);
+- a DDPM process (diffusers' timestep t) with target eps, v or x0 (`prediction_type`), or the flow
+  process with the velocity target (FlowMatchEulerDiscreteScheduler: x_t = (1 - t) x0 + t eps, the
+  model told the timestep 1000 t, which is our flow c_noise, and predicting eps - x0, our velocity);
+  EDM's c_skip/c_out mixing and the VP/VE SDE processes have no diffusers scheduler equivalent.
 
 The folder is a DDPMPipeline: model_index.json, unet/ (config.json, diffusion_pytorch_model.safetensors)
-and scheduler/scheduler_config.json. Writing it needs no diffusers; loading it is diffusers' job.
+and scheduler/scheduler_config.json. DDPMPipeline's loop (noise, set_timesteps, UNet, step) is the
+flow-matching Euler loop when its scheduler is FlowMatchEulerDiscreteScheduler. Writing the folder
+needs no diffusers; loading it is diffusers' job.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffguide.adapters.diffusers import FLOW_SIGMA_RANGE_KEY
 from diffguide.errors import ConfigError, output_error
 from diffguide.io import atomic_save_tensors, atomic_write_text
 from diffguide.models.nets.embedding import PositionalEmbedding
 from diffguide.models.nets.unet import Attention, Downsample, UNet, Upsample
 from diffguide.models.runs import load_run
-from diffguide.processes import DDPM
+from diffguide.processes import DDPM, FlowProcess
 
 # diffguide target -> diffusers prediction_type (the inverse of diffusers.PREDICTION_TARGETS)
 TARGET_TO_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -75,11 +81,23 @@ def _block_type(layers, kind: str) -> str:
 
 
 def export_problems(net: nn.Module, process, target: str, sample_shape: tuple[int, ...]) -> list[str]:
-    """Every reason a denoiser (net, process, target) cannot be written as UNet2DModel + DDPMScheduler.
+    """Every reason a denoiser (net, process, target) cannot be written as UNet2DModel + DDPMScheduler
+    (DDPM process) or UNet2DModel + FlowMatchEulerDiscreteScheduler (flow process).
 
     Empty: it maps exactly. Checked on the network's modules themselves, not on a config.
     """
+    return _process_problems(process, target) + _network_problems(net, sample_shape)
 
+
+def _process_problems(process, target: str) -> list[str]:
+
+    if isinstance(process, FlowProcess):
+        if target == "velocity":
+            return []
+        return [
+            f"it is a flow run with target {target!r}, but FlowMatchEulerDiscreteScheduler's model predicts "
+            "the velocity eps - x0: train with diffusion.loss.target='velocity'"
+        ]
     problems = []
     if target == "edm":
         problems.append(
@@ -88,21 +106,16 @@ def export_problems(net: nn.Module, process, target: str, sample_shape: tuple[in
         )
     elif target not in TARGET_TO_PREDICTION:
         problems.append(
-            f"its target {target!r} has no diffusers prediction_type; eps, v and x0 map to "
-            f"{', '.join(TARGET_TO_PREDICTION.values())}"
+            f"its target {target!r} has no DDPMScheduler prediction_type; eps, v and x0 map to "
+            f"{', '.join(TARGET_TO_PREDICTION.values())} (velocity maps under the flow process)"
         )
-    if getattr(process, "name", "") == "flow":
+    if not isinstance(process, DDPM):
         problems.append(
-            "its noise process is 'flow' (rectified flow): this exporter writes DDPMPipeline folders "
-            "with a DDPMScheduler and load_diffusers reads DDPM tables back, so there is no place yet for "
-            "FlowMatchEulerDiscreteScheduler; sample it with diffguide"
+            f"its noise process is {getattr(process, 'name', type(process).__name__)!r}; diffusers' "
+            "schedulers need the discrete DDPM process (diffusion.process.name='ddpm', DDPMScheduler) "
+            "or rectified flow ('flow' with target velocity, FlowMatchEulerDiscreteScheduler)"
         )
-    elif not isinstance(process, DDPM):
-        problems.append(
-            f"its noise process is {getattr(process, 'name', type(process).__name__)!r}; DDPMScheduler "
-            "needs the discrete DDPM process (diffusion.process.name='ddpm')"
-        )
-    return problems + _network_problems(net, sample_shape)
+    return problems
 
 
 def _network_problems(net: nn.Module, sample_shape: tuple[int, ...]) -> list[str]:
@@ -142,10 +155,11 @@ def _network_problems(net: nn.Module, sample_shape: tuple[int, ...]) -> list[str
             "it is conditioned on attribute dicts (type + accessories), which UNet2DModel cannot take "
             "(it has class labels only)"
         )
-    if getattr(net, "cond_map", None) is not None:
+    if net.cond_map is not None:
         problems.append(
-            "it has a condition map (model.cond_map_channels), extra input channels that UNet2DModel "
-            "cannot compute from a class label: train with model.cond_map_channels=0 to export"
+            f"it feeds a learned condition map of {net.conv_in.in_channels - net.conv_out.out_channels} "
+            "channels to its first layer (model.cond_map_channels), an input UNet2DModel does not have: "
+            "train with model.cond_map_channels=0"
         )
     levels = len(_Levels(net).down)
     factor = 2 ** (levels - 1)
@@ -264,6 +278,35 @@ def unet_config(net: nn.Module, sample_shape: tuple[int, ...]) -> dict:
 
 
 def scheduler_config(process, target: str) -> dict:
+    """The scheduler_config.json for a diffguide process and training target (check export_problems
+    first): FlowMatchEulerDiscreteScheduler for the flow process, DDPMScheduler for DDPM."""
+    if isinstance(process, FlowProcess):
+        return flow_scheduler_config(process)
+    return ddpm_scheduler_config(process, target)
+
+
+def flow_scheduler_config(process: FlowProcess) -> dict:
+    """FlowMatchEulerDiscreteScheduler's config for our flow process (the model predicts the velocity).
+
+    diffusers' timestep is sigma_flow * num_train_timesteps with sigma_flow our t, and our network is
+    told c_noise = 1000 t: num_train_timesteps is 1000. `shift` is the run's, so diffusers'
+    set_timesteps(n) is our flow-shift grid (from t = 1 where ours starts at t(sigma_max)). The run's
+    sigma range rides along under a private key diffusers ignores, so load_diffusers rebuilds the
+    same process.
+    """
+    return {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "_diffusers_version": diffusers_version(),
+        "num_train_timesteps": int(process.num_train_timesteps),
+        "shift": float(process.shift),
+        "use_dynamic_shifting": False,
+        "invert_sigmas": False,
+        "stochastic_sampling": False,
+        FLOW_SIGMA_RANGE_KEY: [process.sigma_min, process.sigma_max],
+    }
+
+
+def ddpm_scheduler_config(process: DDPM, target: str) -> dict:
     """DDPMScheduler's scheduler_config.json for a diffguide DDPM process and training target.
 
     Named schedules stay named (diffusers recomputes the same betas in float32); a table made by
@@ -297,7 +340,8 @@ def write_diffusers_folder(
     out_dir: str | Path,
     what: str = "the model",
 ) -> Path:
-    """Write a DDPMPipeline folder (unet/, scheduler/, model_index.json) for our U-Net and DDPM process.
+    """Write a DDPMPipeline folder (unet/, scheduler/, model_index.json) for our U-Net and its DDPM or
+    flow process (DDPMScheduler or FlowMatchEulerDiscreteScheduler).
 
     Refuses, listing every reason, what does not map exactly (export_problems); nothing is written then.
     """
@@ -312,16 +356,16 @@ def write_diffusers_folder(
         )
     out = Path(out_dir)
     _check_empty(out)
-    version = diffusers_version()
+    scheduler = scheduler_config(process, target)
     files = {
         "model_index.json": {
             "_class_name": "DDPMPipeline",
-            "_diffusers_version": version,
-            "scheduler": ["diffusers", "DDPMScheduler"],
+            "_diffusers_version": diffusers_version(),
+            "scheduler": ["diffusers", scheduler["_class_name"]],
             "unet": ["diffusers", "UNet2DModel"],
         },
         "unet/config.json": unet_config(net, sample_shape),
-        "scheduler/scheduler_config.json": scheduler_config(process, target),
+        "scheduler/scheduler_config.json": scheduler,
     }
     try:
         for name, content in files.items():
@@ -359,8 +403,10 @@ def export_run(
 
 __all__ = [
     "TARGET_TO_PREDICTION",
+    "ddpm_scheduler_config",
     "diffusers_state_dict",
     "export_problems",
+    "flow_scheduler_config",
     "export_run",
     "scheduler_config",
     "unet_config",
