@@ -67,11 +67,23 @@ GUIDE_FULL = {
     "cfg_w": [1.5, 2.0, 3.0, 4.0],
     "auto_w": [1.5, 2.0, 3.0],
     "cfg_auto": [(2.0, 1.5)],  # (w_cfg, w_auto)
+    # the other methods of the guidance registry (GuidanceSpec kinds, default options) that apply here;
+    # CFG++ is left out: it needs euler/ddim, the run samples with Heun
+    "methods": [
+        ("apg", [2.0, 3.0]),
+        ("cfg-zero*", [2.0]),
+        ("tcfg", [2.0]),
+        ("mambo-g", [2.0]),
+        ("pag", [1.5, 2.0]),
+        ("seg", [2.0]),
+        ("slg", [1.5]),
+        ("dropout", [2.0]),
+    ],  # fmt: skip
     "n": 400,
     "per_condition": 8,
 }
 GUIDE_QUICK = {**GUIDE_FULL, "expert_step": 20, "fast_step": 10, "amateur": (8, 4), "cfg_w": [2.0],
-               "auto_w": [2.0], "n": 12, "per_condition": 2}  # fmt: skip
+               "auto_w": [2.0], "n": 12, "per_condition": 2, "methods": [("apg", [2.0]), ("pag", [2.0])]}  # fmt: skip
 
 
 def train_side_by_side(work: Path, jobs: dict[str, list[str]], reuse: bool) -> dict[str, Path]:
@@ -230,6 +242,7 @@ def guidance_comparison(
     from diffguide import guidance as G
     from diffguide.config import load_preset
     from diffguide.guidance.pairing import amateur_config
+    from diffguide.guidance.spec import GuidanceSpec, build_guided
     from diffguide.metrics.images import evaluate_images
     from diffguide.models.runs import load_run
     from diffguide.train import train
@@ -249,6 +262,8 @@ def guidance_comparison(
     variants += [("auto", w, G.autoguidance(expert.denoiser, amateur.denoiser, w)) for w in s["auto_w"]]
     variants += [(f"cfg {wc:g} + auto", wa, G.cfg_and_autoguidance(expert.denoiser, amateur.denoiser, wa, wc, k))
                  for wc, wa in s["cfg_auto"]]  # fmt: skip
+    for kind, weights in s["methods"]:
+        variants += [(kind, w, build_guided(expert, GuidanceSpec(kind=kind, w=w))) for w in weights]
     rows = []
     for name, w, d in variants:
         result, _ = evaluate_images(expert, d, classifier, n=s["n"], seed=0)
@@ -401,9 +416,8 @@ def run_curves_part(work: Path, quick: bool, reuse: bool, times: dict, paths: di
 
     rows = guide["rows"]
     base = [r for r in rows if r["guidance"] == "none"]
-    sweep = [dict(r, guidance=k) for r in base for k in ("cfg", "auto")] + [
-        r for r in rows if r["guidance"] != "none"
-    ]
+    swept = [r for r in rows if r["guidance"] in ("cfg", "auto") or "+ auto" in r["guidance"]]
+    sweep = [dict(r, guidance=k) for r in base for k in ("cfg", "auto")] + swept
     save_w_sweep_plot(paths["sweep"], sweep, ["accessory_recall", "accessories_exact", "fid_cryptopunks_clf",
                       "recall_cryptopunks_clf"], title="punks-cfg: CFG vs autoguidance, 400 samples")  # fmt: skip
     return {"curves": curves, "guidance": guide, "picked": f"{best['guidance']} w={best['w']:g}",
