@@ -109,6 +109,26 @@ def test_tuner_recovers_the_known_optimum_of_euler_on_a_gaussian(gaussian, steps
         assert levels[0] == pytest.approx(S, rel=0.05)
 
 
+@pytest.mark.parametrize("steps", [4, 12])
+def test_shape_search_recovers_a_grid_of_its_family(steps):
+    """A log-linear grid down to 0.05 is in the shape family (equal step sizes in log sigma, the smallest
+    level inside the range): Nelder-Mead from a Karras grid finds it when the objective is the log
+    distance to it."""
+    from diffguide.grids import loglinear_sigmas
+    from diffguide.samplers.tuning import shape_search
+
+    target = loglinear_sigmas(steps, 0.05, SIGMA_MAX)
+
+    def distance(sigmas):
+        return float((sigmas[:-1].log() - target[:-1].log()).pow(2).sum().sqrt())
+
+    start = karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
+    found, value = shape_search(distance, start, SIGMA_MIN, max_evals=1200)
+    assert distance(start) > 1.0 and value < 1e-4
+    assert found[-1] == 0 and found[0] == SIGMA_MAX and bool((found[1:] < found[:-1]).all())
+    assert found.tolist() == pytest.approx(target.tolist(), rel=3e-3)
+
+
 def test_cheapest_path_is_the_brute_force_minimum():
     generator = torch.Generator().manual_seed(3)
     m = 7
