@@ -13,7 +13,7 @@ probability-flow ODE (Heun with many small steps) from the same noise:
   history included, against the reference, as in the optimal time-step schedules of Xue et al. 2024,
   "Accelerating Diffusion Sampling with Optimized Time Steps"), coarse to fine: (1) the best grids
   of the Karras family (rho and the smallest level scanned); (2) from the best of rho = 3 and of
-  rho = 7, a Nelder-Mead search (Nelder & Mead 1965, restarted once) over a smooth shape family:
+  rho = 7, a Nelder-Mead search (Nelder & Mead 1965) over a smooth shape family:
   the smallest level and the log-sigma step sizes as a piecewise-linear function of the step index
   (SHAPE_KNOTS knots); (3) from the better end, a coordinate search of every level in log sigma with
   shrinking steps, each level kept between its neighbours so the grid stays strictly descending, and
@@ -262,12 +262,14 @@ def shape_grid(params, steps: int, sigma_floor: float, sigma_max: float) -> torc
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def shape_search(objective, start: torch.Tensor, sigma_floor: float, *, max_evals: int = 600):
+def shape_search(
+    objective, start: torch.Tensor, sigma_floor: float, *, max_evals: int = 400, rounds: int = 1
+):
     """Nelder-Mead (adaptive, scipy) over shape_grid's parameters, from the shape closest to `start`
-    (its smallest level and step sizes at the knots), in rounds of max_evals / 2 evaluations, each
-    restarted from the best point so far (a fresh simplex: measured to converge in fewer evaluations
-    than one long run) while a round improves; returns (sigmas, objective). Grids of fewer than 3
-    steps have no shape to tune and are returned as they are."""
+    (its smallest level and step sizes at the knots): up to `rounds` rounds of up to max_evals
+    evaluations, each restarted with a fresh simplex at the previous end while a round improves;
+    returns (sigmas, objective). Grids of fewer than 3 steps have no shape to tune and are returned
+    as they are."""
     steps = len(start) - 1
     if steps < 3:
         return start, objective(start)
@@ -277,17 +279,16 @@ def shape_search(objective, start: torch.Tensor, sigma_floor: float, *, max_eval
     knots = np.interp(np.linspace(0, 1, SHAPE_KNOTS), position, np.log(-np.diff(logs)))
     lo, hi = math.log(sigma_floor), math.log(sigma_max / 2)
     q = min(max((logs[-1] - lo) / (hi - lo), 1e-3), 1 - 1e-3)
-    params, best, used = np.concatenate([[math.log(q / (1 - q))], knots]), math.inf, 0
+    params, best = np.concatenate([[math.log(q / (1 - q))], knots]), math.inf
 
     def score(p):
         return objective(shape_grid(p, steps, sigma_floor, sigma_max))
 
-    while used < max_evals:
+    for _ in range(rounds):
         found = minimize(
             score, params, method="Nelder-Mead",
-            options={"maxfev": min(max_evals // 2, max_evals - used), "xatol": 1e-4, "fatol": 1e-9, "adaptive": True},
+            options={"maxfev": max_evals, "xatol": 1e-3, "fatol": 1e-6, "adaptive": True},
         )  # fmt: skip
-        used += found.nfev
         if not found.fun < best:
             break
         params, best = found.x, float(found.fun)
@@ -355,7 +356,7 @@ def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, 
             return direct_search(problem.tune_error, start, floor, step=step, max_evals=max_evals)[0]
 
         starts = family_starts(problem.tune_error, steps, floor, float(baseline[0]))
-        shaped = [shape_search(problem.tune_error, s, floor, max_evals=2 * max_evals) for s in starts[:2]]
+        shaped = [shape_search(problem.tune_error, s, floor, max_evals=max_evals + 100) for s in starts[:2]]
         best = min(shaped, key=lambda pair: pair[1])[0]
         grids["direct"] = direct_search(problem.tune_error, best, floor, step=0.1, max_evals=3 * max_evals)[0]
         if "gits" in grids:
