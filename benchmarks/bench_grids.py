@@ -60,7 +60,7 @@ def run_cell(mixture, sampler: str, x, reference, sigmas) -> tuple[int, float]:
 
 TUNED = {  # row label: the tuner's candidate
     "tuned: GITS": "gits",
-    "tuned: direct search from Karras-family grids": "direct",
+    "tuned: direct search (Karras family, shape, levels)": "direct",
     "tuned: direct search from the GITS grid": "gits+direct",
 }
 KEPT = "tuned: kept (lowest validation error)"

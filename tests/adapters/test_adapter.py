@@ -281,6 +281,44 @@ def test_cli_samples_a_diffusers_folder_like_the_library(tmp_path, unet, capsys)
     assert grid.is_file() and not grid.with_suffix(".npz").exists()
 
 
+def test_cli_samples_a_diffusers_folder_on_a_grid_file(tmp_path, unet):
+    """`sample --diffusers DIR --grid FILE` samples on the file's sigmas with its sampler, as the library
+    does; a file outside the DDPM's sigma range, or whose NFE does not fit its sampler, exits 2 with one
+    line and writes nothing."""
+    from diffguide.samplers.grid_file import write_grid_file
+    from tests.helpers import run_cli
+
+    folder = save_pipeline(tmp_path / "model", unet, diffusers.DDPMScheduler(), flat=True)
+    model = load_diffusers(folder)
+    lo, hi = model.process.sigma_min, model.process.sigma_max  # about 0.01 .. 157
+    sigmas = torch.tensor([hi, 20.0, 3.0, 0.5, lo, 0.0], dtype=torch.float64)
+    grid = write_grid_file(tmp_path / "g.json", sigmas, sampler="ipndm", nfe=5, process="ddpm")
+    out = tmp_path / "s.npz"
+    result = run_cli("sample", "--diffusers", str(folder), "--grid", str(grid), "--n", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    expected = generate(model.denoiser, 3, model.shape, sigmas=sigmas, sampler="ipndm", seed=0)
+    np.testing.assert_allclose(np.load(out)["samples"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    out.unlink()
+    out.with_suffix(".png").unlink()
+    # a grid of an EDM run (sigma 0.002..80) does not fit this DDPM's range; nor a file's own NFE
+    edm = write_grid_file(tmp_path / "edm.json", torch.tensor([80.0, 1.0, 0.002, 0.0]), process="edm")
+    nfe = write_grid_file(tmp_path / "nfe.json", sigmas, sampler="heun", nfe=4)
+    for path, message in [
+        (edm, f"spans sigma 0.002..80, outside the model's noise process (ddpm)'s range {lo:g}..{hi:g}: "
+         "it was tuned for process 'edm'"),
+        (nfe, "says nfe 4 for sampler 'heun', which takes 2 steps, but holds 5 steps"),
+    ]:  # fmt: skip
+        result = run_cli("sample", "--diffusers", str(folder), "--grid", str(path), "--out", str(out))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    result = run_cli(
+        "sample", "--diffusers", str(folder), "--grid", str(grid), "--steps", "4", "--out", str(out)
+    )
+    assert result.returncode == 2 and "fixes the sigmas (5 steps); leave out --steps" in result.stderr
+
+
 def test_cli_diffusers_errors(tmp_path, unet, capsys):
     from diffguide.cli import main
 

@@ -290,6 +290,44 @@ def test_generate_classifier_guidance_and_interval(runs):
     assert np.isfinite(result_samples(at)).all()
 
 
+def test_generate_on_a_grid_file_matches_the_library(runs):
+    """The Sigma grid choice lists RUN/grids/*.json; a file's sigmas are sampled as the library samples
+    them; another sampler warns; a file outside the run's noise range is the command line's message."""
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import generate
+    from diffguide.samplers.grid_file import write_grid_file
+
+    run = load_run(runs / "tiny")
+    lo, hi = run.process.sigma_min, run.process.sigma_max
+    sigmas = torch.tensor([hi, 6.0, 1.5, 0.3, lo, 0.0], dtype=torch.float64)
+    grids = runs / "tiny" / "grids"
+    write_grid_file(grids / "ipndm-nfe5.json", sigmas, sampler="ipndm", nfe=5)
+    write_grid_file(grids / "wide.json", torch.tensor([2 * hi, 1.0, 0.0]), process="ve")
+    at = open_page("generate", run="tiny")
+    assert at.selectbox(key="gen-grid-tiny").options[1:] == ["ipndm-nfe5.json", "wide.json"]
+    at.selectbox(key="gen-sampler-tiny").set_value("ipndm")
+    at.number_input(key="gen-n-2d").set_value(200)
+    at.selectbox(key="gen-class").set_value("A")
+    at.selectbox(key="gen-grid-tiny").set_value("ipndm-nfe5.json").run()
+    at.button(key="generate").click().run()
+    assert_clean(at)
+    assert not at.warning and "ipndm 5 steps on ipndm-nfe5.json" in at.image[0].captions[0]
+    expected = generate(run.denoiser, 200, (2,), sigmas=sigmas, sampler="ipndm", seed=0, cond=0)
+    np.testing.assert_allclose(result_samples(at), expected.numpy(), rtol=1e-5, atol=1e-5)
+    # another sampler on the file: sampled, with the warning the command line gives
+    at.selectbox(key="gen-sampler-tiny").set_value("heun").run()
+    assert any(
+        "tuned for sampler 'ipndm' (5 evaluations), used with 'heun' (9 " in w.value for w in at.warning
+    )
+    # a file outside the run's range: refused with one readable line, no stack trace
+    at.selectbox(key="gen-grid-tiny").set_value("wide.json").run()
+    assert not at.exception
+    assert any(
+        f"outside the model's noise process (edm)'s range {lo:g}..{hi:g}: it was tuned for process 've'" in e
+        for e in errors(at)
+    ), errors(at)
+
+
 def test_generate_errors_are_readable(runs):
     # CFG on an unconditional run: a message saying why, no stack trace
     at = open_page("generate", run="tiny-uncond", guidance="cfg")

@@ -109,6 +109,26 @@ def test_tuner_recovers_the_known_optimum_of_euler_on_a_gaussian(gaussian, steps
         assert levels[0] == pytest.approx(S, rel=0.05)
 
 
+@pytest.mark.parametrize("steps", [4, 12])
+def test_shape_search_recovers_a_grid_of_its_family(steps):
+    """A log-linear grid down to 0.05 is in the shape family (equal step sizes in log sigma, the smallest
+    level inside the range): Nelder-Mead from a Karras grid finds it when the objective is the log
+    distance to it (in rounds restarted at the previous end)."""
+    from diffguide.grids import loglinear_sigmas
+    from diffguide.samplers.tuning import shape_search
+
+    target = loglinear_sigmas(steps, 0.05, SIGMA_MAX)
+
+    def distance(sigmas):
+        return float((sigmas[:-1].log() - target[:-1].log()).pow(2).sum().sqrt())
+
+    start = karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
+    found, value = shape_search(distance, start, SIGMA_MIN, max_evals=600, rounds=4)
+    assert distance(start) > 1.0 and value < 1e-4
+    assert found[-1] == 0 and found[0] == SIGMA_MAX and bool((found[1:] < found[:-1]).all())
+    assert found.tolist() == pytest.approx(target.tolist(), rel=3e-3)
+
+
 def test_cheapest_path_is_the_brute_force_minimum():
     generator = torch.Generator().manual_seed(3)
     m = 7
@@ -200,9 +220,29 @@ def test_bad_input_through_the_executable_exits_2_and_changes_nothing(cli_run, t
         )
         assert_refused(result, message)
         assert name in result.stderr
+    # grid files that do not fit: the run's process (EDM, sigma 0.002..80), their own sampler and NFE
+    for name, record, message in [
+        (
+            "wide.json",
+            {"sigmas": [120.0, 1.0, 0.0]},
+            "spans sigma 1..120, outside the model's noise process (edm)",
+        ),
+        ("low.json", {"sigmas": [80.0, 1e-4, 0.0]}, "range 0.002..80"),
+        (
+            "nfe.json",
+            {"sigmas": [80.0, 1.0, 0.1, 0.0], "sampler": "heun", "nfe": 8},
+            "says nfe 8 for sampler 'heun', which takes 4 steps, but holds 3 steps",
+        ),
+        ("unknown.json", {"sigmas": [80.0, 1.0, 0.0], "sampler": "huen", "nfe": 2}, "sampler 'huen'"),
+    ]:
+        (tmp_path / name).write_text(json.dumps(record))
+        result = diffguide("sample", str(cli_run), "--grid", str(tmp_path / name), "--out", str(samples))
+        assert_refused(result, message)
+        assert name in result.stderr
     assert keep.read_text() == '{"keep": true}\n' and samples.read_bytes() == b"old samples"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["existing.json", "samples.npz", "ascending.json", "nan.json", "inf.json"]
+        + ["wide.json", "low.json", "nfe.json", "unknown.json"]
     )
 
 
@@ -214,6 +254,7 @@ def test_tune_grid_then_sample_with_the_file(cli_run, tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     assert record["sampler"] == "euler" and record["nfe"] == 4 and len(record["sigmas"]) == 5
+    assert record["process"] == "edm"
     assert record["error_after"] <= record["error_before"] and len(record["checkpoint_sha256"]) == 64
     samples = tmp_path / "s.npz"
     result = diffguide(
@@ -246,7 +287,9 @@ def test_tune_grid_then_sample_with_the_file(cli_run, tmp_path):
         "--no-metrics",
         show_warnings=True,
     )
-    assert result.returncode == 0 and "warning: grid.json was tuned for sampler 'euler'" in result.stderr, (
+    assert result.returncode == 0, result.stderr
+    # heun takes 2 evaluations on each step but the last: 7 on the file's 4 steps
+    assert "warning: grid.json was tuned for sampler 'euler' (4 evaluations), used with 'heun' (7 " in (
         result.stderr
     )
     result = diffguide("sample", str(cli_run), "--grid", str(out), "--steps", "8", "--out", str(samples))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from diffguide.cli.common import check_outputs, grid_overrides, make_output_folder
 from diffguide.cli.progress import progress_bar, sampling_callback
+from diffguide.cli.tune_grid import guidance_record
 from diffguide.errors import ConfigError, output_error
 from diffguide.io import atomic_write_file
 
@@ -210,17 +211,40 @@ def guided_denoiser(args, model):
     return build_guided(model, spec, names=CLI_NAMES)
 
 
+def sampling_grid(args, model):
+    """(sigmas, sampler name): --grid NAME (default karras) with --steps, or --grid FILE, a grid file
+    checked against the model's DDPM noise range; the sampler is --sampler, else the file's, else
+    the default."""
+    from diffguide.cli.tune_grid import grid_file_for_sampling
+    from diffguide.samplers.generation import sigma_grid
+    from diffguide.samplers.grid_file import looks_like_grid_file
+
+    if not args.grid or not looks_like_grid_file(args.grid):
+        steps = DEFAULT_STEPS if args.steps is None else args.steps
+        sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
+        return sigmas, args.sampler or DEFAULT_SAMPLER
+    grid = grid_file_for_sampling(
+        args,
+        default_sampler=DEFAULT_SAMPLER,
+        process=model.process,
+        sigma_min=model.process.sigma_min,
+        sigma_max=model.process.sigma_max,
+        run=str(Path(args.diffusers).resolve()),
+        guidance=guidance_record(args),
+    )
+    return grid.sigmas, args.sampler or grid.sampler or DEFAULT_SAMPLER
+
+
 def cmd_sample_diffusers(args) -> int:
     import numpy as np
 
     from diffguide.adapters.diffusers import load_diffusers
     from diffguide.guidance.spec import sampler_for
     from diffguide.plots.images import ProgressRecorder, save_image_samples
-    from diffguide.samplers.generation import generate, sigma_grid
+    from diffguide.samplers.generation import generate
     from diffguide.samplers.registry import sampler_options
 
     check_args(args)
-    options = sampler_options(args.sampler or DEFAULT_SAMPLER, getattr(args, "sampler_option", []))
     out = Path(args.out)
     beside = [out.with_suffix(".png")] if out.suffix.lower() == ".npz" else []
     if getattr(args, "gif", False):
@@ -228,17 +252,17 @@ def cmd_sample_diffusers(args) -> int:
     check_outputs(out, beside, "sample", args.force)
     make_output_folder(out)
     model = load_diffusers(args.diffusers)
+    sigmas, sampler = sampling_grid(args, model)
+    options = sampler_options(sampler, getattr(args, "sampler_option", []))
     cond, labels = build_condition(args, model, args.n)
     denoiser = guided_denoiser(args, model)
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
-    sigmas = sigma_grid(args.grid or DEFAULT_GRID, steps, model.process, *grid_overrides(args))
     callback = None
     if getattr(args, "gif", False):
         callback = ProgressRecorder(keep=min(16, args.n))
     with progress_bar(args.n, "sampling", "samples", enabled=not getattr(args, "no_progress", False)) as bar:
         x = generate(
             denoiser, args.n, model.shape, sigmas=sigmas,
-            sampler=sampler_for(denoiser, args.sampler or DEFAULT_SAMPLER),  # CFG++ brings its own step
+            sampler=sampler_for(denoiser, sampler),  # CFG++ brings its own step
             seed=args.seed, cond=cond, batch_size=args.batch_size,
             callback=sampling_callback(bar, len(sigmas) - 1, callback), sampler_kwargs=options,
         )  # [n, C, H, W], in the model's data range (usually [-1, 1])  # fmt: skip

@@ -5,6 +5,7 @@ and `sample --grid FILE`, which samples on such a file (see diffguide.samplers.t
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def grid_provenance(args, run, tuned) -> dict:
         "checkpoint": str(run.checkpoint),
         "checkpoint_sha256": checkpoint_sha256(run.checkpoint),
         "ema": not args.raw,
+        "process": run.process.name,
         "sampler": tuned.sampler,
         "nfe": tuned.nfe,
         "steps": tuned.steps,
@@ -168,14 +170,37 @@ def cmd_tune_grid(args) -> int:
 
 def sampling_grid(args, run, steps: int):
     """(sigmas, the grid file's sampler or None) for `sample`: --grid NAME builds a named grid;
-    --grid FILE reads a grid file and warns where it was tuned for something else."""
+    --grid FILE reads a grid file, refuses one that does not fit the run's process and warns where it
+    was tuned for something else."""
     from diffguide.cli.common import grid_overrides
     from diffguide.samplers.generation import sigma_grid
-    from diffguide.samplers.grid_file import grid_file_warnings, looks_like_grid_file, read_grid_file
+    from diffguide.samplers.grid_file import looks_like_grid_file
 
     s = run.config.sample
     if not args.grid or not looks_like_grid_file(args.grid):
         return sigma_grid(args.grid or s.grid, steps, run.process, *grid_overrides(args, s)), None
+    grid = grid_file_for_sampling(
+        args,
+        default_sampler=s.sampler,
+        process=run.process,
+        sigma_min=min(run.process.sigma_min, s.sigma_min or math.inf),  # the range tune-grid tunes in
+        sigma_max=max(run.process.sigma_max, s.sigma_max or 0.0),
+        checkpoint_sha256=lambda: checkpoint_sha256(run.checkpoint),
+        run=str(Path(args.run).resolve()),
+        guidance=guidance_record(args),
+    )
+    return grid.sigmas, grid.sampler or None
+
+
+def grid_file_for_sampling(
+    args, *, default_sampler: str, process, sigma_min: float, sigma_max: float, checkpoint_sha256=None,
+    run: str = "", guidance=None,
+):  # fmt: skip
+    """The grid file of --grid FILE, checked against the other options (--steps and the grid bounds are
+    the file's) and the model's noise range [sigma_min, sigma_max]; a warning per thing it was tuned for
+    that differs (sampler, run, guidance). checkpoint_sha256: a function giving the model's digest."""
+    from diffguide.samplers.grid_file import check_grid_fits, grid_file_warnings, read_grid_file
+
     grid = read_grid_file(args.grid)
     given = [
         f"--{n.replace('_', '-')}"
@@ -186,13 +211,14 @@ def sampling_grid(args, run, steps: int):
         raise ConfigError(
             f"--grid {args.grid} fixes the sigmas ({grid.steps} steps); leave out {', '.join(given)}"
         )
-    sampler = args.sampler or grid.sampler or s.sampler
+    check_grid_fits(grid, sigma_min=sigma_min, sigma_max=sigma_max, process=process.name)
+    digest = checkpoint_sha256() if grid.checkpoint_sha256 and checkpoint_sha256 is not None else ""
     for message in grid_file_warnings(
         grid,
-        sampler=sampler,
-        checkpoint_sha256=checkpoint_sha256(run.checkpoint) if grid.checkpoint_sha256 else "",
-        run=str(Path(args.run).resolve()),
-        guidance=guidance_record(args),
+        sampler=args.sampler or grid.sampler or default_sampler,
+        checkpoint_sha256=digest,
+        run=run,
+        guidance=guidance,
     ):
-        warnings.warn(message, stacklevel=2)
-    return grid.sigmas, grid.sampler or None
+        warnings.warn(message, stacklevel=3)
+    return grid

@@ -256,3 +256,18 @@ def image_classifier_dir(folder: RunsFolder, data_name: str) -> Path | None:
     path = folder.root / name
     ok = (path / "classifier.json").is_file() and (path / "model.safetensors").is_file()
     return folder.checked_dir(path, name) if ok else None
+
+
+GRIDS_DIR = "grids"  # where `diffguide tune-grid` writes a run's grid files by default
+
+
+def grid_file_candidates(folder: RunsFolder, run_id: str) -> list[str]:
+    """Names of the grid files (*.json) in the run's grids/ folder, sorted; each inside the runs folder."""
+    base = folder.run_dir(run_id) / GRIDS_DIR
+    if not base.is_dir() or not folder.contains(base):
+        return []
+    return [
+        p.name
+        for p in sorted(base.glob("*.json"))
+        if NAME.fullmatch(p.name) and p.is_file() and inside(folder.root, p)
+    ]

@@ -7,7 +7,9 @@ becomes the condition the run's network takes, and the samples become PNG bytes 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from diffguide.dashboard.safety import RunsFolder, UnsafePath, check_name
 from diffguide.errors import ConfigError, lookup
 from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, Loaders, build_guided, sampler_for
 from diffguide.samplers.generation import generate, sigma_grid
+from diffguide.samplers.grid_file import check_grid_fits, grid_file_warnings, read_grid_file
 
 # what the guidance select shows, from the builder's registry: kind -> title
 GUIDANCE_KINDS = {kind: method.title[0].upper() + method.title[1:] for kind, method in METHODS.items()}
@@ -192,14 +195,17 @@ def sample(
     on_progress: Callable[[float], None] | None = None,
     recorder: Callable | None = None,
     sampler_kwargs: dict | None = None,
+    sigmas: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n samples [n, *shape] with the run's sigma grid; on_progress(fraction) after each sampler step."""
+    """n samples [n, *shape] with the run's sigma grid of `steps` steps, or with `sigmas` (a grid file's;
+    `steps` is then not used); on_progress(fraction) after each sampler step."""
     if n < 1:
         raise ConfigError(f"number of samples must be >= 1, got {n}")
-    if steps < 1:
-        raise ConfigError(f"number of steps must be >= 1, got {steps}")
-    s = run.config.sample
-    sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    if sigmas is None:
+        if steps < 1:
+            raise ConfigError(f"number of steps must be >= 1, got {steps}")
+        s = run.config.sample
+        sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
     total_steps = len(sigmas) - 1
     batch = 8192 if run.dataset.kind == "points" else 64
 
@@ -224,6 +230,22 @@ def sample(
             callback=callback,
             sampler_kwargs=sampler_kwargs,
         )
+
+
+def read_run_grid(run, path, sampler: str):
+    """A grid file of the run (see diffguide.samplers.grid_file): refused (ConfigError) where it does
+    not fit the run's noise range or its own sampler and NFE; returns (grid, warnings), the warnings
+    saying what it was tuned for that differs from this use (sampler, checkpoint)."""
+    s = run.config.sample
+    grid = read_grid_file(path)
+    check_grid_fits(
+        grid,
+        sigma_min=min(run.process.sigma_min, s.sigma_min or math.inf),
+        sigma_max=max(run.process.sigma_max, s.sigma_max or 0.0),
+        process=run.process.name,
+    )
+    digest = hashlib.sha256(Path(run.checkpoint).read_bytes()).hexdigest() if grid.checkpoint_sha256 else ""
+    return grid, grid_file_warnings(grid, sampler=sampler, checkpoint_sha256=digest, run=str(run.path))
 
 
 def is_2d(run) -> bool:

@@ -17,6 +17,7 @@ import torch
 
 from diffguide.errors import ConfigError
 from diffguide.io import atomic_write_text
+from diffguide.samplers.registry import SAMPLER_SPECS, steps_for_evals
 
 FORMAT = "diffguide-grid"
 VERSION = 1
@@ -114,6 +115,35 @@ def read_grid_file(path: str | Path) -> GridFile:
     )
 
 
+def check_grid_fits(grid: GridFile, *, sigma_min: float, sigma_max: float, process: str = "") -> None:
+    """Refuse a grid file that cannot be used as it says: a sampler this version does not have, an NFE
+    that does not give its number of steps with its sampler, or sigmas outside the model's noise range
+    [sigma_min, sigma_max] (the denoiser was never trained there; a discrete process would clamp them).
+    `process` names the model's noise process in the message."""
+    where = f"grid file {grid.path!r}"
+    if grid.sampler and grid.sampler not in SAMPLER_SPECS:
+        raise ConfigError(
+            f"{where} was tuned for sampler {grid.sampler!r}, which this diffguide does not have; "
+            f"samplers: {', '.join(SAMPLER_SPECS)}"
+        )
+    if grid.sampler and grid.nfe:
+        steps = steps_for_evals(grid.sampler, grid.nfe)
+        if steps != grid.steps:
+            raise ConfigError(
+                f"{where} says nfe {grid.nfe} for sampler {grid.sampler!r}, which takes {steps} steps, but "
+                f"holds {grid.steps} steps ({grid.steps + 1} sigmas); the file does not fit its own sampler "
+                "and NFE: write it again with `diffguide tune-grid`"
+            )
+    top, low = float(grid.sigmas[0]), float(grid.sigmas[-2])
+    model = f"the model's noise process{f' ({process})' if process else ''}"
+    tuned_for = f"process {grid.record['process']!r}" if grid.record.get("process") else "another model"
+    if top > sigma_max * (1 + 1e-6) or low < sigma_min * (1 - 1e-6):
+        raise ConfigError(
+            f"{where} spans sigma {low:g}..{top:g}, outside {model}'s range {sigma_min:g}..{sigma_max:g}: "
+            f"it was tuned for {tuned_for}; tune a grid for this model"
+        )
+
+
 def grid_file_warnings(
     grid: GridFile, *, sampler: str, checkpoint_sha256: str = "", run: str = "", guidance=None
 ):
@@ -121,9 +151,11 @@ def grid_file_warnings(
     name = Path(grid.path).name or "the grid file"
     out = []
     if grid.sampler and sampler != grid.sampler:
+        per_step = SAMPLER_SPECS[sampler].evals_per_step({}) if sampler in SAMPLER_SPECS else 1
+        nfe = (grid.steps - 1) * per_step + 1
         out.append(
-            f"{name} was tuned for sampler {grid.sampler!r} ({grid.nfe} evaluations), used with {sampler!r}: "
-            "its steps may not suit this sampler"
+            f"{name} was tuned for sampler {grid.sampler!r} ({grid.nfe} evaluations), used with {sampler!r} "
+            f"({nfe} evaluations on its {grid.steps} steps): its steps may not suit this sampler"
         )
     if grid.checkpoint_sha256 and checkpoint_sha256 and checkpoint_sha256 != grid.checkpoint_sha256:
         out.append(

@@ -181,6 +181,34 @@ def pick_condition(run, n: int, prefix: str = "gen"):
     return cond, labels, choice
 
 
+RUN_GRID = "the run's grid (Steps above)"
+
+
+def pick_grid(folder, run_id: str, run, sampler: str):
+    """The sigma grid: the run's named grid with the Steps above, or a grid file of the run's grids/
+    folder (written by `diffguide tune-grid`), which fixes the steps. Returns (file name or "", its
+    sigmas or None); a file that does not fit the run is refused with the command line's message."""
+    files = catalog.grid_file_candidates(folder, run_id)
+    s = run.config.sample
+    choice = st.selectbox(
+        "Sigma grid",
+        [RUN_GRID, *files],
+        key=f"gen-grid-{run_id}",
+        help=f"the run's grid is {s.grid}; a grid file from `diffguide tune-grid` (RUN/grids/*.json) is a "
+        "grid tuned to this run for one sampler and budget: it fixes the steps",
+    )
+    if choice == RUN_GRID:
+        return "", None
+    grid, warns = generation.read_run_grid(run, folder.file(run_id, catalog.GRIDS_DIR, choice), sampler)
+    st.caption(
+        f"{grid.steps} steps from {choice}"
+        + (f" (tuned for {grid.sampler}, {grid.nfe} evaluations)" if grid.sampler else "")
+    )
+    for w in warns:
+        st.warning(w)
+    return choice, grid.sigmas
+
+
 def settings_panel(folder) -> dict | None:
     """The left column's widgets; the chosen settings, or None when nothing can be generated."""
     run_id = ui.run_picker(folder)
@@ -198,6 +226,7 @@ def settings_panel(folder) -> dict | None:
     two_d = generation.is_2d(run)
     sampler, steps = ui.sampler_inputs(run.config.sample, "gen", run_id)
     options = ui.sampler_option_inputs(sampler, "gen", run_id)
+    grid_name, sigmas = pick_grid(folder, run_id, run, sampler)
     c, d = st.columns(2)
     seed = c.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="gen-seed")
     n = d.number_input(
@@ -224,7 +253,9 @@ def settings_panel(folder) -> dict | None:
         "two_d": two_d,
         "sampler": sampler,
         "options": options,
-        "steps": int(steps),
+        "steps": int(steps) if sigmas is None else len(sigmas) - 1,
+        "grid_name": grid_name,
+        "sigmas": sigmas,
         "seed": int(seed),
         "n": int(n),
         "cond": cond,
@@ -253,12 +284,14 @@ def run_generation(p: dict) -> dict:
         on_progress=lambda f: bar.progress(f, text=f"sampling ... {f:.0%}"),
         recorder=recorder,
         sampler_kwargs=p["options"],
+        sigmas=p["sigmas"],
     )
     bar.empty()
     options = "".join(
         f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in p["options"].items()
     )
-    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps{options}, {spec.describe()}"
+    grid = f" on {p['grid_name']}" if p["grid_name"] else ""
+    title = f"{p['run_id']}: {p['n']} samples, {p['sampler']} {p['steps']} steps{grid}{options}, {spec.describe()}"
     if p["cond_text"]:
         title += f", {p['cond_text']}"
     result = {"run": p["run_id"], "title": title, "two_d": p["two_d"], "seed": p["seed"]}
