@@ -236,7 +236,9 @@ def test_bad_input_through_the_executable_exits_2_and_changes_nothing(cli_run, t
         ("unknown.json", {"sigmas": [80.0, 1.0, 0.0], "sampler": "huen", "nfe": 2}, "sampler 'huen'"),
     ]:
         (tmp_path / name).write_text(json.dumps(record))
-        result = diffguide("sample", str(cli_run), "--grid", str(tmp_path / name), "--out", str(samples))
+        result = diffguide(
+            "sample", str(cli_run), "--grid", str(tmp_path / name), "--out", str(samples), "--force"
+        )
         assert_refused(result, message)
         assert name in result.stderr
     assert keep.read_text() == '{"keep": true}\n' and samples.read_bytes() == b"old samples"
