@@ -150,7 +150,7 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
     from diffguide.config import apply_overrides, load_preset
     from diffguide.data.registry import DataConfig
     from diffguide.guidance.pairing import amateur_config, write_guidance_note
-    from diffguide.metrics.images import conditional_accuracy, evaluate_images, feature_metrics
+    from diffguide.metrics.images import evaluate_images
     from diffguide.models.runs import load_run
 
     cfg = apply_overrides(load_preset(preset), settings["digits_sets"])
@@ -182,14 +182,10 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
     for w in settings["auto_w"]:
         measure(G.autoguidance(expert.denoiser, amateur.denoiser, w), "auto", w)
     # the floor of these set sizes: n real training digits (a seeded random subset) vs the held-out ones
-    classifier, meta = load_classifier(clf)
-    train_x, train_y = expert.dataset.train_images()
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))[:n]
-    real_f, _ = classifier.predict(expert.dataset.heldout()[0])
-    floor_f, floor_pred = classifier.predict(train_x[order])
-    floor = {"guidance": "real training digits", "w": None}
-    floor.update(feature_metrics(real_f.numpy(), floor_f.numpy(), "digits_clf"))
-    floor.update(conditional_accuracy(floor_pred, train_y[order]))
+    from images_punks import digits_floor
+
+    _, meta = load_classifier(clf)
+    floor = digits_floor(expert, clf, n)
     return {
         "preset": preset,
         "p_uncond": cfg.train.p_uncond,
