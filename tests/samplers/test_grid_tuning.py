@@ -194,7 +194,10 @@ def test_bad_input_through_the_executable_exits_2_and_changes_nothing(cli_run, t
         ("inf.json", [float("inf"), 1.0, 0.0], "must be finite"),
     ]:
         (tmp_path / name).write_text(json.dumps({"sigmas": sigmas}))
-        result = diffguide("sample", str(cli_run), "--grid", str(tmp_path / name), "--out", str(samples))
+        # --force: the user's file passes the --force rule, so the grid file's check is the one that refuses
+        result = diffguide(
+            "sample", str(cli_run), "--grid", str(tmp_path / name), "--out", str(samples), "--force"
+        )
         assert_refused(result, message)
         assert name in result.stderr
     assert keep.read_text() == '{"keep": true}\n' and samples.read_bytes() == b"old samples"
