@@ -122,6 +122,29 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     atomic_write_bytes(path, save(cpu, metadata=metadata))
 
 
+def check_output_folder(
+    out: Path, command: str, is_earlier_output: Callable[[Path], bool], *, force: bool = False
+) -> None:
+    """Refuse, before any work, an output folder `out` that `diffguide COMMAND` may not write into.
+
+    Accepted: a new or empty folder, a folder holding an earlier output of the command
+    (is_earlier_output(out)), and with force any folder (its files of the names the command writes are
+    replaced, the others kept). Refused: a file, and without force a non-empty folder of other files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--out {str(out)!r} is a file; give a folder (new, empty, or an earlier `diffguide {command}` "
+            "--out to redo)"
+        )
+    if force or not out.is_dir() or not any(out.iterdir()) or is_earlier_output(out):
+        return
+    raise ConfigError(
+        f"--out {str(out)!r} is a non-empty folder that `diffguide {command}` did not write; choose a new "
+        f"or empty folder (or an earlier `diffguide {command}` --out to redo), or add --force to write into "
+        "it (files of the names it writes are replaced, the others kept)"
+    )
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """'train.steps=100' -> ('train.steps', 100); the value is read as TOML, else as a bare string."""
     if "=" not in text:

@@ -97,7 +97,10 @@ def test_bad_out_exits_2_with_one_line(tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.md").write_text("mine")
-    for out, words in ((a_file, "is a file"), (busy, "non-empty folder without a guidance-bench result")):
+    for out, words in (
+        (a_file, "is a file"),
+        (busy, "non-empty folder that `diffguide guidance-bench` did not write"),
+    ):
         result = run_cli("guidance-bench", "--out", str(out), timeout=120)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
@@ -113,7 +116,7 @@ def test_a_previous_result_may_be_redone(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"benchmark": MARKER}))
     check_out(tmp_path)  # no error
     (tmp_path / "metrics.json").write_text(json.dumps({"none": {}}))  # e.g. a demo's metrics.json
-    with pytest.raises(ConfigError, match="without a guidance-bench result"):
+    with pytest.raises(ConfigError, match="did not write"):
         check_out(tmp_path)
 
 

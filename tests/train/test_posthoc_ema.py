@@ -244,7 +244,11 @@ def folder_digest(folder) -> dict[str, str]:
         ("zero", ["--std", "0"], ["std 0.0 is out of range", "--std 0.05"]),
         ("nan", ["--std", "nan"], ["finite number", "got nan", "--std 0.05"]),
         ("inf", ["--std", "inf"], ["finite number", "got inf", "--std 0.05"]),
-        ("over-a-checkpoint", ["--std", "0.05", "--out", "CKPT"], ["refusing to overwrite", "another --out"]),
+        (
+            "over-a-checkpoint",
+            ["--std", "0.05", "--out", "CKPT"],
+            ["has a training checkpoint's name", "another --out"],
+        ),
     ],
 )
 def test_bad_input_through_the_executable(case, args, words, ema_run, plain_run):
@@ -261,6 +265,33 @@ def test_bad_input_through_the_executable(case, args, words, ema_run, plain_run)
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert folder_digest(run_dir) == before
+
+
+def test_out_is_checked_before_the_snapshots_are_read_and_only_its_own_files_are_replaced(ema_run, tmp_path):
+    """A user's .safetensors, a non-.safetensors path and a training checkpoint's name are refused in one
+    line, nothing changed (a plain run without snapshots gets the --out error first: checked before
+    the snapshots are read); an earlier post-hoc checkpoint is replaced."""
+    mine = tmp_path / "mine.safetensors"
+    save_file({"w": torch.zeros(2)}, str(mine))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    before = folder_digest(tmp_path), folder_digest(ema_run)
+    for out, words in (
+        (mine, ["was not written by `diffguide posthoc-ema`", "replaces only its own checkpoints"]),
+        (notes, ["must end in .safetensors", "posthoc-std0.050.safetensors"]),
+        (tmp_path / "ckpt-00000999.safetensors", ["has a training checkpoint's name (ckpt-*)"]),
+    ):
+        proc = run_cli("posthoc-ema", str(tmp_path / "no-run"), "--std", "0.05", "--out", str(out))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        [line] = proc.stderr.splitlines()
+        assert line.startswith(f"diffguide posthoc-ema: error: --out '{out}'"), line
+        for word in words:
+            assert word in line, (word, line)
+    assert (folder_digest(tmp_path), folder_digest(ema_run)) == before
+    own = tmp_path / "own.safetensors"
+    for _ in range(2):  # written, then replaced without --force
+        assert run_cli("posthoc-ema", str(ema_run), "--std", "0.05", "--out", str(own)).returncode == 0
+    assert read_checkpoint(own)[1]["step"] == "120"
 
 
 def test_raw_weights_of_a_posthoc_checkpoint_are_refused(ema_run):

@@ -379,9 +379,13 @@ def write_diffusers_folder(
 
 
 def _check_empty(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """export-diffusers writes only into a new or empty folder (docs/bad-input.md)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export folder {str(out)!r} is a file; give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
         raise ConfigError(
-            f"export folder {str(out)!r} already exists and is not empty; give a new or empty folder"
+            f"export folder {str(out)!r} already exists and is not empty; give a new or empty folder "
+            "(export-diffusers replaces no file)"
         )
 
 
@@ -390,6 +394,7 @@ def export_run(
 ) -> Path:
     """Export a diffguide run (EMA weights of its latest good checkpoint by default) to a diffusers folder."""
 
+    _check_empty(Path(out_dir))  # before the run is loaded
     run = load_run(run_dir, checkpoint, use_ema=use_ema)
     return write_diffusers_folder(
         run.denoiser.net,

@@ -26,12 +26,21 @@ MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, reporting a bad command line in one line (no usage block), exit 2.
+
+    Subcommand parsers are of the same class (add_subparsers' parser_class is the parent's type)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from diffguide import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="diffguide",
         description="Train, sample, guide and evaluate diffusion models. New here? Run `diffguide demo`, "
         "then `diffguide dashboard --runs out/demo`; `diffguide COMMAND --help` for each command.",

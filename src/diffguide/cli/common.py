@@ -27,10 +27,12 @@ def add_threads_arg(p) -> None:
     )
 
 
-def add_force_flag(p, command: str) -> None:
+def add_force_flag(p, command: str, help: str | None = None) -> None:
     """--force: replace an existing output that `command` did not write (see docs/bad-input.md)."""
     p.add_argument(
-        "--force", action="store_true", help=f"replace an existing output file that `{command}` did not write"
+        "--force",
+        action="store_true",
+        help=help or f"replace an existing output file that `{command}` did not write",
     )
 
 

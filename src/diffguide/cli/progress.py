@@ -39,20 +39,20 @@ def progress_bar(total: float, desc: str, unit: str, *, enabled: bool = True, fi
         bar.close()
 
 
+def study_bars(args) -> Callable | None:
+    """The bar factory the study takes (study.bars: (total, desc, unit) -> progress_bar), or None with
+    --no-progress or when stderr is not a terminal (so the study's training bars stay off too)."""
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    return lambda total, desc, unit: progress_bar(total, desc, unit)
+
+
 def sampling_callback(bar, steps: int | None = None, then: Callable | None = None) -> Callable[[dict], None]:
-    """A sampler callback that moves `bar` (counting samples) by a step of one batch: after step i of
-    the batch starting at sample `start`, start + len(x) * (i + 1) / steps samples are done.
-    steps: the sampler's number of steps (None: the dict's "steps"); then: another callback to call
-    with the same dict (a GIF recorder, ...)."""
+    """samplers.generation.sampling_callback (a sampler callback moving `bar` by samples done), imported
+    when called: building the parser imports no torch."""
+    from diffguide.samplers.generation import sampling_callback as feed
 
-    def callback(info: dict) -> None:
-        done = info.get("start", 0) + len(info["x"]) * (info["i"] + 1) / (steps or info["steps"])
-        if done > bar.n:
-            bar.update(done - bar.n)
-        if then is not None:
-            then(info)
-
-    return callback
+    return feed(bar, steps, then)
 
 
 def likelihood_callback(bar) -> Callable[[dict], None]:

@@ -9,6 +9,7 @@ import math
 import warnings
 from pathlib import Path
 
+from diffguide.cli.common import add_force_flag, check_json_output
 from diffguide.errors import ConfigError, output_error
 
 # the keys of diffguide.samplers.tuning.METHODS, written here so that --help imports no torch (a test
@@ -45,6 +46,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
     p.add_argument("--out", help="grid file to write (default: RUN/grids/SAMPLER-nfeN[-GUIDANCE].json)")
+    add_force_flag(p, "tune-grid")
     condition_args.add_condition_args(p)
     guidance_args.add_sample_args(p)
     p.set_defaults(func=cmd_tune_grid)
@@ -109,8 +111,23 @@ def grid_provenance(args, run, tuned) -> dict:
         "tuning_seconds": round(tuned.seconds, 1),
         "samples": tuned.samples,
         "seed": tuned.seed,
-        "written_by": f"diffguide {__version__}",
+        "written_by": "diffguide tune-grid",
+        "diffguide_version": __version__,
     }
+
+
+def _is_grid_file(path: Path) -> bool:
+    """Whether `path` is a grid file (samplers.grid_file.FORMAT, written here so --help imports no
+    torch), whichever diffguide version wrote it."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 2**24:  # grid files are small
+            return False
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == "diffguide-grid"
 
 
 def cmd_tune_grid(args) -> int:
@@ -129,6 +146,8 @@ def cmd_tune_grid(args) -> int:
     out = Path(args.out) if args.out else default_out(args)
     if out.suffix.lower() != ".json" or out.is_dir():
         raise ConfigError(f"a grid file is written as .json; got --out {str(out)!r}")
+    # an earlier grid file (also one from before written_by named the command) is replaced without --force
+    check_json_output(out, "tune-grid", force=args.force or _is_grid_file(out), example="grid.json")
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
     cond = condition_args.build_condition(args, run, 1)
     if cond is not None and not isinstance(cond, int):

@@ -118,6 +118,25 @@ def generate(
     return torch.cat(out)
 
 
+def sampling_callback(
+    bar, steps: int | None = None, then: Callable | None = None, offset: float = 0
+) -> Callable[[dict], None]:
+    """A `generate` callback that moves a progress bar (anything with `n` and `update(k)`, e.g. tqdm)
+    counting samples: after step i of the batch starting at sample `start`, offset + start + len(x) *
+    (i + 1) / steps samples are done. steps: the sampler's number of steps (None: the dict's "steps");
+    then: another callback to call with the same dict (a GIF recorder, ...); offset: samples counted
+    before this `generate` call (several sample sets on one bar)."""
+
+    def callback(info: dict) -> None:
+        done = offset + info.get("start", 0) + len(info["x"]) * (info["i"] + 1) / (steps or info["steps"])
+        if done > bar.n:
+            bar.update(done - bar.n)
+        if then is not None:
+            then(info)
+
+    return callback
+
+
 def sample_run(run, n: int, *, seed: int = 0, sampler=None, steps=None, grid=None, cond=None, **kwargs):
     """Generate from a loaded run with its saved sampling defaults, each overridable (None = the run's).
 

@@ -31,14 +31,15 @@ import torch
 from diffguide.config import apply_overrides, load_preset
 from diffguide.guidance import autoguidance, cfg_and_autoguidance, classifier_free_guidance
 from diffguide.guidance.pairing import amateur_config, write_guidance_note
-from diffguide.io import atomic_write_text
+from diffguide.io import atomic_write_text, check_output_folder
 from diffguide.metrics.points import sliced_w2
 from diffguide.models.runs import load_run
 from diffguide.noise import PerSampleNoise
-from diffguide.samplers.generation import generate, sigma_grid
+from diffguide.samplers.generation import generate, sampling_callback, sigma_grid
 from diffguide.samplers.registry import get_sampler
 from diffguide.study import plots as study_plots
 from diffguide.study import report as study_report
+from diffguide.study.bars import BarFactory, phase_bar
 from diffguide.study.evaluation import evaluation_for, rounded, user_data
 from diffguide.study.plots import grid_points, integrate_score, score_on, scurve_figure
 from diffguide.train import train
@@ -56,6 +57,10 @@ POINTS_RULE = (
     "at the w of its sweep with the lowest sliced W2, flagged helped = false"
 )
 CFG_SKIPPED = "the data has no class labels (or one class), so there is no condition to guide"
+# written first into --out: a folder holding it is an earlier demo's output (finished or interrupted)
+MARKER_FILE = "demo.json"
+MARKER = {"written_by": "diffguide demo"}
+LEGACY_KEYS = ("selection_rule", "timings_s", "runs")  # a metrics.json of a demo from before MARKER_FILE
 
 
 @dataclass
@@ -262,27 +267,26 @@ def describe(m: dict) -> str:
     return "  ".join(parts)
 
 
-def run_sweep(expert, amateur, settings: StudySettings, evaluator, timer: Timer, log=print):
-    """Sample every set with the same seeds and labels; returns (samples, labels, evaluations list)."""
+def run_sweep(expert, amateur, settings: StudySettings, evaluator, timer: Timer, log=print, bars=None):
+    """Sample every set with the same seeds and labels; returns (samples, labels, evaluations list).
+    bars: progress bars (study.bars), one over every set's samples."""
     labels = evaluator.labels(settings.n_samples, settings.seed)
     sigmas = sigma_grid("karras", settings.sampler_steps, expert.process, sigma_max=settings.sigma_max)
     results, samples = [], {}
-    for method, w, denoiser in guided_sets(expert, amateur, settings):
-        with timer("sampling"):
-            x = generate(
-                denoiser,
-                settings.n_samples,
-                expert.dataset.shape,
-                sigmas=sigmas,
-                sampler=settings.sampler,
-                seed=settings.seed,
-                cond=labels,
-            )
-        with timer("metrics"):
-            m = evaluator.evaluate(x, labels)
-        samples[(method, w)] = x
-        results.append({"method": method, "w": float(w), **m})
-        log(f"  {method:17s} w={w:<4g} {describe(m)}")
+    sets = guided_sets(expert, amateur, settings)
+    n = settings.n_samples
+    with phase_bar(bars, n * len(sets), f"sampling {len(sets)} sets") as bar:
+        for k, (method, w, denoiser) in enumerate(sets):
+            with timer("sampling"):
+                x = generate(
+                    denoiser, n, expert.dataset.shape, sigmas=sigmas, sampler=settings.sampler,
+                    seed=settings.seed, cond=labels, callback=sampling_callback(bar, len(sigmas) - 1, offset=k * n),
+                )  # fmt: skip
+            with timer("metrics"):
+                m = evaluator.evaluate(x, labels)
+            samples[(method, w)] = x
+            results.append({"method": method, "w": float(w), **m})
+            log(f"  {method:17s} w={w:<4g} {describe(m)}")
     return samples, labels, results
 
 
@@ -353,15 +357,48 @@ def zoomed_trajectories(denoiser, mixture, center, half, cond: int, settings: St
 # the study
 
 
-def run_study(out_dir: str | Path, settings: StudySettings | None = None, log=print) -> dict:
-    """Run the whole study into out_dir; returns the metrics dict also written to metrics.json."""
+def check_out(out: Path, force: bool = False) -> None:
+    """Refuse, before any training, an --out that is a file, or a non-empty folder holding no earlier
+    demo output, unless force (io.check_output_folder)."""
+    check_output_folder(out, "demo", _earlier_demo, force=force)
+
+
+def _earlier_demo(out: Path) -> bool:
+    """Whether `out` holds the demo's marker, or a metrics.json of a demo from before the marker."""
+    for name, keys in ((MARKER_FILE, tuple(MARKER)), ("metrics.json", LEGACY_KEYS)):
+        try:
+            record = json.loads((out / name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        ours = record.get("written_by", MARKER["written_by"]) == MARKER["written_by"]
+        if ours and all(k in record for k in keys):
+            return True
+    return False
+
+
+def run_study(
+    out_dir: str | Path,
+    settings: StudySettings | None = None,
+    log=print,
+    *,
+    force: bool = False,
+    bars: BarFactory | None = None,
+) -> dict:
+    """Run the whole study into out_dir; returns the metrics dict also written to metrics.json.
+
+    force: write into a folder of other files too (check_out); bars: progress bars of the sampling
+    phases (study.bars; training bars follow settings.progress)."""
 
     settings = settings or StudySettings()
+    out = Path(out_dir)
+    check_out(out, force)
     previous_threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
-        return _run_study(out_dir, settings, log)
+        return _run_study(out, settings, log, bars)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -383,10 +420,10 @@ def _reported(results: list[dict], settings: StudySettings) -> tuple[dict, dict]
     return reported, rule
 
 
-def _run_study(out_dir, settings: StudySettings, log) -> dict:
+def _run_study(out: Path, settings: StudySettings, log, bars) -> dict:
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER_FILE, json.dumps(MARKER) + "\n")
     runs_dir = out / "runs"
     timer = Timer()
     t_start = time.perf_counter()
@@ -398,7 +435,7 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
     if evaluator.skipped:
         log(f"skipped: {evaluator.skipped}")
     log("sampling and scoring (same seeds and labels for every method):")
-    samples, labels, results = run_sweep(expert, amateur, settings, evaluator, timer, log)
+    samples, labels, results = run_sweep(expert, amateur, settings, evaluator, timer, log, bars)
 
     with timer("metrics"):
         truth_x, truth_labels = evaluator.truth(settings.n_samples, settings.seed + 99)
@@ -418,7 +455,7 @@ def _run_study(out_dir, settings: StudySettings, log) -> dict:
         scurve = {"metrics": None, "figure": None}
     else:
         with timer("S-curve (training, sampling, figure)"):
-            scurve = scurve_study(settings, runs_dir, out / "scurve_autoguidance.png", log)
+            scurve = scurve_study(settings, runs_dir, out / "scurve_autoguidance.png", log, bars)
 
     total = time.perf_counter() - t_start
     metrics = {
@@ -572,7 +609,7 @@ def _title(name: str, results: list[dict], method: str, w: float) -> str:
     return f"{name}, w={w:g} (precision {r['precision']:.2f}, coverage {r['coverage']:.2f})"
 
 
-def scurve_study(settings: StudySettings, runs_dir: Path, png: Path, log=print) -> dict:
+def scurve_study(settings: StudySettings, runs_dir: Path, png: Path, log=print, bars=None) -> dict:
     """Seed 000's experiment: expert vs earlier snapshot on the S-curve, fields and samples."""
 
     expert, amateur = train_scurve(settings, runs_dir, log)
@@ -580,9 +617,11 @@ def scurve_study(settings: StudySettings, runs_dir: Path, png: Path, log=print) 
     sigmas = sigma_grid(s.grid, s.steps, expert.process, s.sigma_min, s.sigma_max, s.rho)
     data = torch.as_tensor(expert.dataset.points)
     common = dict(sigmas=sigmas, sampler=s.sampler, seed=settings.seed)
-    x_none = generate(expert.denoiser, settings.scurve_n, (2,), **common)
+    n, steps = settings.scurve_n, len(sigmas) - 1
     guided = autoguidance(expert.denoiser, amateur.denoiser, settings.scurve_w)
-    x_auto = generate(guided, settings.scurve_n, (2,), **common)
+    with phase_bar(bars, 2 * n, "S-curve sampling") as bar:
+        x_none = generate(expert.denoiser, n, (2,), **common, callback=sampling_callback(bar, steps))
+        x_auto = generate(guided, n, (2,), **common, callback=sampling_callback(bar, steps, offset=n))
     sigma = 0.3
     lim = float(data.abs().max()) * 1.15
     _, _, at = grid_points((0.0, 0.0), lim * 0.9, 17)

@@ -29,8 +29,9 @@ import torch
 
 from diffguide.errors import ConfigError
 from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, build_guided, sampler_for
-from diffguide.io import atomic_write_file, atomic_write_text
-from diffguide.samplers.generation import generate, sigma_grid
+from diffguide.io import atomic_write_file, atomic_write_text, check_output_folder
+from diffguide.samplers.generation import generate, sampling_callback, sigma_grid
+from diffguide.study.bars import BarFactory, phase_bar
 from diffguide.study.evaluation import evaluation_for, user_data
 from diffguide.study.experiment import (
     POINTS_RULE,
@@ -135,15 +136,10 @@ class BenchSettings:
         return cls(study=StudySettings.fast(seed), max_weights=2, timing_repeats=2)
 
 
-def check_out(out: Path) -> None:
-    """Refuse an --out that is a file, or a non-empty folder holding no previous guidance-bench result."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a folder (new, empty or a previous result)")
-    if out.is_dir() and any(out.iterdir()) and not _previous_result(out):
-        raise ConfigError(
-            f"--out {str(out)!r} is a non-empty folder without a guidance-bench result; give a new or empty "
-            "folder, or a previous guidance-bench --out to redo"
-        )
+def check_out(out: Path, force: bool = False) -> None:
+    """Refuse, before any training, an --out that is a file, or a non-empty folder holding no earlier
+    guidance-bench result, unless force (io.check_output_folder)."""
+    check_output_folder(out, "guidance-bench", _previous_result, force=force)
 
 
 def _previous_result(out: Path) -> bool:
@@ -160,50 +156,57 @@ def _previous_result(out: Path) -> bool:
 # sampling and scoring
 
 
-def _sample(run, denoiser, sampler, labels, sigmas, settings: StudySettings) -> tuple[torch.Tensor, float]:
-    """(samples, seconds): settings.n_samples with the benchmark's seed and labels."""
-    start = time.perf_counter()
+def _sample(
+    run, denoiser, sampler, labels, sigmas, settings: StudySettings, bar=None
+) -> tuple[torch.Tensor, float]:
+    """(samples, seconds): settings.n_samples with the benchmark's seed and labels; `bar` (study.bars)
+    moves by n_samples, step by step."""
+    n, start = settings.n_samples, time.perf_counter()
+    callback = None if bar is None else sampling_callback(bar, len(sigmas) - 1, offset=bar.n)
     x = generate(
-        denoiser, settings.n_samples, run.dataset.shape, sigmas=sigmas, sampler=sampler,
-        seed=settings.seed, cond=labels,
+        denoiser, n, run.dataset.shape, sigmas=sigmas, sampler=sampler, seed=settings.seed, cond=labels,
+        callback=callback,
     )  # fmt: skip
     return x, time.perf_counter() - start
 
 
-def unguided(run, sampler: str, labels, sigmas, settings: BenchSettings, evaluator) -> dict:
+def unguided(run, sampler: str, labels, sigmas, settings: BenchSettings, evaluator, bar=None) -> dict:
     """The unguided row of one sampler: its samples, metrics and median time over timing_repeats (each
     variant's time ratio divides by the unguided times measured next to it: see sweep_variant)."""
     times = []
     for _ in range(max(1, settings.timing_repeats)):
-        x, seconds = _sample(run, run.denoiser, sampler, labels, sigmas, settings.study)
+        x, seconds = _sample(run, run.denoiser, sampler, labels, sigmas, settings.study, bar)
         times.append(seconds)
     return {"x": x, "metrics": evaluator.evaluate(x, labels), "seconds": statistics.median(times)}
 
 
-def sweep_variant(run, variant: Variant, labels, sigmas, settings: BenchSettings, evaluator) -> dict:
+def sweep_variant(
+    run, variant: Variant, labels, sigmas, settings: BenchSettings, evaluator, bar=None
+) -> dict:
     """Samples, metrics and times of one variant at each of its weights (built by build_guided)."""
     sampler_name = variant.sampler or settings.study.sampler
     # unguided sampling timed right before and after the sweep: the ratio compares neighbours in time,
     # which a shared, busy machine needs (its load changes over minutes)
-    _, before = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study)
+    _, before = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study, bar)
     rows, samples = [], {}
     for w in variant.weights:
         spec = dataclasses.replace(variant.spec, w=w)
         denoiser = build_guided(run, spec)
         sampler = sampler_for(denoiser, sampler_name)
-        x, seconds = _sample(run, denoiser, sampler, labels, sigmas, settings.study)
+        x, seconds = _sample(run, denoiser, sampler, labels, sigmas, settings.study, bar)
         m = evaluator.evaluate(x, labels)
         samples[w] = x
         rows.append({"method": variant.name, "w": float(w), **summarize(m), "seconds": seconds})
-    _, after = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study)
+    _, after = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study, bar)
     return {
         "rows": rows, "samples": samples, "sampler": sampler_name, "describe": variant.spec.describe(),
         "unguided_seconds": (before + after) / 2,
     }  # fmt: skip
 
 
-def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print) -> dict:
-    """Train the pair on one dataset and run every variant; returns its results (samples kept apart)."""
+def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print, bars=None) -> dict:
+    """Train the pair on one dataset and run every variant; returns its results (samples kept apart).
+    bars: progress bars (study.bars), one over the dataset's sample sets."""
     study = dataclasses.replace(
         settings.study, expert_overrides=[*settings.study.expert_overrides, *DATASETS.get(name, [])]
     )
@@ -215,27 +218,27 @@ def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print)
     labels = evaluator.labels(study.n_samples, study.seed)
     sigmas = sigma_grid("karras", study.sampler_steps, expert.process, sigma_max=study.sigma_max)
     rows = [v for v in variants(settings.max_weights) if v.name != "none"]
-    base = {}
-    for sampler in dict.fromkeys([study.sampler, *(v.sampler for v in rows if v.sampler)]):
-        base[sampler] = unguided(expert, sampler, labels, sigmas, settings, evaluator)
+    samplers = list(dict.fromkeys([study.sampler, *(v.sampler for v in rows if v.sampler)]))
+    sets = len(samplers) * max(1, settings.timing_repeats) + sum(len(v.weights) + 2 for v in rows)
+    results, skipped, base = {}, {}, {}
+    with phase_bar(bars, sets * study.n_samples, f"{name}: sampling {sets} sets") as bar:
+        for sampler in samplers:
+            base[sampler] = unguided(expert, sampler, labels, sigmas, settings, evaluator, bar)
+        for variant in rows:
+            try:
+                r = sweep_variant(expert, variant, labels, sigmas, settings, evaluator, bar)
+            except ConfigError as e:  # a method these runs cannot take (e.g. one needing an image model)
+                skipped[variant.name] = str(e)
+                log(f"  {name}: {variant.name:12s} skipped: {e}")
+                continue
+            results[variant.name] = _reported_variant(r, base[r["sampler"]], study.coverage_tolerance)
+            reported = results[variant.name]["reported"]
+            log(
+                f"  {name}: {variant.name:12s} w={reported['w']:<5g} {describe(reported)}  time x{reported['time_ratio']:.2f}"
+            )
     samples = {f"none@{s}": b["x"] for s, b in base.items()}
-    results, skipped = {}, {}
-    for variant in rows:
-        try:
-            r = sweep_variant(expert, variant, labels, sigmas, settings, evaluator)
-        except ConfigError as e:  # a method these runs cannot take (e.g. one needing an image model)
-            skipped[variant.name] = str(e)
-            log(f"  {name}: {variant.name:12s} skipped: {e}")
-            continue
-        none = base[r["sampler"]]
-        reported, rule = report_weight(r["rows"], summarize(none["metrics"]), study.coverage_tolerance)
-        seconds = statistics.median(x["seconds"] for x in r["rows"])
-        reported["time_ratio"] = round(seconds / r["unguided_seconds"], 2)
-        results[variant.name] = {**r, "reported": reported, "rule": rule}
-        samples.update({f"{variant.name}@{w:g}": x for w, x in r["samples"].items()})
-        log(
-            f"  {name}: {variant.name:12s} w={reported['w']:<5g} {describe(reported)}  time x{reported['time_ratio']:.2f}"
-        )
+    for variant_name, r in results.items():
+        samples.update({f"{variant_name}@{w:g}": x for w, x in r["samples"].items()})
     truth = summarize(evaluator.evaluate(*evaluator.truth(study.n_samples, study.seed + 99)))
     return {
         "unguided": {s: {**summarize(b["metrics"]), "seconds": round(b["seconds"], 4)} for s, b in base.items()},
@@ -245,15 +248,33 @@ def bench_dataset(name: str, runs_dir: Path, settings: BenchSettings, log=print)
     }  # fmt: skip
 
 
+def _reported_variant(r: dict, none: dict, tolerance: float) -> dict:
+    """A variant's sweep `r` with its reported row (report_weight against its sampler's unguided row
+    `none`) and its time ratio to unguided sampling."""
+    reported, rule = report_weight(r["rows"], summarize(none["metrics"]), tolerance)
+    seconds = statistics.median(x["seconds"] for x in r["rows"])
+    reported["time_ratio"] = round(seconds / r["unguided_seconds"], 2)
+    return {**r, "reported": reported, "rule": rule}
+
+
 # ---------------------------------------------------------------------------------------------
 # the benchmark
 
 
-def run_benchmark(out_dir: str | Path, settings: BenchSettings | None = None, log=print) -> dict:
-    """Run the benchmark into out_dir (report.md, metrics.json, samples.npz, guidance_bench.png)."""
+def run_benchmark(
+    out_dir: str | Path,
+    settings: BenchSettings | None = None,
+    log=print,
+    *,
+    force: bool = False,
+    bars: BarFactory | None = None,
+) -> dict:
+    """Run the benchmark into out_dir (report.md, metrics.json, samples.npz, guidance_bench.png).
+    force: write into a folder of other files too (check_out); bars: progress bars of the sampling
+    (study.bars; training bars follow settings.study.progress)."""
     settings = settings or BenchSettings()
     out = Path(out_dir)
-    check_out(out)
+    check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MARKER_FILE, json.dumps({"benchmark": MARKER}) + "\n")
     previous_threads = torch.get_num_threads()
@@ -261,7 +282,7 @@ def run_benchmark(out_dir: str | Path, settings: BenchSettings | None = None, lo
         torch.set_num_threads(settings.study.threads)
     try:
         start = time.perf_counter()
-        data = {name: bench_dataset(name, out / "runs", settings, log) for name in settings.datasets}
+        data = {name: bench_dataset(name, out / "runs", settings, log, bars) for name in settings.datasets}
         metrics = bench_metrics(data, settings, time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)

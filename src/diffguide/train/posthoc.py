@@ -102,6 +102,8 @@ def posthoc_ema(run_dir: str | Path, std: float, out: str | Path | None = None) 
     (load_run(run_dir, checkpoint=path) loads it; so do `sample --checkpoint` and the guide options)."""
     std = check_std(std)
     run_dir = Path(run_dir)
+    out = default_posthoc_path(run_dir, std) if out is None else Path(out)
+    _check_overwrite(out, std)  # before any snapshot is read
     cfg = load_config(run_dir)
     snapshots = _snapshot_profiles(run_dir, cfg.train.ema_stds)
     step = max(s.step for s in snapshots)
@@ -114,8 +116,6 @@ def posthoc_ema(run_dir: str | Path, std: float, out: str | Path | None = None) 
             "(train.ema_snapshot_every) or stds nearer it (train.ema_stds)",
             stacklevel=2,
         )
-    out = default_posthoc_path(run_dir, std) if out is None else Path(out)
-    _check_overwrite(out)
     tensors = {f"ema.{k}": v for k, v in combine(snapshots, coefficients).items()}
     meta = {POSTHOC_KEY: repr(std), "posthoc_ema_gamma": repr(gamma), "posthoc_fit_error": repr(fit_error)}
     meta["posthoc_snapshots"] = str(len(snapshots))
@@ -211,8 +211,19 @@ def _profiles_from_meta(path: Path, meta: dict) -> list[Snapshot]:
     return [Snapshot(step, float(s), float(g), {}, path) for s, g in zip(stds, gammas)]
 
 
-def _check_overwrite(out: Path) -> None:
-    """Refuse to replace a file that is not a post-hoc EMA checkpoint (a training checkpoint, say)."""
+def _check_overwrite(out: Path, std: float) -> None:
+    """Refuse an --out that is not a .safetensors file, that has a training checkpoint's name, or that
+    would replace a file other than a post-hoc EMA checkpoint (a training checkpoint, say)."""
+    example = default_posthoc_path(".", std).name
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"--out {str(out)!r} must end in .safetensors (posthoc-ema writes a checkpoint); e.g. --out {example}"
+        )
+    if out.name.startswith("ckpt-"):
+        raise ConfigError(
+            f"--out {str(out)!r} has a training checkpoint's name (ckpt-*): resume, keep_last and the "
+            f"latest-checkpoint lookup would take it for one; choose another --out, e.g. {example}"
+        )
     if not out.exists():
         return
     try:
@@ -222,6 +233,6 @@ def _check_overwrite(out: Path) -> None:
         ours = False
     if not ours:
         raise ConfigError(
-            f"--out {str(out)!r} exists and is not a post-hoc EMA checkpoint; refusing to overwrite it: "
-            "choose another --out"
+            f"--out {str(out)!r} exists and was not written by `diffguide posthoc-ema` (it is not a post-hoc "
+            "EMA checkpoint); choose another --out: posthoc-ema replaces only its own checkpoints"
         )
