@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from diffguide.cli.common import add_threads_arg, check_json_output, make_output_folder, write_json
@@ -70,8 +71,11 @@ def cmd_train_classifier(args) -> int:
     from diffguide.classifiers.images import train_classifier
     from diffguide.data.registry import DataConfig
 
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    for flag in ("steps", "batch_size", "width", "feature_dim"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
     out = Path(args.out) if args.out else default_classifier_dir(args.data)
     check_classifier_out(out, args.force)
     train_classifier(
