@@ -119,3 +119,17 @@ def test_labelled_grids_stack_one_titled_row_per_condition(tmp_path):
     assert one.width == two.width and two.height > 1.8 * one.height
     with pytest.raises(ConfigError, match="no rows"):
         save_labelled_grids(tmp_path / "none.png", [])
+
+
+def test_attribute_evaluations_ask_for_training_punks_never_the_held_out_reference():
+    """The held-out images are the reference of FID/precision/recall; conditions copied from them would let
+    samples nearly copy the reference. reference_index draws from the training split, seeded, cycling."""
+    from types import SimpleNamespace
+
+    from diffguide.plots.images import reference_index
+
+    ds = SimpleNamespace(train_index=torch.arange(0, 30, 3), test_index=torch.arange(1, 30, 3))
+    idx = reference_index(ds, 25)
+    assert set(idx.tolist()) == set(ds.train_index.tolist())  # all 10 training examples, none held out
+    assert torch.equal(idx[:10], idx[10:20]) and torch.equal(idx[20:], idx[:5])  # one fixed order, cycled
+    assert torch.equal(idx, reference_index(ds, 25))
