@@ -38,26 +38,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 METRIC_KEYS = ("accuracy", "fid_digits_clf", "kid_digits_clf", "precision_digits_clf", "recall_digits_clf")
-PUNK_KEYS = (
-    "type_accuracy",
-    "accessory_recall",
-    "accessories_exact",
-    "fid_cryptopunks_clf",
-    "precision_cryptopunks_clf",
-    "recall_cryptopunks_clf",
-)
-# the README's punks figure: a type and accessories per row, each a combination that training punks
-# have exactly (a condition asks for the unnamed accessories to be absent; counts from punks.json)
-PUNK_CONDITIONS = [
-    ("female", ["blonde bob", "purple lipstick"]),  # 3 punks
-    ("male", ["earring", "mohawk"]),  # 4
-    ("zombie", ["knitted cap"]),  # 1
-    ("ape", ["hoodie"]),  # 1
-    ("alien", ["headband"]),  # 1
-    ("female", ["pilot helmet", "purple lipstick"]),  # 4
-    ("male", ["cowboy hat", "muttonchops"]),  # 4
-]
-
 FULL = {
     "digits_sets": [],
     "amateur": (8, 300),
@@ -65,11 +45,6 @@ FULL = {
     "n": 1000,
     "cfg_w": [1.5, 2.0, 3.0, 4.0],
     "auto_w": [1.5, 2.0, 2.5, 3.0],
-    "punks_sets": [],
-    "punks_classifier": {"steps": 600, "batch_size": 64, "lr": 3e-3},
-    "punks_n": 400,
-    "punks_per_condition": 8,
-    "punks_conditions": PUNK_CONDITIONS,
 }
 QUICK = {
     "digits_sets": ["train.steps=40", "train.warmup_steps=5", "train.ckpt_every=40", "sample.n=20"],
@@ -78,17 +53,6 @@ QUICK = {
     "n": 100,
     "cfg_w": [2.0],
     "auto_w": [2.0],
-    "punks_sets": [
-        "train.steps=4",
-        "train.warmup_steps=1",
-        "train.ckpt_every=4",
-        "sample.n=4",
-        "sample.steps=4",
-    ],
-    "punks_classifier": {"steps": 4, "batch_size": 16, "lr": 3e-3},
-    "punks_n": 12,
-    "punks_per_condition": 2,
-    "punks_conditions": PUNK_CONDITIONS[:2],
 }
 
 
@@ -273,9 +237,7 @@ def curves_part(args, work: Path, stem: str, times: dict) -> None:
     paths = {"curves": img / f"{prefix}learning_curves.png", "sweep": img / f"{prefix}punks_w_sweep.png",
              "grid": img / f"{prefix}punks_cfg.png"}  # fmt: skip
     start = time.perf_counter()
-    settings = QUICK if args.quick else FULL
-    results = images_punks.run_curves_part(work, args.quick, args.reuse, times, paths,
-                                           settings["punks_conditions"])  # fmt: skip
+    results = images_punks.run_curves_part(work, args.quick, args.reuse, times, paths)
     results.update(quick=args.quick, hardware=hardware(), total_seconds=round(time.perf_counter() - start, 1))
     results["train_seconds"] = times
     results["figures"] = {k: shown(v) for k, v in paths.items()}

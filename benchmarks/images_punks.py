@@ -32,6 +32,18 @@ PUNK_KEYS = (
     "precision_cryptopunks_clf",
     "recall_cryptopunks_clf",
 )
+# the README's punks figure: a type and accessories per row, each a combination that training punks
+# have exactly (a condition asks for the unnamed accessories to be absent; counts from punks.json)
+PUNK_CONDITIONS = [
+    ("female", ["blonde bob", "purple lipstick"]),  # 3 punks
+    ("male", ["earring", "mohawk"]),  # 4
+    ("zombie", ["knitted cap"]),  # 1
+    ("ape", ["hoodie"]),  # 1
+    ("alien", ["headband"]),  # 1
+    ("female", ["pilot helmet", "purple lipstick"]),  # 4
+    ("male", ["cowboy hat", "muttonchops"]),  # 4
+]
+
 DIGIT_KEYS = ("accuracy", "fid_digits_clf", "precision_digits_clf", "recall_digits_clf")
 
 CURVES_FULL = {
@@ -81,9 +93,10 @@ GUIDE_FULL = {
     ],  # fmt: skip
     "n": 400,
     "per_condition": 8,
+    "conditions": PUNK_CONDITIONS,
 }
 GUIDE_QUICK = {**GUIDE_FULL, "expert_step": 20, "fast_step": 10, "amateur": (8, 4), "cfg_w": [2.0],
-               "auto_w": [2.0], "n": 12, "per_condition": 2, "methods": [("apg", [2.0]), ("pag", [2.0])]}  # fmt: skip
+               "auto_w": [2.0], "n": 12, "per_condition": 2, "conditions": PUNK_CONDITIONS[:2], "methods": [("apg", [2.0]), ("pag", [2.0])]}  # fmt: skip
 
 
 def train_side_by_side(work: Path, jobs: dict[str, list[str]], reuse: bool) -> dict[str, Path]:
@@ -216,7 +229,7 @@ def learning_curves(work: Path, quick: bool, reuse: bool, times: dict) -> dict:
     if not (reuse and (clf["digits"] / "classifier.json").is_file()):
         train_classifier(DataConfig(name="digits", conditional=True), clf["digits"], log=None,
                          steps=s["digits_classifier"])  # fmt: skip
-    out = {"settings": {k: v for k, v in s.items()}, "classifiers": {k: str(v) for k, v in clf.items()}}
+    out = {"settings": dict(s), "classifiers": {k: str(v) for k, v in clf.items()}}
     for name, keys, w, floor in (("punks", PUNK_KEYS, s["punks_w"], punks_floor),
                                  ("digits", DIGIT_KEYS, s["digits_w"], digits_floor)):  # fmt: skip
         run_dir = runs[f"curve-{name}-cfg"]
@@ -235,9 +248,7 @@ def _steps_per_minute(run_dir: Path) -> float:
     return last / logged[last]
 
 
-def guidance_comparison(
-    work: Path, curve_run: Path, classifier: Path, quick: bool, grid_path: Path, conditions
-):
+def guidance_comparison(work: Path, curve_run: Path, classifier: Path, quick: bool) -> dict:
     """On punks-cfg (the curve run's checkpoint at its preset step): none, CFG, auto, CFG + auto."""
     from diffguide import guidance as G
     from diffguide.config import load_preset
@@ -402,15 +413,14 @@ def curves_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_curves_part(work: Path, quick: bool, reuse: bool, times: dict, paths: dict, conditions) -> dict:
+def run_curves_part(work: Path, quick: bool, reuse: bool, times: dict, paths: dict) -> dict:
     """The whole part: curves, guidance comparison, picked weight, grid, figures; returns the results."""
     curves = learning_curves(work, quick, reuse, times)
     curve_run = Path(curves["punks"]["run"])
-    guide = guidance_comparison(work, curve_run, Path(curves["classifiers"]["punks"]), quick, paths["grid"],
-                                conditions)  # fmt: skip
+    guide = guidance_comparison(work, curve_run, Path(curves["classifiers"]["punks"]), quick)
     best = pick_weight(guide["rows"], curves["punks"]["floor"]["fid_cryptopunks_clf"])
     s = GUIDE_QUICK if quick else GUIDE_FULL
-    punks_grid(curve_run, guide["expert_step"], best["w"], paths["grid"], conditions, s["per_condition"])
+    punks_grid(curve_run, guide["expert_step"], best["w"], paths["grid"], s["conditions"], s["per_condition"])
     curves_figure(paths["curves"], curves)
     from diffguide.plots.images import save_w_sweep_plot
 

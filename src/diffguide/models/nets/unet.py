@@ -131,40 +131,16 @@ class ConditionEmbedding(nn.Module):
             return self._attributes(cond or {}, n, device)
         if self.class_emb is None:
             return None
+        return self.class_emb(self._labels(cond, n, device))
+
+    def _labels(self, cond, n: int, device) -> torch.Tensor:
+        """[n] class labels, None -> the null class `num_classes`."""
         if cond is None:
-            cond = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
-        labels = torch.as_tensor(cond, device=device).long().reshape(-1).expand(n)
-        return self.class_emb(labels)
+            return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        return torch.as_tensor(cond, device=device).long().reshape(-1).expand(n)
 
-    def _attributes(self, cond: dict, n: int, device) -> torch.Tensor:
-        if self.type_emb is None:
-            raise ValueError("this network was built for class labels, not an attribute dict")
-        unknown_keys = set(cond) - {"type", "accessories"}
-        if unknown_keys:
-            raise ValueError(f"unknown condition keys {sorted(unknown_keys)}; expected 'type', 'accessories'")
-        kind = cond.get("type")
-        kind = torch.full((n,), -1, device=device) if kind is None else torch.as_tensor(kind, device=device)
-        kind = kind.long().reshape(-1).expand(n)
-        emb = self.type_emb(torch.where(kind < 0, torch.full_like(kind, self.num_types), kind))
-        acc = cond.get("accessories")
-        if acc is None:
-            acc = torch.full((n, self.num_accessories), -1.0, device=device)
-        acc = torch.as_tensor(acc, device=device).float().reshape(-1, self.num_accessories).expand(n, -1)
-        null = (acc < 0).all(dim=1, keepdim=True)
-        projected = self.accessory_proj(acc.clamp(min=0))
-        return emb + torch.where(
-            null, self.accessory_null.to(projected.dtype).expand_as(projected), projected
-        )
-
-    def indicators(self, cond, n: int, device) -> torch.Tensor:
-        """The condition as one 0/1 vector per sample: one-hot class (null included), or one-hot type
-        (null included) + the accessory multi-hot + a null-accessories flag."""
-        if self.type_emb is None:
-            labels = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
-            if cond is not None:
-                labels = torch.as_tensor(cond, device=device).long().reshape(-1).expand(n)
-            return F.one_hot(labels, self.num_classes + 1).float()
-        cond = cond or {}
+    def _parts(self, cond: dict, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(type [n] with null -> num_types, accessories [n, A] clamped to 0/1, null-accessories [n, 1] bool)."""
         kind = cond.get("type")
         kind = torch.full((n,), -1, device=device) if kind is None else torch.as_tensor(kind, device=device)
         kind = kind.long().reshape(-1).expand(n)
@@ -173,8 +149,28 @@ class ConditionEmbedding(nn.Module):
         if acc is None:
             acc = torch.full((n, self.num_accessories), -1.0, device=device)
         acc = torch.as_tensor(acc, device=device).float().reshape(-1, self.num_accessories).expand(n, -1)
-        null = (acc < 0).all(dim=1, keepdim=True).float()
-        return torch.cat([F.one_hot(kind, self.num_types + 1).float(), acc.clamp(min=0), null], dim=1)
+        return kind, acc.clamp(min=0), (acc < 0).all(dim=1, keepdim=True)
+
+    def _attributes(self, cond: dict, n: int, device) -> torch.Tensor:
+        if self.type_emb is None:
+            raise ValueError("this network was built for class labels, not an attribute dict")
+        unknown_keys = set(cond) - {"type", "accessories"}
+        if unknown_keys:
+            raise ValueError(f"unknown condition keys {sorted(unknown_keys)}; expected 'type', 'accessories'")
+        kind, acc, null = self._parts(cond, n, device)
+        emb = self.type_emb(kind)
+        projected = self.accessory_proj(acc)
+        return emb + torch.where(
+            null, self.accessory_null.to(projected.dtype).expand_as(projected), projected
+        )
+
+    def indicators(self, cond, n: int, device) -> torch.Tensor:
+        """The condition as one 0/1 vector per sample: one-hot class (null included), or one-hot type
+        (null included) + the accessory multi-hot + a null-accessories flag."""
+        if self.type_emb is None:
+            return F.one_hot(self._labels(cond, n, device), self.num_classes + 1).float()
+        kind, acc, null = self._parts(cond or {}, n, device)
+        return torch.cat([F.one_hot(kind, self.num_types + 1).float(), acc, null.float()], dim=1)
 
     @property
     def indicator_dim(self) -> int:
