@@ -10,9 +10,15 @@ bench_peers.py (x = 80 z, 2000 points, torch.randn seed 0), the RMS distance to 
     noise (PerSampleNoise streams of seed 0) than the benchmark, so the errors here are out of sample;
   - the best row of k-diffusion and of diffusers at each NFE: bench_peers.accuracy() on the same mixture
     in this same run (every deterministic sampler of each library on both grids it can run).
-Goal (issue 16): the tuned grid's error <= 0.5 x the best peer's at every NFE.
+The same table for a trained run ("tree-run": the demo's expert, preset demo-expert trained here, its
+network in float64 without condition). Goal (issue 16): the tuned grid's error <= 0.5 x the best
+peer's at every NFE.
 
-Usage: python benchmarks/bench_grids.py [--quick] [--samplers ipndm,unipc] [--mixtures tree,8gaussians]
+The digits part ("digits", benchmarks/grids_runs.py): digits-cfg trained here, classifier-feature FID,
+KID, precision/recall and accuracy of class-conditional samples at NFE 8 and 16, tuned vs Karras grid.
+
+Usage: python benchmarks/bench_grids.py [--quick] [--samplers ipndm,unipc]
+           [--parts tree,8gaussians,tree-run,digits] [--work DIR] [--reuse]
 Writes results/grids.md (--quick: results/grids-quick.md). One torch thread (a shared 2-core machine).
 """
 
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 
 import bench_peers as peers
+import grids_runs
 import torch
 
 from diffguide.grids import karras_sigmas, loglinear_sigmas
@@ -36,6 +43,7 @@ from diffguide.samplers.tuning import tune_grid
 SIGMA_MIN, SIGMA_MAX = peers.SIGMA_MIN, peers.SIGMA_MAX
 BUDGETS = peers.BUDGETS
 MIXTURES = {"tree": tree_mixture, "8gaussians": eight_gaussians}
+PARTS = (*MIXTURES, "tree-run", "digits")
 RESULTS = Path(__file__).parent / "results" / "grids.md"
 FIXED = {
     "Karras rho 7": lambda steps: karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, 7.0),
@@ -158,7 +166,11 @@ def main(argv: list[str] | None = None) -> str:
         "--quick", action="store_true", help="300 points, 256-step reference, 64 tuning samples"
     )
     parser.add_argument("--samplers", default="ipndm,unipc", help="our samplers to tune (comma list)")
-    parser.add_argument("--mixtures", default=",".join(MIXTURES), help=f"of {', '.join(MIXTURES)}")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    parser.add_argument(
+        "--work", default=None, help="where runs are trained (default out/bench-grids[-quick])"
+    )
+    parser.add_argument("--reuse", action="store_true", help="keep complete runs found in --work")
     parser.add_argument(
         "--out", default=None, help="markdown file (default results/grids.md, --quick grids-quick.md)"
     )
@@ -168,14 +180,22 @@ def main(argv: list[str] | None = None) -> str:
     tune_kwargs = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, samples=64 if args.quick else 256)
     start = time.perf_counter()
     sections = []
-    for name in args.mixtures.split(","):
-        mixture = MIXTURES[name]()
+    work = Path(args.work or f"out/bench-grids{'-quick' if args.quick else ''}")
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    for name in [p for p in parts if p != "digits"]:
+        mixture = grids_runs.trained_tree(work, args.reuse) if name == "tree-run" else MIXTURES[name]()
         print(f"{name}: peers ...", file=sys.stderr)
         peer_rows, ref_error = peers.accuracy(n_points, ref_steps, mixture=mixture)
         x, reference = noise_and_reference(mixture, n_points, ref_steps)
         print(f"{name}: tuning ...", file=sys.stderr)
         rows = our_rows(mixture, args.samplers.split(","), x, reference, tune_kwargs)
         sections += mixture_section(name, rows, best_peers(peer_rows), ref_error, n_points, ref_steps)
+    if "digits" in parts:
+        print("digits: training, tuning, sampling ...", file=sys.stderr)
+        sections += grids_runs.digits_part(work, args.reuse, args.quick)
     header = [
         "# Grids tuned to the model",
         "",

@@ -148,6 +148,31 @@ def test_tuning_is_deterministic_for_a_seed(gaussian):
     assert torch.equal(a.sigmas, b.sigmas) and a.errors == b.errors
 
 
+def test_per_sample_labels_pair_each_draw_with_its_class():
+    """Classes in turn (as `eval` samples them): class k is one Gaussian at mean m_k, so the ODE end
+    point of each draw is the closed form for its own class; the tuner's recorded Karras error on its
+    validation draws must be the closed-form error of those draws with their labels."""
+    means = torch.tensor([[1.0, -0.5], [-2.0, 1.5]], dtype=torch.float64)
+    two = GaussianMixture(
+        [0.5, 0.5], means, (S**2 * torch.eye(2, dtype=torch.float64)).expand(2, 2, 2), [0, 1]
+    )
+    samples, seed = 16, 3
+    labels = torch.arange(samples) % 2
+    tuned = tune_grid(
+        two, (2,), "heun", 7, cond=labels, method="gits", seed=seed, **{**FAST, "samples": samples}
+    )
+    x = PerSampleNoise.from_seed(seed, samples, start=samples).randn((2,), torch.float64) * SIGMA_MAX
+    m = means[labels]
+    exact = m + (x - m) * S / math.sqrt(S**2 + SIGMA_MAX**2)
+    out = get_sampler("heun")(two, x, tuned.grids["karras"], cond=labels)
+    assert tuned.error_before == pytest.approx(float((out - exact).pow(2).sum(1).mean().sqrt()), rel=1e-3)
+    same = tune_grid(two, (2,), "heun", 7, cond=torch.ones(32, dtype=torch.long), method="gits", **FAST)
+    one = tune_grid(two, (2,), "heun", 7, cond=1, method="gits", **FAST)
+    assert torch.equal(same.sigmas, one.sigmas) and same.errors == one.errors
+    with pytest.raises(ConfigError, match="one class or 32 integer labels"):
+        tune_grid(two, (2,), "heun", 7, cond=labels, **FAST)
+
+
 @pytest.mark.parametrize(
     ("sampler", "nfe", "message"),
     [

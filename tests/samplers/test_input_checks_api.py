@@ -158,5 +158,7 @@ def test_evaluate_images_checks_steps_k_and_n_before_loading_anything(run, tmp_p
         evaluate_images(run, run.denoiser, missing, n=4, steps=0)
     with pytest.raises(ConfigError, match="precision/recall needs k >= 1 neighbours"):
         evaluate_images(run, run.denoiser, missing, n=4, k=0)
+    with pytest.raises(ConfigError, match="either steps or sigmas"):
+        evaluate_images(run, run.denoiser, missing, n=4, steps=3, sigmas=[1.0, 0.5, 0.0])
     with pytest.raises(ConfigError, match="number of samples 10000000000000 is too large"):
         evaluate_images(run, run.denoiser, missing, n=10**13)

@@ -214,6 +214,7 @@ def evaluate_images(
     k: int = 3,
     inception: bool = False,
     callback=None,
+    sigmas=None,
 ) -> dict:
     """Generate n samples from `denoiser` (conditions like the training data's) and measure them.
 
@@ -225,6 +226,7 @@ def evaluate_images(
     fails anyway, the other metrics are still returned, with the error as `fid_inception_error`.
     callback: the sampler's step callback (docs/samplers.md), with "start" (generate's) and "steps"
     (the number of sampler steps) added: a progress bar.
+    sigmas: a sigma grid (e.g. a tuned one) instead of the run's grid of `steps` steps.
     """
     import time
     import warnings
@@ -234,8 +236,14 @@ def evaluate_images(
         check_inception()
 
     s = run.config.sample
-    steps = s.steps if steps is None else steps  # steps=0 is an error, not the run's default
-    sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    if sigmas is None:
+        steps = s.steps if steps is None else steps  # steps=0 is an error, not the run's default
+        sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
+    elif steps is not None:
+        raise ConfigError("give either steps or sigmas (a grid fixes its steps), not both")
+    else:
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)  # generate() checks it
+        steps = len(sigmas) - 1
     check_sample_count(n, run.dataset.shape)  # before example_conditions allocates n labels
     classifier, _ = load_classifier(classifier_dir)  # refuses a classifier of 2D points
     data_name, trained_on = run.config.data.name, classifier.record.data.name

@@ -364,6 +364,19 @@ def _candidates(problem: _Problem, method: str, baseline: torch.Tensor, levels, 
     return grids
 
 
+def _labels(cond, samples: int, device) -> torch.Tensor | None:
+    """tune_grid's cond as per-sample labels: None, one class for all, or `samples` labels."""
+    if cond is None:
+        return None
+    if isinstance(cond, torch.Tensor) and cond.dim() > 0:
+        if cond.shape != (samples,) or cond.is_floating_point():
+            raise ConfigError(
+                f"cond must be one class or {samples} integer labels, got shape {tuple(cond.shape)}"
+            )
+        return cond.to(device=device, dtype=torch.long)
+    return torch.full((samples,), int(cond), dtype=torch.long, device=device)
+
+
 def tune_grid(
     denoiser,
     shape: tuple[int, ...],
@@ -387,7 +400,8 @@ def tune_grid(
 
     GITS (Chen et al. 2024) and/or a direct search (Sabour et al. 2024; Xue et al. 2024), see the module
     docstring. Tuning samples are noise streams 0..samples-1 of `seed`, validation samples the next
-    `samples` streams (PerSampleNoise); cond is None or one class for all samples. The grid starts at
+    `samples` streams (PerSampleNoise); cond is None, one class for all samples, or `samples` class
+    labels (each set gets the same labels, e.g. the classes in turn as `eval` samples). The grid starts at
     sigma_max, keeps its nonzero levels >= sigma_min and ends in 0; the baseline is Karras (rho)."""
     start_time = time.perf_counter()
     steps = check_tunable(sampler, nfe)
@@ -402,7 +416,7 @@ def tune_grid(
     levels = torch.cat([fine.exp(), fine.new_zeros(1)])  # log-spaced, then 0
     levels[0], levels[-2] = sigma_max, sigma_min  # exactly, not exp(log(.))
     sampler_fn = get_sampler(sampler)
-    labels = None if cond is None else torch.full((samples,), int(cond), dtype=torch.long, device=device)
+    labels = _labels(cond, samples, device)
     x = [
         PerSampleNoise.from_seed(seed, samples, start=start, device=device).randn(shape, dtype) * sigma_max
         for start in (0, samples)
