@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from diffguide.cli.common import add_threads_arg, check_json_output, make_output_folder, write_json
+from diffguide.cli.common import (
+    add_device_arg,
+    add_threads_arg,
+    check_json_output,
+    device_of,
+    make_output_folder,
+    write_json,
+)
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError
 
@@ -52,6 +59,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out that `eval` did not write")
     p.add_argument("--samples", help="also write the samples as a PNG grid here")
     add_progress_flag(p)
+    add_device_arg(p)
     from diffguide.cli import guidance_args
 
     guidance_args.add_sample_args(p)
@@ -122,9 +130,10 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--n must be >= 2, got {args.n}")
     if args.k < 1:
         raise ConfigError(f"--k (neighbours for precision/recall) must be >= 1, got {args.k}")
+    device = device_of(args)
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     check_json_output(out, "eval", force=args.force, example="eval.json", legacy_keys=EVAL_KEYS)
-    run = load_run(args.run, args.checkpoint)
+    run = load_run(args.run, args.checkpoint, device=device)
     if run.dataset.kind != "images":
         raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
     clf = Path(args.classifier) if args.classifier else default_classifier_dir(run.config.data.name)
@@ -133,7 +142,7 @@ def cmd_eval(args) -> int:
         result, x = evaluate_images(
             run, denoiser, clf, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
             batch_size=args.batch_size, k=args.k, inception=args.inception,
-            callback=sampling_callback(bar),
+            callback=sampling_callback(bar), device=device,
         )  # fmt: skip
     result["guidance"] = {
         k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval", "rescale")

@@ -9,7 +9,7 @@ import math
 import warnings
 from pathlib import Path
 
-from diffguide.cli.common import add_force_flag, check_json_output
+from diffguide.cli.common import add_device_arg, add_force_flag, check_json_output, device_of
 from diffguide.errors import ConfigError, output_error
 
 # the keys of diffguide.samplers.tuning.METHODS, written here so that --help imports no torch (a test
@@ -47,6 +47,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
     p.add_argument("--out", help="grid file to write (default: RUN/grids/SAMPLER-nfeN[-GUIDANCE].json)")
     add_force_flag(p, "tune-grid")
+    add_device_arg(p)
     condition_args.add_condition_args(p)
     guidance_args.add_sample_args(p)
     p.set_defaults(func=cmd_tune_grid)
@@ -143,12 +144,13 @@ def cmd_tune_grid(args) -> int:
     lookup("tuning method", args.method, METHODS)
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    device = device_of(args)
     out = Path(args.out) if args.out else default_out(args)
     if out.suffix.lower() != ".json" or out.is_dir():
         raise ConfigError(f"a grid file is written as .json; got --out {str(out)!r}")
     # an earlier grid file (also one from before written_by named the command) is replaced without --force
     check_json_output(out, "tune-grid", force=args.force or _is_grid_file(out), example="grid.json")
-    run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
     cond = condition_args.build_condition(args, run, 1)
     if cond is not None and not isinstance(cond, int):
         raise ConfigError(
@@ -172,6 +174,7 @@ def cmd_tune_grid(args) -> int:
         dtype=torch.float32,  # a network's own precision, as `sample` runs it
         samples=args.samples,
         seed=args.seed,
+        device=device,
     )
     provenance = grid_provenance(args, run, tuned)
     try:

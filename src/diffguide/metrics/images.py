@@ -214,6 +214,7 @@ def evaluate_images(
     k: int = 3,
     inception: bool = False,
     callback=None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Generate n samples from `denoiser` (conditions like the training data's) and measure them.
 
@@ -224,7 +225,8 @@ def evaluate_images(
     With `inception`, its prerequisites are checked before anything is sampled; if Inception FID then
     fails anyway, the other metrics are still returned, with the error as `fid_inception_error`.
     callback: the sampler's step callback (docs/samplers.md), with "start" (generate's) and "steps"
-    (the number of sampler steps) added: a progress bar.
+    (the number of sampler steps) added: a progress bar. device: where the sampling runs (the
+    denoiser's device); the samples come back to the CPU, where the classifier measures them.
     """
     import time
     import warnings
@@ -244,10 +246,13 @@ def evaluate_images(
             f"classifier {str(classifier_dir)!r} was trained on {trained_on!r}, the run on {data_name!r}"
         )
     cond = example_conditions(run, n)
+    if isinstance(cond, dict):  # attribute conditions: generate slices them, it does not move them
+        cond = {key: value.to(device) for key, value in cond.items()}
     t0 = time.time()
     x = generate(
         denoiser, n, run.dataset.shape, sigmas=sigmas, sampler=sampler or s.sampler, seed=seed, cond=cond,
         batch_size=batch_size, callback=None if callback is None else _with_steps(callback, steps),
+        device=device,
     )  # fmt: skip
     seconds = time.time() - t0
     real, _ = run.dataset.heldout()
