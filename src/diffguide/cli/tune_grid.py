@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from diffguide.cli.common import add_device_arg, add_force_flag, check_json_output, device_of
+from diffguide.cli.progress import add_progress_flag, count_callback, finish, progress_bar
 from diffguide.errors import ConfigError, output_error
 
 # the keys of diffguide.samplers.tuning.METHODS, written here so that --help imports no torch (a test
@@ -47,6 +48,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
     p.add_argument("--out", help="grid file to write (default: RUN/grids/SAMPLER-nfeN[-GUIDANCE].json)")
     add_force_flag(p, "tune-grid")
+    add_progress_flag(p)
     add_device_arg(p)
     condition_args.add_condition_args(p)
     guidance_args.add_sample_args(p)
@@ -161,21 +163,14 @@ def cmd_tune_grid(args) -> int:
     sigma_min = s.sigma_min or run.process.sigma_min
     sigma_max = s.sigma_max or run.process.sigma_max
     print(f"tuning {args.sampler} at {args.nfe} evaluations for {run.config.name} ({args.method}) ...")
-    tuned = tune_grid(
-        denoiser,
-        tuple(run.dataset.shape),
-        args.sampler,
-        args.nfe,
-        sigma_min=sigma_min,
-        sigma_max=sigma_max,
-        rho=s.rho,
-        cond=cond,
-        method=args.method,
-        dtype=torch.float32,  # a network's own precision, as `sample` runs it
-        samples=args.samples,
-        seed=args.seed,
-        device=device,
-    )
+    with progress_bar(0, "tuning", "evaluations", enabled=not args.no_progress) as bar:
+        tuned = tune_grid(
+            denoiser, tuple(run.dataset.shape), args.sampler, args.nfe, sigma_min=sigma_min,
+            sigma_max=sigma_max, rho=s.rho, cond=cond, method=args.method,
+            dtype=torch.float32,  # a network's own precision, as `sample` runs it
+            samples=args.samples, seed=args.seed, device=device, progress=count_callback(bar),
+        )  # fmt: skip
+        finish(bar)
     provenance = grid_provenance(args, run, tuned)
     try:
         write_grid_file(out, tuned.sigmas, **provenance)
