@@ -172,3 +172,15 @@ def test_tune_grid_reports_every_evaluation_within_its_upper_bound(cli_run):
         assert [done for done, _ in seen] == list(range(1, len(calls) + 1))
         assert all(done <= total for done, total in seen)
         assert seen[0][1] >= len(calls), (method, seen[0][1], len(calls))  # the first total bounds them all
+
+
+@pytest.mark.e2e
+def test_train_classifier_draws_a_bar_on_a_terminal_and_none_with_no_progress(tmp_path):
+    argv = ["train-classifier", "--data", "digits", "--steps", "20", "--width", "8", "--feature-dim", "8"]
+    code, err = run_on_terminal(*argv, "--out", "a", cwd=tmp_path)
+    assert code == 0, err
+    assert "training classifier: 100%" in err and "20/20 steps [" in err, err
+    assert "Traceback" not in err
+    code, err = run_on_terminal(*argv, "--out", "b", "--no-progress", cwd=tmp_path)
+    assert code == 0, err
+    assert "training classifier:" not in err and "%|" not in err, err

@@ -35,6 +35,7 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="replace the classifier already in --out (or write into a non-empty folder)",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser(
@@ -86,16 +87,13 @@ def cmd_train_classifier(args) -> int:
         raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
     out = Path(args.out) if args.out else default_classifier_dir(args.data)
     check_classifier_out(out, args.force)
-    train_classifier(
-        DataConfig(name=args.data, path=args.data_path, conditional=True),
-        out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        width=args.width,
-        feature_dim=args.feature_dim,
-        seed=args.seed,
-    )
+    with progress_bar(args.steps, "training classifier", "steps", enabled=not args.no_progress) as bar:
+        train_classifier(
+            DataConfig(name=args.data, path=args.data_path, conditional=True), out, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, width=args.width, feature_dim=args.feature_dim,
+            seed=args.seed, log=bar.write,  # the loss lines above the bar, not through it
+            progress=lambda done: bar.update(done - bar.n),
+        )  # fmt: skip
     print(f"classifier written to {out}")
     return 0
 
