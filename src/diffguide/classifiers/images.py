@@ -27,7 +27,7 @@ from diffguide.classifiers.record import (
 from diffguide.data import make_dataset
 from diffguide.data.images import to_unit
 from diffguide.data.registry import DataConfig
-from diffguide.errors import CheckpointError, output_error
+from diffguide.errors import CheckpointError, ConfigError, output_error
 
 
 @dataclass
@@ -169,6 +169,12 @@ def train_classifier(
     steps done after each step (a progress bar)."""
     data = DataConfig(**{**asdict(data), "conditional": True})
     dataset = make_dataset(data)
+    if getattr(dataset, "kind", "points") != "images":
+        raise ConfigError(
+            f"dataset {data.name!r} is {dataset.kind} data; this classifier is an image feature classifier: "
+            "give an image dataset (digits, mnist, fashion-mnist, cryptopunks, ...); a 2D run's noise-"
+            "conditional classifier is trained with `diffguide train ... --with-classifier`"
+        )
     if not dataset.num_classes:
         raise CheckpointError(
             f"dataset {data.name!r} has no labels; a classifier needs classes or attributes"

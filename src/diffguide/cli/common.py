@@ -149,7 +149,7 @@ def check_json_output(
         )
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; give a .json file, e.g. --out {out / example}")
-    _check_writable_place(out)
+    check_writable_place(out)
     in_run = run_folder_of(out)
     writer = json_writer(out, legacy_keys) if out.is_file() else None
     if in_run is not None:
@@ -168,7 +168,7 @@ def check_json_output(
     return out
 
 
-def _check_writable_place(out: Path) -> None:
+def check_writable_place(out: Path) -> None:
     """A path under a file, or in a folder we cannot write to: our error now, not after the work."""
     existing = next(p for p in out.absolute().parents if p.exists())  # the root always exists
     if not existing.is_dir():

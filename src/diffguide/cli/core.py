@@ -164,6 +164,11 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args)
     run_dir = Path(args.out) / cfg.name
+    if args.resume and not (run_dir / "config.json").is_file():
+        raise ConfigError(
+            f"--resume: there is no run {str(run_dir)!r} to resume (no config.json there); check --out and "
+            "--name, or drop --resume to start a new run"
+        )
     before = checkpoint_stamps(run_dir)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     if args.resume and checkpoint_stamps(run_dir) == before:  # a finished run: train() said so, did nothing

@@ -9,8 +9,8 @@ from diffguide.cli.common import (
     add_device_arg,
     add_threads_arg,
     check_json_output,
+    check_writable_place,
     device_of,
-    make_output_folder,
     write_json,
 )
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
@@ -44,6 +44,7 @@ def add_parsers(sub) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--classifier", help="classifier folder (default: runs/classifier-DATA)")
     p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
+    p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA (guides too)")
     p.add_argument("--n", type=int, default=2000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="sampler name (default: the run's)")
@@ -105,8 +106,8 @@ def check_classifier_out(out: Path, force: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder for the classifier")
-    make_output_folder(out / RECORD_FILE)  # an unwritable place fails now, not after training
-    if force or not any(out.iterdir()):
+    check_writable_place(out / RECORD_FILE)  # an unwritable place fails now, not after training
+    if force or not out.is_dir() or not any(out.iterdir()):
         return
     if (out / RECORD_FILE).exists():
         raise ConfigError(
@@ -131,7 +132,7 @@ def cmd_eval(args) -> int:
     device = device_of(args)
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     check_json_output(out, "eval", force=args.force, example="eval.json", legacy_keys=EVAL_KEYS)
-    run = load_run(args.run, args.checkpoint, device=device)
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
     if run.dataset.kind != "images":
         raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
     clf = Path(args.classifier) if args.classifier else default_classifier_dir(run.config.data.name)
@@ -143,8 +144,8 @@ def cmd_eval(args) -> int:
             callback=sampling_callback(bar), device=device,
         )  # fmt: skip
     result["guidance"] = {
-        k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval", "rescale")
-    }
+        k: v for k, v in vars(args).items() if k in ("guidance", "w_cfg", "guide", "interval", "rescale")
+    } | {"w": guidance_args.weight(args)}
     write_json(out, result, written_by="diffguide eval")
     for key, value in result.items():
         if isinstance(value, float):

@@ -57,10 +57,12 @@ def add_parsers(sub) -> None:
 
 def guidance_record(args) -> dict:
     """The guidance options that shape the trajectories, as saved in a grid file ({} without guidance)."""
+    from diffguide.cli import guidance_args
+
     kind = getattr(args, "guidance", "none") or "none"
     record = {}
     if kind != "none":
-        record = {"kind": kind, "w": float(args.w)}
+        record = {"kind": kind, "w": float(guidance_args.weight(args))}
         if kind == "cfg+auto" and getattr(args, "w_cfg", None) is not None:
             record["w_cfg"] = float(args.w_cfg)
         for name in ("guide", "interval"):
