@@ -159,6 +159,31 @@ CASES = {
         ["sample", "run", "--n", "5", "--sampler", "ddim", "--sampler-option", "eta=inf", "--out", "x.npz"],
         "option eta of sampler 'ddim' must be a finite number >= 0, got inf",
     ),
+    # guidance options that would be ignored, or a range that is empty or NaN
+    "sample-w-without-guidance": (
+        ["sample", "run", "--out", "x.npz", "--w", "3"],
+        "--w 3 applies to a guidance method and would be ignored without one: add --guidance KIND",
+    ),
+    "sample-guide-without-guidance": (
+        ["sample", "run", "--out", "x.npz", "--guide", "run"],
+        "--guide applies to --guidance auto, classifier or cfg+auto, not none",
+    ),
+    "sample-interval-upside-down": (
+        ["sample", "run", "--out", "x.npz", "--guidance", "auto", "--guide", "run", "--interval", "0.5", "0.05"],
+        "--interval needs 0 <= LO < HI (sigmas), got 0.5 0.05",
+    ),
+    "sample-interval-nan": (
+        ["sample", "run", "--out", "x.npz", "--guidance", "auto", "--guide", "run", "--interval", "nan", "1"],
+        "--interval needs 0 <= LO < HI (sigmas), got nan 1",
+    ),
+    "train-classifier-points-data": (
+        ["train-classifier", "--data", "tree", "--out", "clf"],
+        "dataset 'tree' is points data; this classifier is an image feature classifier",
+    ),
+    "train-resume-missing-run": (
+        ["train", "--preset", "tiny", "--out", ".", "--name", "never", "--resume"],
+        "--resume: there is no run 'never' to resume (no config.json there)",
+    ),
     # resume: every differing key named with both values; train.steps may grow, not shrink
     "train-resume-changed-config": (
         ["train", "--config", "run/config.json", "--out", ".", "--name", "run", "--resume",

@@ -126,3 +126,61 @@ def test_train_bar_moves_from_step_1(tmp_path, monkeypatch, capsys):
     train(cfg, tmp_path / "run", progress=True)
     assert positions == [1, 2, 3, 4, 5, 6]
     assert "6/6" in capsys.readouterr().err
+
+
+def test_tune_grid_draws_a_bar_on_a_terminal_and_none_with_no_progress(cli_run, tmp_path):
+    """tune-grid counts denoiser evaluations against an upper bound, and ends at 100% of those done."""
+    argv = [
+        "tune-grid",
+        str(cli_run),
+        "--sampler",
+        "euler",
+        "--nfe",
+        "4",
+        "--method",
+        "gits",
+        "--samples",
+        "8",
+    ]
+    code, err = run_on_terminal(*argv, "--out", "a.json", cwd=tmp_path)
+    assert code == 0, err
+    assert "tuning: 100%" in err and "evaluations [" in err and "<" in err, err
+    assert "Traceback" not in err
+    code, err = run_on_terminal(*argv, "--out", "b.json", "--no-progress", cwd=tmp_path)
+    assert code == 0, err
+    assert "tuning:" not in err and "%|" not in err, err
+
+
+def test_tune_grid_reports_every_evaluation_within_its_upper_bound(cli_run):
+    """tune_grid's progress: (done, total) after each denoiser evaluation, done counting 1, 2, 3, ...
+    (checked against a counting denoiser), never above the announced total, which is an upper bound."""
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.tuning import tune_grid
+
+    run = load_run(cli_run)
+    calls = []
+
+    def counting(x, sigma, cond=None):
+        calls.append(len(x))
+        return run.denoiser(x, sigma, cond)
+
+    for method in ("gits", "direct"):
+        calls.clear()
+        seen = []
+        tune_grid(counting, (2,), "euler", 3, samples=4, method=method, max_evals=20, fine_levels=12,
+                  substeps=2, progress=lambda done, total, seen=seen: seen.append((done, total)))  # fmt: skip
+        assert [done for done, _ in seen] == list(range(1, len(calls) + 1))
+        assert all(done <= total for done, total in seen)
+        assert seen[0][1] >= len(calls), (method, seen[0][1], len(calls))  # the first total bounds them all
+
+
+@pytest.mark.e2e
+def test_train_classifier_draws_a_bar_on_a_terminal_and_none_with_no_progress(tmp_path):
+    argv = ["train-classifier", "--data", "digits", "--steps", "20", "--width", "8", "--feature-dim", "8"]
+    code, err = run_on_terminal(*argv, "--out", "a", cwd=tmp_path)
+    assert code == 0, err
+    assert "training classifier: 100%" in err and "20/20 steps [" in err, err
+    assert "Traceback" not in err
+    code, err = run_on_terminal(*argv, "--out", "b", "--no-progress", cwd=tmp_path)
+    assert code == 0, err
+    assert "training classifier:" not in err and "%|" not in err, err

@@ -4,6 +4,7 @@ moved at every sampler step, on a terminal only and never with --no-progress."""
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from diffguide.grids import make_sigmas
 from diffguide.mixtures import tree_mixture
 from diffguide.samplers.generation import generate, sampling_callback
 from diffguide.study.bars import phase_bar
+from diffguide.study.guidance_bench import DATASETS
 from tests.cli.test_progress import run_on_terminal
 
 
@@ -60,5 +62,19 @@ def test_demo_draws_training_and_sampling_bars_on_a_terminal_and_none_with_no_pr
         assert label in err, err
     # again into its own folder (no --force needed; the runs are reused) without bars
     code, err = run_on_terminal("demo", "--fast", "--out", out, "--no-progress", cwd=tmp_path)
+    assert code == 0, err
+    assert "%|" not in err and "sampling" not in err, err
+
+
+@pytest.mark.e2e
+def test_guidance_bench_draws_its_bars_on_a_terminal_and_none_with_no_progress(tmp_path):
+    out = str(tmp_path / "bench")
+    code, err = run_on_terminal("guidance-bench", "--out", out, cwd=tmp_path)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "300/300" in err, err  # the training bars (the demo's --fast sizes)
+    for name in DATASETS:  # one bar over each dataset's sample sets, filled to the end
+        assert re.search(rf"{re.escape(name)}: sampling \d+ sets: 100%", err), err
+    code, err = run_on_terminal("guidance-bench", "--out", out, "--no-progress", cwd=tmp_path)
     assert code == 0, err
     assert "%|" not in err and "sampling" not in err, err

@@ -9,6 +9,7 @@ record, kind "images": see classifiers/record.py) + model.safetensors; rebuilt f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from diffguide.classifiers.record import (
 from diffguide.data import make_dataset
 from diffguide.data.images import to_unit
 from diffguide.data.registry import DataConfig
-from diffguide.errors import CheckpointError, output_error
+from diffguide.errors import CheckpointError, ConfigError, output_error
 
 
 @dataclass
@@ -160,10 +161,20 @@ def train_classifier(
     feature_dim: int = 64,
     seed: int = 0,
     log=print,
+    progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Train the dataset's classifier on its training split (light noise augmentation) and save it."""
+    """Train the dataset's classifier on its training split (light noise augmentation) and save it.
+
+    log: where the loss is reported (every tenth of the steps); progress: called with the number of
+    steps done after each step (a progress bar)."""
     data = DataConfig(**{**asdict(data), "conditional": True})
     dataset = make_dataset(data)
+    if getattr(dataset, "kind", "points") != "images":
+        raise ConfigError(
+            f"dataset {data.name!r} is {dataset.kind} data; this classifier is an image feature classifier: "
+            "give an image dataset (digits, mnist, fashion-mnist, cryptopunks, ...); a 2D run's noise-"
+            "conditional classifier is trained with `diffguide train ... --with-classifier`"
+        )
     if not dataset.num_classes:
         raise CheckpointError(
             f"dataset {data.name!r} has no labels; a classifier needs classes or attributes"
@@ -200,6 +211,8 @@ def train_classifier(
         loss.backward()
         opt.step()
         sched.step()
+        if progress is not None:
+            progress(step + 1)
         if log and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
             log(f"step {step + 1}/{steps}  loss {loss.item():.4f}")
     model.eval()

@@ -115,12 +115,13 @@ class ExactClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         m = self.mixture
-        sigma = batch_sigma(sigma, x.to(torch.float64))
+        xm = x.to(m.weights.device)  # the mixture's tensors stay where they are (the CPU); x may be on a GPU
+        sigma = batch_sigma(sigma, xm.to(torch.float64))
         cols = []
         for y in range(m.num_classes):
             prior = m.weights[m.classes == y].sum().log()
-            cols.append(prior + m.log_prob(x, sigma, torch.full((x.shape[0],), y)))
-        return torch.stack(cols, 1).to(x.dtype)
+            cols.append(prior + m.log_prob(xm, sigma, torch.full((x.shape[0],), y)))
+        return torch.stack(cols, 1).to(x.device, x.dtype)
 
 
 def train_classifier(

@@ -27,6 +27,37 @@ def add_threads_arg(p) -> None:
     )
 
 
+def add_device_arg(p) -> None:
+    """--device: where the command's network runs (sample, eval, likelihood, tune-grid, ...)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (default: the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps; "
+        "the noise is drawn on the CPU, so devices agree up to float rounding",
+    )
+
+
+def device_of(args):
+    """The torch device of --device, checked (name, then whether this machine has it) before any file
+    is written: one line naming --device, the devices there are and the fix."""
+    from diffguide.config.validate import check_device_name
+    from diffguide.train.devices import resolve_device
+
+    check_device_name(args.device, "--device")
+    return resolve_device(args.device, flag="--device")
+
+
+def conditions_to(cond, device):
+    """A condition (None, a class, labels, or a dict of per-sample tensors) with its tensors on
+    `device` (generate moves plain labels itself, not a dict's)."""
+    import torch
+
+    if isinstance(cond, dict):
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in cond.items()}
+    return cond.to(device) if torch.is_tensor(cond) else cond
+
+
 def add_force_flag(p, command: str, help: str | None = None) -> None:
     """--force: replace an existing output that `command` did not write (see docs/bad-input.md)."""
     p.add_argument(
@@ -118,7 +149,7 @@ def check_json_output(
         )
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; give a .json file, e.g. --out {out / example}")
-    _check_writable_place(out)
+    check_writable_place(out)
     in_run = run_folder_of(out)
     writer = json_writer(out, legacy_keys) if out.is_file() else None
     if in_run is not None:
@@ -137,7 +168,7 @@ def check_json_output(
     return out
 
 
-def _check_writable_place(out: Path) -> None:
+def check_writable_place(out: Path) -> None:
     """A path under a file, or in a folder we cannot write to: our error now, not after the work."""
     existing = next(p for p in out.absolute().parents if p.exists())  # the root always exists
     if not existing.is_dir():

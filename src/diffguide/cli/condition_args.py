@@ -92,5 +92,8 @@ def sampler_and_callback(args, run, sampler):
         from diffguide.data.punks import BACKGROUND
 
         background = BACKGROUND
-    known = load_image(inpaint, shape, background)
-    return inpainting_sampler(sampler, known, load_mask(mask, shape)), callback
+    from diffguide.guidance.spec import model_device
+
+    device = model_device(run.denoiser)  # --device: the image and mask go where the samples are
+    known = load_image(inpaint, shape, background).to(device)
+    return inpainting_sampler(sampler, known, load_mask(mask, shape).to(device)), callback

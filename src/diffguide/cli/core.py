@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffguide.cli.common import (
+    add_device_arg,
     add_force_flag,
     add_threads_arg,
     check_outputs,
+    conditions_to,
+    device_of,
     make_output_folder,
     write_json,
 )
@@ -83,6 +86,7 @@ def add_parsers(sub) -> None:
         "sliced W2) printed and written to OUT_STEM.metrics.json",
     )
     add_progress_flag(p)
+    add_device_arg(p)
     add_sample_extras(p)
     p.set_defaults(func=cmd_sample)
 
@@ -160,6 +164,11 @@ def cmd_train(args) -> int:
 
     cfg = resolve_config(args)
     run_dir = Path(args.out) / cfg.name
+    if args.resume and not (run_dir / "config.json").is_file():
+        raise ConfigError(
+            f"--resume: there is no run {str(run_dir)!r} to resume (no config.json there); check --out and "
+            "--name, or drop --resume to start a new run"
+        )
     before = checkpoint_stamps(run_dir)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     if args.resume and checkpoint_stamps(run_dir) == before:  # a finished run: train() said so, did nothing
@@ -188,10 +197,11 @@ def cmd_sample(args) -> int:
     from diffguide.samplers.generation import check_sample_count, generate
     from diffguide.samplers.registry import sampler_options
 
+    device = device_of(args)  # before anything is read or written
     if args.diffusers is not None or args.run is None:
         from diffguide.cli.diffusers_args import cmd_sample_diffusers
 
-        return cmd_sample_diffusers(args)  # also refuses a run folder together with --diffusers
+        return cmd_sample_diffusers(args, device)  # also refuses a run folder together with --diffusers
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     if args.encoder_hidden_states or args.null_encoder_hidden_states:
@@ -199,7 +209,7 @@ def cmd_sample(args) -> int:
             "--encoder-hidden-states and --null-encoder-hidden-states are for --diffusers DIR "
             "(a UNet2DConditionModel), not for a run folder"
         )
-    run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
     prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
     check_outputs(Path(args.out), sample_companions(args, run), "sample", args.force)
     check_sample_count(args.n, run.dataset.shape)  # before the conditions for n samples are built
@@ -207,17 +217,17 @@ def cmd_sample(args) -> int:
     steps = s.steps if args.steps is None else args.steps  # --steps 0 is an error, not the default
     sigmas, grid_sampler = sampling_grid(args, run, steps)  # --grid NAME or --grid FILE
     cond = condition_args.build_condition(args, run, args.n)
-    denoiser = guidance_args.guided_denoiser(args, run)
+    denoiser = guidance_args.guided_denoiser(args, run)  # guides load on the run's device
     sampler_name = args.sampler or grid_sampler or s.sampler
     options = sampler_options(sampler_name, args.sampler_option)
     sampler = sampler_for(denoiser, sampler_name)  # CFG++ brings its own step
     sampler, callback = condition_args.sampler_and_callback(args, run, sampler)
     with progress_bar(args.n, "sampling", "samples", enabled=not args.no_progress) as bar:
         x = generate(
-            denoiser, args.n, run.dataset.shape, sigmas=sigmas, sampler=sampler, seed=args.seed, cond=cond,
-            batch_size=args.batch_size, callback=sampling_callback(bar, len(sigmas) - 1, callback),
-            sampler_kwargs=options,
-        )  # fmt: skip
+            denoiser, args.n, run.dataset.shape, sigmas=sigmas, sampler=sampler, seed=args.seed,
+            cond=conditions_to(cond, device), batch_size=args.batch_size, device=device,
+            callback=sampling_callback(bar, len(sigmas) - 1, callback), sampler_kwargs=options,
+        )  # [n, ...] on the CPU  # fmt: skip
     write_samples(
         Path(args.out), x, run, cond, exact_metrics=not args.no_metrics, per_sample=args.per_sample,
         progress=callback,

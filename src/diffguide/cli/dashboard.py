@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from diffguide.cli.common import add_device_arg, device_of
 from diffguide.errors import ConfigError
 
 
@@ -27,6 +28,7 @@ def add_parsers(sub) -> None:
         help="address to bind (default 127.0.0.1, this machine only; anyone who can reach another "
         "address can launch training)",
     )
+    add_device_arg(p)
     p.set_defaults(func=cmd_dashboard)
 
 
@@ -76,17 +78,23 @@ def cmd_dashboard(args) -> int:
             "the dashboard needs Streamlit: pip install streamlit (or `make venv`, which installs it)"
         ) from None
     from diffguide.dashboard import app_path
-    from diffguide.dashboard.ui import ENV_RUNS
+    from diffguide.dashboard.ui import ENV_DEVICE, ENV_RUNS
 
+    device = device_of(args)  # the pages load their models there
     runs = Path(args.runs).expanduser().absolute()
     if runs.exists() and not runs.is_dir():
         raise ConfigError(f"--runs {args.runs!r} is a file, not a folder")
     runs.mkdir(parents=True, exist_ok=True)
     port = free_port(args.host) if args.port == 0 else args.port
     check_port(args.host, port)
-    env = {**os.environ, ENV_RUNS: str(runs), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {
+        **os.environ, ENV_RUNS: str(runs), ENV_DEVICE: str(device), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"
+    }  # fmt: skip
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"diffguide dashboard: http://{shown}:{port}  (runs folder: {runs}; Ctrl+C to stop)", flush=True)
+    print(
+        f"diffguide dashboard: http://{shown}:{port}  (runs folder: {runs}; device: {device}; Ctrl+C to stop)",
+        flush=True,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can launch training", flush=True)
     proc = subprocess.Popen(server_command(app_path(), args.host, port), env=env)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffguide.cli.common import check_outputs, grid_overrides, make_output_folder
+from diffguide.cli.common import check_outputs, conditions_to, grid_overrides, make_output_folder
 from diffguide.cli.progress import progress_bar, sampling_callback
 from diffguide.cli.tune_grid import guidance_record
 from diffguide.errors import ConfigError, output_error
@@ -235,7 +235,7 @@ def sampling_grid(args, model):
     return grid.sigmas, args.sampler or grid.sampler or DEFAULT_SAMPLER
 
 
-def cmd_sample_diffusers(args) -> int:
+def cmd_sample_diffusers(args, device="cpu") -> int:
     import numpy as np
 
     from diffguide.adapters.diffusers import load_diffusers
@@ -251,7 +251,7 @@ def cmd_sample_diffusers(args) -> int:
         beside.append(out.with_suffix(".gif"))
     check_outputs(out, beside, "sample", args.force)
     make_output_folder(out)
-    model = load_diffusers(args.diffusers)
+    model = load_diffusers(args.diffusers, device=device)
     sigmas, sampler = sampling_grid(args, model)
     options = sampler_options(sampler, getattr(args, "sampler_option", []))
     cond, labels = build_condition(args, model, args.n)
@@ -263,7 +263,7 @@ def cmd_sample_diffusers(args) -> int:
         x = generate(
             denoiser, args.n, model.shape, sigmas=sigmas,
             sampler=sampler_for(denoiser, sampler),  # CFG++ brings its own step
-            seed=args.seed, cond=cond, batch_size=args.batch_size,
+            seed=args.seed, cond=conditions_to(cond, device), batch_size=args.batch_size, device=device,
             callback=sampling_callback(bar, len(sigmas) - 1, callback), sampler_kwargs=options,
         )  # [n, C, H, W], in the model's data range (usually [-1, 1])  # fmt: skip
     if out.suffix.lower() == ".npz":

@@ -23,6 +23,7 @@ METHOD_NAMES = (
 )  # fmt: skip
 
 # how the guidance builder's messages name each GuidanceSpec field on the command line
+DEFAULT_W = 2.0  # --w when it is not given
 CLI_NAMES = {
     "kind": "--guidance",
     "w": "--w",
@@ -68,7 +69,9 @@ def add_sample_args(p) -> None:
         metavar="KIND",
         help=f"{' | '.join(METHOD_NAMES)} (default: none)",
     )
-    g.add_argument("--w", type=float, default=2.0, help="guidance weight, ours: 1 = none (default: 2)")
+    g.add_argument(
+        "--w", type=float, help=f"guidance weight, ours: 1 = none (default: {DEFAULT_W:g}; needs --guidance)"
+    )
     g.add_argument(
         "--w-cfg",
         type=float,
@@ -154,18 +157,39 @@ def after_train(args, cfg, run_dir) -> None:
         print(f"classifier written to {out} (noted in {run_dir / 'guidance.json'})")
 
 
+def weight(args) -> float:
+    """--w, or DEFAULT_W when it is not given."""
+    w = getattr(args, "w", None)
+    return DEFAULT_W if w is None else w
+
+
+def check_options_apply(args, kind: str) -> None:
+    """--w without --guidance would be ignored; an --interval must be a range 0 <= LO < HI."""
+    if kind == "none" and getattr(args, "w", None) is not None:
+        raise ConfigError(
+            f"--w {args.w:g} applies to a guidance method and would be ignored without one: add --guidance "
+            "KIND (e.g. --guidance cfg or auto), or drop --w"
+        )
+    interval = getattr(args, "interval", None)
+    if interval is not None and not 0 <= interval[0] < interval[1]:  # written so that NaN fails too
+        raise ConfigError(
+            f"--interval needs 0 <= LO < HI (sigmas), got {interval[0]:g} {interval[1]:g}; e.g. --interval 0.3 5"
+        )
+
+
 def guidance_spec(args) -> GuidanceSpec:
     """The GuidanceSpec of --guidance, --w, --w-cfg, --guide, --interval, --rescale, --clip-denoised and
     --raw (guide runs load raw weights too); --guide is the classifier folder with --guidance classifier."""
     from diffguide.guidance.spec import GuidanceSpec
 
     kind = getattr(args, "guidance", "none") or "none"
+    check_options_apply(args, kind)
     guide = getattr(args, "guide", None)
     interval = getattr(args, "interval", None)
     clip = getattr(args, "clip_denoised", None)
     return GuidanceSpec(
         kind=kind,
-        w=getattr(args, "w", 1.0),
+        w=weight(args),
         w_cfg=getattr(args, "w_cfg", None),
         interval=None if interval is None else tuple(interval),
         rescale=getattr(args, "rescale", 0.0) or 0.0,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from diffguide.cli.common import add_threads_arg, check_json_output, make_output_folder, write_json
+from diffguide.cli.common import (
+    add_device_arg,
+    add_threads_arg,
+    check_json_output,
+    check_writable_place,
+    device_of,
+    write_json,
+)
 from diffguide.cli.progress import add_progress_flag, progress_bar, sampling_callback
 from diffguide.errors import ConfigError
 
@@ -28,6 +35,7 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="replace the classifier already in --out (or write into a non-empty folder)",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser(
@@ -36,6 +44,7 @@ def add_parsers(sub) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--classifier", help="classifier folder (default: runs/classifier-DATA)")
     p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
+    p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA (guides too)")
     p.add_argument("--n", type=int, default=2000, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="sampler name (default: the run's)")
@@ -52,6 +61,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out that `eval` did not write")
     p.add_argument("--samples", help="also write the samples as a PNG grid here")
     add_progress_flag(p)
+    add_device_arg(p)
     from diffguide.cli import guidance_args
 
     guidance_args.add_sample_args(p)
@@ -78,16 +88,13 @@ def cmd_train_classifier(args) -> int:
         raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
     out = Path(args.out) if args.out else default_classifier_dir(args.data)
     check_classifier_out(out, args.force)
-    train_classifier(
-        DataConfig(name=args.data, path=args.data_path, conditional=True),
-        out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        width=args.width,
-        feature_dim=args.feature_dim,
-        seed=args.seed,
-    )
+    with progress_bar(args.steps, "training classifier", "steps", enabled=not args.no_progress) as bar:
+        train_classifier(
+            DataConfig(name=args.data, path=args.data_path, conditional=True), out, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, width=args.width, feature_dim=args.feature_dim,
+            seed=args.seed, log=bar.write,  # the loss lines above the bar, not through it
+            progress=lambda done: bar.update(done - bar.n),
+        )  # fmt: skip
     print(f"classifier written to {out}")
     return 0
 
@@ -99,8 +106,8 @@ def check_classifier_out(out: Path, force: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder for the classifier")
-    make_output_folder(out / RECORD_FILE)  # an unwritable place fails now, not after training
-    if force or not any(out.iterdir()):
+    check_writable_place(out / RECORD_FILE)  # an unwritable place fails now, not after training
+    if force or not out.is_dir() or not any(out.iterdir()):
         return
     if (out / RECORD_FILE).exists():
         raise ConfigError(
@@ -122,9 +129,10 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--n must be >= 2, got {args.n}")
     if args.k < 1:
         raise ConfigError(f"--k (neighbours for precision/recall) must be >= 1, got {args.k}")
+    device = device_of(args)
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     check_json_output(out, "eval", force=args.force, example="eval.json", legacy_keys=EVAL_KEYS)
-    run = load_run(args.run, args.checkpoint)
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
     if run.dataset.kind != "images":
         raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
     clf = Path(args.classifier) if args.classifier else default_classifier_dir(run.config.data.name)
@@ -133,11 +141,11 @@ def cmd_eval(args) -> int:
         result, x = evaluate_images(
             run, denoiser, clf, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
             batch_size=args.batch_size, k=args.k, inception=args.inception,
-            callback=sampling_callback(bar),
+            callback=sampling_callback(bar), device=device,
         )  # fmt: skip
     result["guidance"] = {
-        k: v for k, v in vars(args).items() if k in ("guidance", "w", "w_cfg", "guide", "interval", "rescale")
-    }
+        k: v for k, v in vars(args).items() if k in ("guidance", "w_cfg", "guide", "interval", "rescale")
+    } | {"w": guidance_args.weight(args)}
     write_json(out, result, written_by="diffguide eval")
     for key, value in result.items():
         if isinstance(value, float):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffguide.cli.common import add_threads_arg, check_json_output, write_json
+from diffguide.cli.common import add_device_arg, add_threads_arg, check_json_output, device_of, write_json
 from diffguide.cli.progress import add_progress_flag, likelihood_callback, progress_bar
 from diffguide.errors import ConfigError
 
@@ -43,6 +43,7 @@ def add_parsers(sub) -> None:
         "--force", action="store_true", help="replace an existing --out that `likelihood` did not write"
     )
     add_progress_flag(p)
+    add_device_arg(p)
     add_threads_arg(p)
     p.set_defaults(func=cmd_likelihood)
 
@@ -55,12 +56,13 @@ def cmd_likelihood(args) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     check_solver_options(args.rtol, args.atol, args.method, args.sigma_min, args.sigma_max)
+    device = device_of(args)
     out = None
     if args.out is not None:  # checked before the model is even loaded
         out = check_json_output(
             args.out, "likelihood", force=args.force, example="likelihood.json", legacy_keys=LIKELIHOOD_KEYS
         )
-    run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
     with progress_bar(args.n, "likelihood", "points", enabled=not args.no_progress) as bar:
         result = run_likelihood(
             run, args.n, seed=args.seed, batch_size=args.batch_size, conditional=args.conditional,

@@ -1,11 +1,12 @@
-"""Progress bars for the slow commands (sample, eval, likelihood), fed by the step callback.
+"""Progress bars for the slow commands (sample, eval, likelihood, tune-grid), fed by the step callback.
 
 One bar per command, on stderr, counting samples (or data points) with an elapsed time and an ETA.
 The bar is drawn only on a terminal (tqdm's disable=None), so logs and pipes stay clean, and not at
 all with --no-progress. It is fed by the sampler callback (docs/samplers.md: {"i", "x", "sigma",
 "sigma_next", "denoised"}, plus "start" from `generate`), so it moves once per sampler step and
 redraws at least every half second while steps keep coming; a likelihood solve feeds it the noise
-level its ODE solver has reached. tqdm is imported inside, so building the parser stays fast.
+level its ODE solver has reached; tune-grid's counts denoiser evaluations against an upper bound of
+them (its searches may stop early). tqdm is imported inside, so building the parser stays fast.
 """
 
 from __future__ import annotations
@@ -70,3 +71,23 @@ def likelihood_callback(bar) -> Callable[[dict], None]:
             bar.update(done - bar.n)
 
     return callback
+
+
+def count_callback(bar) -> Callable[[int, int], None]:
+    """A progress(done, total) callback (tune_grid's denoiser evaluations) that moves `bar` to done of
+    total; the total may change as the work goes (an upper bound that is revised)."""
+
+    def callback(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    return callback
+
+
+def finish(bar) -> None:
+    """Close the count at what was done: work that stopped short of its upper bound shows 100%."""
+    if bar.n and bar.total != bar.n:
+        bar.total = bar.n
+        bar.refresh()

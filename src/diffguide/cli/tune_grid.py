@@ -9,7 +9,8 @@ import math
 import warnings
 from pathlib import Path
 
-from diffguide.cli.common import add_force_flag, check_json_output
+from diffguide.cli.common import add_device_arg, add_force_flag, check_json_output, device_of
+from diffguide.cli.progress import add_progress_flag, count_callback, finish, progress_bar
 from diffguide.errors import ConfigError, output_error
 
 # the keys of diffguide.samplers.tuning.METHODS, written here so that --help imports no torch (a test
@@ -47,6 +48,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
     p.add_argument("--out", help="grid file to write (default: RUN/grids/SAMPLER-nfeN[-GUIDANCE].json)")
     add_force_flag(p, "tune-grid")
+    add_progress_flag(p)
+    add_device_arg(p)
     condition_args.add_condition_args(p)
     guidance_args.add_sample_args(p)
     p.set_defaults(func=cmd_tune_grid)
@@ -54,10 +57,12 @@ def add_parsers(sub) -> None:
 
 def guidance_record(args) -> dict:
     """The guidance options that shape the trajectories, as saved in a grid file ({} without guidance)."""
+    from diffguide.cli import guidance_args
+
     kind = getattr(args, "guidance", "none") or "none"
     record = {}
     if kind != "none":
-        record = {"kind": kind, "w": float(args.w)}
+        record = {"kind": kind, "w": float(guidance_args.weight(args))}
         if kind == "cfg+auto" and getattr(args, "w_cfg", None) is not None:
             record["w_cfg"] = float(args.w_cfg)
         for name in ("guide", "interval"):
@@ -143,12 +148,13 @@ def cmd_tune_grid(args) -> int:
     lookup("tuning method", args.method, METHODS)
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    device = device_of(args)
     out = Path(args.out) if args.out else default_out(args)
     if out.suffix.lower() != ".json" or out.is_dir():
         raise ConfigError(f"a grid file is written as .json; got --out {str(out)!r}")
     # an earlier grid file (also one from before written_by named the command) is replaced without --force
     check_json_output(out, "tune-grid", force=args.force or _is_grid_file(out), example="grid.json")
-    run = load_run(args.run, args.checkpoint, use_ema=not args.raw)
+    run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
     cond = condition_args.build_condition(args, run, 1)
     if cond is not None and not isinstance(cond, int):
         raise ConfigError(
@@ -159,20 +165,14 @@ def cmd_tune_grid(args) -> int:
     sigma_min = s.sigma_min or run.process.sigma_min
     sigma_max = s.sigma_max or run.process.sigma_max
     print(f"tuning {args.sampler} at {args.nfe} evaluations for {run.config.name} ({args.method}) ...")
-    tuned = tune_grid(
-        denoiser,
-        tuple(run.dataset.shape),
-        args.sampler,
-        args.nfe,
-        sigma_min=sigma_min,
-        sigma_max=sigma_max,
-        rho=s.rho,
-        cond=cond,
-        method=args.method,
-        dtype=torch.float32,  # a network's own precision, as `sample` runs it
-        samples=args.samples,
-        seed=args.seed,
-    )
+    with progress_bar(0, "tuning", "evaluations", enabled=not args.no_progress) as bar:
+        tuned = tune_grid(
+            denoiser, tuple(run.dataset.shape), args.sampler, args.nfe, sigma_min=sigma_min,
+            sigma_max=sigma_max, rho=s.rho, cond=cond, method=args.method,
+            dtype=torch.float32,  # a network's own precision, as `sample` runs it
+            samples=args.samples, seed=args.seed, device=device, progress=count_callback(bar),
+        )  # fmt: skip
+        finish(bar)
     provenance = grid_provenance(args, run, tuned)
     try:
         write_grid_file(out, tuned.sigmas, **provenance)

@@ -92,14 +92,15 @@ def check_train(t: TrainConfig) -> None:
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
-def check_device_name(name: str) -> None:
-    """train.device is one of DEVICE_FORMS (whether this machine has it is checked when training starts)."""
+def check_device_name(name: str, what: str = "train.device") -> None:
+    """train.device (or `what`: a command's --device) is one of DEVICE_FORMS (whether this machine has
+    it is checked by train.devices.resolve_device)."""
     kind, _, index = name.partition(":")
     if name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit()):
         return
     near = closest(name, ["auto", "cpu", "cuda", "mps"])
     hint = f"; did you mean {' or '.join(repr(c) for c in near)}?" if near else ";"
-    raise ConfigError(f"unknown train.device {name!r}{hint} choices: {DEVICE_FORMS}")
+    raise ConfigError(f"unknown {what} {name!r}{hint} choices: {DEVICE_FORMS}")
 
 
 def check_model(m: ModelConfig) -> None:

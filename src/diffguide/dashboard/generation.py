@@ -21,7 +21,15 @@ from diffguide.conditioning import null_condition
 from diffguide.dashboard import catalog
 from diffguide.dashboard.safety import RunsFolder, UnsafePath, check_name
 from diffguide.errors import ConfigError, lookup
-from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, Loaders, build_guided, sampler_for
+from diffguide.guidance.spec import (
+    EXACT,
+    METHODS,
+    GuidanceSpec,
+    Loaders,
+    build_guided,
+    model_device,
+    sampler_for,
+)
 from diffguide.samplers.generation import generate, sigma_grid
 from diffguide.samplers.grid_file import check_grid_fits, grid_file_warnings, read_grid_file
 
@@ -197,8 +205,9 @@ def sample(
     sampler_kwargs: dict | None = None,
     sigmas: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n samples [n, *shape] with the run's sigma grid of `steps` steps, or with `sigmas` (a grid file's;
-    `steps` is then not used); on_progress(fraction) after each sampler step."""
+    """n samples [n, *shape] (on the CPU, sampled on the run's device) with the run's sigma grid of
+    `steps` steps, or with `sigmas` (a grid file's; `steps` is then not used); on_progress(fraction)
+    after each sampler step."""
     if n < 1:
         raise ConfigError(f"number of samples must be >= 1, got {n}")
     if sigmas is None:
@@ -217,6 +226,9 @@ def sample(
             done = info.get("start", 0) + b * (info["i"] + 1) / total_steps
             on_progress(min(1.0, done / n))
 
+    device = model_device(run.denoiser)  # where the run was loaded (`dashboard --device`)
+    if isinstance(cond, dict):  # attribute conditions: generate slices them, it does not move them
+        cond = {key: value.to(device) for key, value in cond.items()}
     with torch.no_grad():
         return generate(
             denoiser,
@@ -227,9 +239,10 @@ def sample(
             seed=seed,
             cond=cond,
             batch_size=batch,
+            device=device,
             callback=callback,
             sampler_kwargs=sampler_kwargs,
-        )
+        )  # on the CPU
 
 
 def read_run_grid(run, path, sampler: str):

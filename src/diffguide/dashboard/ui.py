@@ -16,6 +16,7 @@ from diffguide.samplers.registry import SAMPLERS, sampler_option_defaults, sampl
 
 ENV_RUNS = "DIFFGUIDE_DASHBOARD_RUNS"  # set by `diffguide dashboard --runs DIR`
 DEFAULT_RUNS = "runs"
+ENV_DEVICE = "DIFFGUIDE_DASHBOARD_DEVICE"  # set by `diffguide dashboard --device DEVICE` (checked there)
 
 log = logging.getLogger("diffguide.dashboard")
 
@@ -27,6 +28,14 @@ except ImportError:  # pragma: no cover - older Streamlit
 
 def runs_folder() -> RunsFolder:
     return RunsFolder(os.environ.get(ENV_RUNS) or DEFAULT_RUNS)
+
+
+def device():
+    """Where the pages load models and sample: `dashboard --device` (default auto: the GPU when there
+    is one, else the CPU)."""
+    from diffguide.train.devices import resolve_device
+
+    return resolve_device(os.environ.get(ENV_DEVICE) or "auto", flag="--device")
 
 
 def shown_path(path: Path) -> str:
@@ -56,7 +65,7 @@ def readable_errors(what: str = ""):
 def _load_run(run_dir: str, checkpoint: str | None, stamp: float, use_ema: bool = True):
     from diffguide.models.runs import load_run
 
-    return load_run(run_dir, checkpoint, use_ema=use_ema)
+    return load_run(run_dir, checkpoint, use_ema=use_ema, device=device())
 
 
 def load_run(folder: RunsFolder, run_id: str, checkpoint: str | None = None):
@@ -96,7 +105,7 @@ def guide_loaders():
 def _load_classifier(path: str, stamp: float):
     from diffguide.classifiers.points import load_classifier
 
-    return load_classifier(path)
+    return load_classifier(path, device=device())
 
 
 def load_classifier(path: Path):

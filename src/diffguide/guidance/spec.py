@@ -136,6 +136,22 @@ class Loaders:
     classifier: Callable = load_classifier  # (folder) -> classifier(x, sigma) -> logits
     diffusers: Callable = load_diffusers  # (folder) -> DiffusersModel
 
+    @classmethod
+    def on(cls, device: str | torch.device) -> Loaders:
+        """The library's loaders, each loading onto `device` (build_guided's default: the model's)."""
+        return cls(
+            run=lambda run_dir, checkpoint=None, use_ema=True: load_run(run_dir, checkpoint, use_ema, device),
+            classifier=lambda folder: load_classifier(folder, device=device),
+            diffusers=lambda folder: load_diffusers(folder, device=device),
+        )
+
+
+def model_device(denoiser) -> torch.device:
+    """Where a denoiser's weights are (the CPU for one without parameters, e.g. an exact mixture's)."""
+    parameters = getattr(denoiser, "parameters", None)
+    first = next(parameters(), None) if callable(parameters) else None
+    return torch.device("cpu") if first is None else first.device
+
 
 # ---------------------------------------------------------------------------------------------
 # the model's parts: what the methods are built from, for a run and for a diffusers model
@@ -287,9 +303,9 @@ def model_parts(
     model: Run | DiffusersModel, names: Mapping[str, str] | None = None, loaders: Loaders | None = None
 ) -> Parts:
     """The parts of a loaded run (anything with .denoiser, .num_classes, .dataset, .path, .config) or of
-    a DiffusersModel."""
+    a DiffusersModel; without `loaders`, guides are loaded onto the device of the model's weights."""
     names = {**NAMES, **(names or {})}
-    loaders = loaders or Loaders()
+    loaders = loaders or Loaders.on(model_device(model.denoiser))  # guides on the model's device
     if isinstance(model, DiffusersModel):
         return DiffusersParts(model, names, loaders)
     return RunParts(model, names, loaders)

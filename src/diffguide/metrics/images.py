@@ -215,6 +215,7 @@ def evaluate_images(
     inception: bool = False,
     callback=None,
     sigmas=None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Generate n samples from `denoiser` (conditions like the training data's) and measure them.
 
@@ -225,7 +226,8 @@ def evaluate_images(
     With `inception`, its prerequisites are checked before anything is sampled; if Inception FID then
     fails anyway, the other metrics are still returned, with the error as `fid_inception_error`.
     callback: the sampler's step callback (docs/samplers.md), with "start" (generate's) and "steps"
-    (the number of sampler steps) added: a progress bar.
+    (the number of sampler steps) added: a progress bar. device: where the sampling runs (the
+    denoiser's device); the samples come back to the CPU, where the classifier measures them.
     sigmas: a sigma grid (e.g. a tuned one) instead of the run's grid of `steps` steps.
     """
     import time
@@ -252,10 +254,13 @@ def evaluate_images(
             f"classifier {str(classifier_dir)!r} was trained on {trained_on!r}, the run on {data_name!r}"
         )
     cond = example_conditions(run, n)
+    if isinstance(cond, dict):  # attribute conditions: generate slices them, it does not move them
+        cond = {key: value.to(device) for key, value in cond.items()}
     t0 = time.time()
     x = generate(
         denoiser, n, run.dataset.shape, sigmas=sigmas, sampler=sampler or s.sampler, seed=seed, cond=cond,
         batch_size=batch_size, callback=None if callback is None else _with_steps(callback, steps),
+        device=device,
     )  # fmt: skip
     seconds = time.time() - t0
     real, _ = run.dataset.heldout()

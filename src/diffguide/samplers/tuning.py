@@ -51,6 +51,37 @@ METHODS = {
 }
 
 
+class _Counted:
+    """A denoiser that reports each evaluation: progress(done, total), total raised to done if passed."""
+
+    def __init__(self, denoiser, progress: Callable[[int, int], None], total: int):
+        self.denoiser, self.progress, self.total, self.done = denoiser, progress, total, 0
+
+    def __call__(self, x, sigma, cond=None):
+        out = self.denoiser(x, sigma, cond)
+        self.done += 1
+        self.total = max(self.total, self.done)
+        self.progress(self.done, self.total)
+        return out
+
+
+def evaluation_budget(method: str, nfe: int, steps: int, levels: int, substeps: int, max_evals: int) -> int:
+    """An upper bound of tune_grid's denoiser evaluations (for a progress bar's total and ETA): the
+    reference trajectories, the GITS cost matrix, each search's objective budget, the validation."""
+    per_step = max(1, math.ceil(nfe / steps))
+    total = 2 * ((levels - 1) * substeps * 2 + 1)  # Heun, tuning and validation; one more to sigma 0
+    candidates = 1
+    if method in ("gits", "gits+direct"):
+        total += (levels - 1) + (per_step - 1) * levels * (levels - 1) // 2  # first evaluations cached
+        candidates += 1
+    if method in ("direct", "gits+direct"):
+        searches = len(RHOS) * 6 + 2 * (max_evals + 100) + 3 * max_evals  # family, shapes, levels
+        searches += max_evals if method == "gits+direct" else 0
+        total += searches * nfe
+        candidates += 2 if method == "gits+direct" else 1
+    return total + candidates * nfe
+
+
 @dataclass
 class TunedGrid:
     """A tuned grid and how it was found: errors are RMS end-point distances on validation samples."""
@@ -395,6 +426,7 @@ def tune_grid(
     max_evals: int = 300,  # objective evaluations of each start's direct search
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> TunedGrid:
     """The sigma grid of `nfe` evaluations that minimises `sampler`'s end-point error for `denoiser`.
 
@@ -402,7 +434,9 @@ def tune_grid(
     docstring. Tuning samples are noise streams 0..samples-1 of `seed`, validation samples the next
     `samples` streams (PerSampleNoise); cond is None, one class for all samples, or `samples` class
     labels (each set gets the same labels, e.g. the classes in turn as `eval` samples). The grid starts at
-    sigma_max, keeps its nonzero levels >= sigma_min and ends in 0; the baseline is Karras (rho)."""
+    sigma_max, keeps its nonzero levels >= sigma_min and ends in 0; the baseline is Karras (rho).
+    progress: called after each denoiser evaluation with (evaluations done, expected total), the total
+    an upper bound (evaluation_budget: the searches may stop early; it grows if ever passed)."""
     start_time = time.perf_counter()
     steps = check_tunable(sampler, nfe)
     lookup("tuning method", method, METHODS)
@@ -416,6 +450,9 @@ def tune_grid(
     levels = torch.cat([fine.exp(), fine.new_zeros(1)])  # log-spaced, then 0
     levels[0], levels[-2] = sigma_max, sigma_min  # exactly, not exp(log(.))
     sampler_fn = get_sampler(sampler)
+    if progress is not None:
+        budget = evaluation_budget(method, nfe, steps, len(levels), substeps, max_evals)
+        denoiser = _Counted(denoiser, progress, budget)
     labels = _labels(cond, samples, device)
     x = [
         PerSampleNoise.from_seed(seed, samples, start=start, device=device).randn(shape, dtype) * sigma_max

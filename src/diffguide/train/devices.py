@@ -13,28 +13,31 @@ BF16_ON_SLOW_CPU = (
 )
 
 
-def resolve_device(name: str) -> torch.device:
-    """train.device as a torch device: "auto" is the GPU when there is one, else the CPU.
+def resolve_device(name: str, flag: str | None = None) -> torch.device:
+    """train.device (or a command's --device: `flag`) as a torch device: "auto" is the GPU when there is
+    one, else the CPU.
 
-    A device this machine does not have is a ConfigError naming it and the devices there are."""
+    A device this machine does not have is a ConfigError naming it, the devices there are and the fix."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    given = f"train.device={name!r}" if flag is None else f"{flag} {name!r}"
+    fix = "--set train.device=" if flag is None else f"{flag} "
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
         raise ConfigError(
-            f"train.device={name!r} but {why} (torch {torch.__version__}); available: "
-            f"{', '.join(available_devices())}; use --set train.device=auto (or cpu)"
+            f"{given} but {why} (torch {torch.__version__}); available: "
+            f"{', '.join(available_devices())}; use {fix}auto (or cpu)"
         )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(
-            f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+            f"{given} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
             f"available: {', '.join(available_devices())}"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(
-            f"train.device={name!r} but MPS (Apple GPUs) is not available here; available: "
-            f"{', '.join(available_devices())}; use --set train.device=auto (or cpu)"
+            f"{given} but MPS (Apple GPUs) is not available here; available: "
+            f"{', '.join(available_devices())}; use {fix}auto (or cpu)"
         )
     return device
 
