@@ -308,7 +308,8 @@ def test_digits_auto_samples_with_its_amateur_without_guide(auto_pair):
     images = {}
     for kind in ("auto", "none"):
         out = auto_pair / f"{kind}.png"
-        args = ["sample", str(expert), "--guidance", kind, "--w", "2", "--class", "3", "--n", "4"]
+        weight = ["--w", "2"] if kind == "auto" else []  # --w with guidance none is refused (ignored)
+        args = ["sample", str(expert), "--guidance", kind, *weight, "--class", "3", "--n", "4"]
         assert main(args + ["--out", str(out), "--per-sample"]) == 0
         images[kind] = np.stack(
             [np.asarray(Image.open(out.with_suffix("") / f"{i:05d}.png")) for i in range(4)]
@@ -448,3 +449,31 @@ def test_eval_progress_counts_every_sample(tiny_run, tiny_classifier):
         assert bar.n == pytest.approx(10)
     assert seen == [(start, i, 3) for start in (0, 4, 8) for i in range(3)]  # sample.steps=3
     assert "10/10 samples" in screen.getvalue()
+
+
+def test_eval_on_a_grid_file_samples_on_its_sigmas(tiny_run, tiny_classifier, tmp_path):
+    """eval --grid FILE (a tune-grid file) = eval with the file's sampler and the same sigmas built by
+    name; --steps beside a file is refused by the real executable, writing nothing."""
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.generation import sigma_grid
+    from diffguide.samplers.grid_file import write_grid_file
+    from tests.helpers import run_cli
+
+    run_dir = tiny_run / "tiny"
+    run = load_run(run_dir)
+    s = run.config.sample
+    grid = tmp_path / "euler-5.json"
+    write_grid_file(
+        grid, sigma_grid("karras", 5, run.process, s.sigma_min, s.sigma_max, s.rho), sampler="euler", nfe=5
+    )
+    common = ["eval", str(run_dir), "--classifier", str(tiny_classifier), "--n", "20", "--no-progress"]
+    assert main([*common, "--grid", str(grid), "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*common, "--sampler", "euler", "--steps", "5", "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in "ab")
+    assert a["sampler"] == "euler" and a["steps"] == 5 and a["grid"] == str(grid)
+    for key in ("fid_digits_clf", "kid_digits_clf", "accuracy", "precision_digits_clf"):
+        assert a[key] == b[key], key
+    refused = run_cli(*common, "--grid", str(grid), "--steps", "4", "--out", str(tmp_path / "c.json"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "fixes the sigmas" in refused.stderr
+    assert not (tmp_path / "c.json").exists()

@@ -49,6 +49,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="sampler name (default: the run's)")
     p.add_argument("--steps", type=int, help="number of steps (default: the run's)")
+    p.add_argument(
+        "--grid",
+        help="sigma grid: karras, loglinear, uniform-t, or a grid file from `diffguide tune-grid` (FILE.json; "
+        "then its sampler is the default and --steps does not apply), as in `sample`",
+    )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
     p.add_argument(
@@ -137,12 +142,20 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"`eval` measures image runs; {args.run!r} is a {run.dataset.kind} run")
     clf = Path(args.classifier) if args.classifier else default_classifier_dir(run.config.data.name)
     denoiser = guidance_args.guided_denoiser(args, run)
+    sampler, steps, sigmas = args.sampler, args.steps, None
+    if args.grid:  # a grid name or a tuned grid file, as `sample --grid`
+        from diffguide.cli.tune_grid import sampling_grid
+
+        sigmas, grid_sampler = sampling_grid(args, run, run.config.sample.steps if steps is None else steps)
+        sampler, steps = sampler or grid_sampler, None
     with progress_bar(args.n, "sampling", "samples", enabled=not args.no_progress) as bar:
         result, x = evaluate_images(
-            run, denoiser, clf, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
+            run, denoiser, clf, n=args.n, seed=args.seed, sampler=sampler, steps=steps, sigmas=sigmas,
             batch_size=args.batch_size, k=args.k, inception=args.inception,
             callback=sampling_callback(bar), device=device,
         )  # fmt: skip
+    if args.grid:
+        result["grid"] = args.grid
     result["guidance"] = {
         k: v for k, v in vars(args).items() if k in ("guidance", "w_cfg", "guide", "interval", "rescale")
     } | {"w": guidance_args.weight(args)}
