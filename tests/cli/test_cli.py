@@ -271,3 +271,12 @@ def test_2d_samples_come_with_exact_metrics(cli_run, tmp_path, capsys):
     other = tmp_path / "t.npz"
     assert main(["sample", str(cli_run), "--n", "50", "--no-metrics", "--out", str(other)]) == 0
     assert not (tmp_path / "t.metrics.json").exists() and "exact metrics" not in capsys.readouterr().out
+
+
+def test_sample_n_defaults_to_the_runs_sample_n(cli_run, tmp_path):
+    """Like --sampler and --steps, --n comes from the run (config.json's sample.n) when not given."""
+    expected = json.loads((cli_run / "config.json").read_text())["sample"]["n"]
+    assert main(["sample", str(cli_run), "--out", str(tmp_path / "s.npz"), "--no-metrics"]) == 0
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (expected, 2)
+    assert main(["sample", str(cli_run), "--n", "7", "--out", str(tmp_path / "t.npz"), "--no-metrics"]) == 0
+    assert np.load(tmp_path / "t.npz")["samples"].shape == (7, 2)

@@ -74,7 +74,9 @@ def add_parsers(sub) -> None:
         help="a sampler's own option, repeatable: eta=0.5 (ddim), s_churn=40 (heun), snr=0.1 (pc), "
         "max_order=3 (ipndm), ...",
     )
-    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument(
+        "--n", type=int, default=None, help="number of samples (default: the run's sample.n; 1000 for --diffusers)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--out", required=True, help="output file (.npz for 2D)")
@@ -202,7 +204,7 @@ def cmd_sample(args) -> int:
         from diffguide.cli.diffusers_args import cmd_sample_diffusers
 
         return cmd_sample_diffusers(args, device)  # also refuses a run folder together with --diffusers
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     if args.encoder_hidden_states or args.null_encoder_hidden_states:
         raise ConfigError(
@@ -210,6 +212,7 @@ def cmd_sample(args) -> int:
             "(a UNet2DConditionModel), not for a run folder"
         )
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
+    args.n = run.config.sample.n if args.n is None else args.n  # the run's default, as sampler and steps
     prepare_output(Path(args.out), run)  # a bad --out fails now, not after sampling
     check_outputs(Path(args.out), sample_companions(args, run), "sample", args.force)
     check_sample_count(args.n, run.dataset.shape)  # before the conditions for n samples are built

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # numpy and torch are imported by the commands: the parser st
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS = 32
 DEFAULT_GRID = "karras"
+DIFFUSERS_N = 1000  # sample --diffusers without --n
 
 
 def add_sample_args(p) -> None:
@@ -126,6 +127,7 @@ def check_args(args) -> None:
     for attr, flag, why in RUN_ONLY:
         if getattr(args, attr, None) not in (None, False, []):
             raise ConfigError(f"{flag} is not available with --diffusers: {why}")
+    args.n = DIFFUSERS_N if args.n is None else args.n  # a diffusers folder has no sampling defaults
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     out = Path(args.out)
