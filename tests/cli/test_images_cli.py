@@ -477,3 +477,26 @@ def test_eval_on_a_grid_file_samples_on_its_sigmas(tiny_run, tiny_classifier, tm
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().count("\n") == 0 and "fixes the sigmas" in refused.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_eval_passes_sampler_options_to_the_sampler(tiny_run, tiny_classifier, tmp_path):
+    """eval --sampler ddim --sampler-option eta=0.5 = the library with sampler_kwargs {"eta": 0.5} (and
+    differs from eta 0); an option the sampler lacks exits 2 in the real executable, writing nothing."""
+    from diffguide.metrics.images import evaluate_images
+    from diffguide.models.runs import load_run
+    from tests.helpers import run_cli
+
+    run_dir = tiny_run / "tiny"
+    common = ["eval", str(run_dir), "--classifier", str(tiny_classifier), "--n", "20", "--sampler", "ddim"]
+    assert main([*common, "--sampler-option", "eta=0.5", "--out", str(tmp_path / "a.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    run = load_run(run_dir)
+    lib, _ = evaluate_images(
+        run, run.denoiser, tiny_classifier, n=20, sampler="ddim", sampler_kwargs={"eta": 0.5}
+    )
+    plain, _ = evaluate_images(run, run.denoiser, tiny_classifier, n=20, sampler="ddim")
+    assert a["sampler_options"] == {"eta": 0.5} and a["fid_digits_clf"] == lib["fid_digits_clf"]
+    assert plain["fid_digits_clf"] != lib["fid_digits_clf"]
+    refused = run_cli(*common, "--sampler-option", "churn=1", "--out", str(tmp_path / "b.json"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and "churn" in refused.stderr
+    assert not (tmp_path / "b.json").exists()

@@ -26,9 +26,9 @@ def add_condition_args(p) -> None:
 def add_sample_args(p) -> None:
     add_condition_args(p)
     g = p.add_argument_group("image output")
-    out = g.add_mutually_exclusive_group()
-    out.add_argument("--grid-only", action="store_true", help="write only the PNG grid (default)")
-    out.add_argument("--per-sample", action="store_true", help="also write one PNG per sample in OUT_STEM/")
+    g.add_argument(  # the PNG grid of samples is always written (--grid is the sigma grid)
+        "--per-sample", action="store_true", help="also write one PNG per sample in OUT_STEM/"
+    )
     g.add_argument(
         "--gif", action="store_true", help="also write OUT.gif: the denoising of the first samples"
     )

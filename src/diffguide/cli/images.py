@@ -54,6 +54,13 @@ def add_parsers(sub) -> None:
         help="sigma grid: karras, loglinear, uniform-t, or a grid file from `diffguide tune-grid` (FILE.json; "
         "then its sampler is the default and --steps does not apply), as in `sample`",
     )
+    p.add_argument(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler's own option, repeatable, as in `sample`: eta=0.5 (ddim), max_order=3 (ipndm), ...",
+    )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
     p.add_argument(
@@ -129,6 +136,7 @@ def cmd_eval(args) -> int:
     from diffguide.cli import guidance_args
     from diffguide.metrics.images import evaluate_images
     from diffguide.models.runs import load_run
+    from diffguide.samplers.registry import sampler_options
 
     if args.n < 2:
         raise ConfigError(f"--n must be >= 2, got {args.n}")
@@ -148,11 +156,12 @@ def cmd_eval(args) -> int:
 
         sigmas, grid_sampler = sampling_grid(args, run, run.config.sample.steps if steps is None else steps)
         sampler, steps = sampler or grid_sampler, None
+    options = sampler_options(sampler or run.config.sample.sampler, args.sampler_option)
     with progress_bar(args.n, "sampling", "samples", enabled=not args.no_progress) as bar:
         result, x = evaluate_images(
             run, denoiser, clf, n=args.n, seed=args.seed, sampler=sampler, steps=steps, sigmas=sigmas,
             batch_size=args.batch_size, k=args.k, inception=args.inception,
-            callback=sampling_callback(bar), device=device,
+            callback=sampling_callback(bar), device=device, sampler_kwargs=options,
         )  # fmt: skip
     if args.grid:
         result["grid"] = args.grid

@@ -216,6 +216,7 @@ def evaluate_images(
     callback=None,
     sigmas=None,
     device: str | torch.device = "cpu",
+    sampler_kwargs: dict | None = None,
 ) -> dict:
     """Generate n samples from `denoiser` (conditions like the training data's) and measure them.
 
@@ -229,6 +230,7 @@ def evaluate_images(
     (the number of sampler steps) added: a progress bar. device: where the sampling runs (the
     denoiser's device); the samples come back to the CPU, where the classifier measures them.
     sigmas: a sigma grid (e.g. a tuned one) instead of the run's grid of `steps` steps.
+    sampler_kwargs: the sampler's own options (e.g. {"eta": 0.5} for ddim).
     """
     import time
     import warnings
@@ -260,7 +262,7 @@ def evaluate_images(
     x = generate(
         denoiser, n, run.dataset.shape, sigmas=sigmas, sampler=sampler or s.sampler, seed=seed, cond=cond,
         batch_size=batch_size, callback=None if callback is None else _with_steps(callback, steps),
-        device=device,
+        device=device, sampler_kwargs=sampler_kwargs,
     )  # fmt: skip
     seconds = time.time() - t0
     real, _ = run.dataset.heldout()
@@ -274,6 +276,7 @@ def evaluate_images(
         "n_real": len(real),
         "seed": seed,
         "sampler": sampler or s.sampler,
+        "sampler_options": sampler_kwargs or {},
         "steps": steps,
         "sample_seconds": round(seconds, 1),
         "classifier": str(classifier_dir),
