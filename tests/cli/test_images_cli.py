@@ -500,3 +500,18 @@ def test_eval_passes_sampler_options_to_the_sampler(tiny_run, tiny_classifier, t
     refused = run_cli(*common, "--sampler-option", "churn=1", "--out", str(tmp_path / "b.json"))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and "churn" in refused.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_eval_raw_measures_the_raw_weights(tiny_run, tiny_classifier, tmp_path):
+    """eval --raw = the library on the run loaded with use_ema=False, and not the EMA weights' result."""
+    from diffguide.metrics.images import evaluate_images
+    from diffguide.models.runs import load_run
+
+    run_dir = tiny_run / "tiny"
+    common = ["eval", str(run_dir), "--classifier", str(tiny_classifier), "--n", "20", "--no-progress"]
+    assert main([*common, "--raw", "--out", str(tmp_path / "raw.json")]) == 0
+    got = json.loads((tmp_path / "raw.json").read_text())
+    raw, ema = load_run(run_dir, use_ema=False), load_run(run_dir)
+    expected, _ = evaluate_images(raw, raw.denoiser, tiny_classifier, n=20)
+    other, _ = evaluate_images(ema, ema.denoiser, tiny_classifier, n=20)
+    assert got["fid_digits_clf"] == expected["fid_digits_clf"] != other["fid_digits_clf"]
