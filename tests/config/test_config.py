@@ -199,10 +199,12 @@ OVERRIDE = st.one_of(
 def test_arbitrary_overrides_give_config_or_config_error(overrides):
     try:
         cfg = apply_overrides(base(), overrides)
-    except ConfigError:
+    except ConfigError as e:  # an error a user can read: one line, naming something
+        assert str(e).strip() and "\n" not in str(e).strip(), repr(str(e))
         return
     assert isinstance(cfg, RunConfig)
-    assert from_dict(RunConfig, to_dict(cfg)) == cfg or _has_nan(to_dict(cfg))
+    assert not _has_nan(to_dict(cfg)), overrides  # every number of a validated config is checked
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
 
 
 def _has_nan(value) -> bool:
@@ -300,9 +302,11 @@ def _valid_or_config_error(text: str, fmt: str) -> None:
     with time_limit(10):
         try:
             cfg = parse_config(text, fmt)
-        except ConfigError:
+        except ConfigError as e:  # an error a user can read: one line, naming something
+            assert str(e).strip() and "\n" not in str(e).strip(), repr(str(e))
             return
     assert isinstance(cfg, RunConfig)
+    assert not _has_nan(to_dict(cfg)), text
     assert parse_config(json.dumps(to_dict(cfg)), "json") == cfg  # as saved next to a checkpoint
 
 
