@@ -240,8 +240,10 @@ def digits_part(args, settings: dict, work: Path, stem: str, times: dict) -> Non
     curves = [dict(r, guidance=g) for r in rows if r["guidance"] == "none" for g in kinds]
     curves += [r for r in rows if r["guidance"] != "none"]
     n, sampler = results["digits"]["n"], results["digits"]["sampler"]
+    methods = sorted({r["guidance"] for r in rows} - {"none", *kinds})
+    names = " vs ".join(NAMES[k] for k in kinds) + (f" and {len(methods)} other methods" if methods else "")
     save_w_sweep_plot(plot, curves, [k for k in METRIC_KEYS if k != "kid_digits_clf"],
-                      title=f"{args.digits_preset}: {' vs '.join(NAMES[k] for k in kinds)}, {n} samples, {sampler}")  # fmt: skip
+                      title=f"{args.digits_preset}: {names}, {n} samples, {sampler}")  # fmt: skip
     results["digits"]["plot"] = shown(plot)
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     write_results(stem, results, markdown(results))
