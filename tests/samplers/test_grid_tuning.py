@@ -231,6 +231,9 @@ def test_bad_input_through_the_executable_exits_2_and_changes_nothing(cli_run, t
     assert_refused(diffguide(*tune, "--sampler", "heun", "--nfe", "0"), "got 0")
     assert_refused(diffguide(*tune, "--sampler", "huen", "--nfe", "4"), "unknown sampler 'huen'")
     assert_refused(diffguide(*tune, "--sampler", "ddpm", "--nfe", "4"), "stochastic")
+    assert_refused(
+        diffguide(*tune, "--sampler", "euler", "--nfe", "4", "--max-evals", "0"), "--max-evals must be"
+    )
     samples = tmp_path / "samples.npz"
     samples.write_bytes(b"old samples")
     for name, sigmas, message in [
@@ -271,6 +274,41 @@ def test_bad_input_through_the_executable_exits_2_and_changes_nothing(cli_run, t
         ["existing.json", "samples.npz", "ascending.json", "nan.json", "inf.json"]
         + ["wide.json", "low.json", "nfe.json", "unknown.json"]
     )
+
+
+def test_tune_grid_max_evals_is_the_librarys_search_budget(cli_run, tmp_path):
+    """--max-evals N = tune_grid(max_evals=N) on the same run (same grid, float32 as the CLI), recorded
+    in the file; a smaller budget runs fewer sampler runs than the default (the progress total)."""
+    from diffguide.models.runs import load_run
+    from diffguide.samplers.tuning import evaluation_budget
+
+    out = tmp_path / "grid.json"
+    args = [
+        "tune-grid",
+        str(cli_run),
+        "--sampler",
+        "euler",
+        "--nfe",
+        "4",
+        "--samples",
+        "16",
+        "--max-evals",
+        "20",
+    ]
+    result = diffguide(*args, "--method", "direct", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    run = load_run(cli_run)
+    s = run.config.sample
+    expected = tune_grid(
+        run.denoiser, tuple(run.dataset.shape), "euler", 4, sigma_min=s.sigma_min or run.process.sigma_min,
+        sigma_max=s.sigma_max or run.process.sigma_max, rho=s.rho, method="direct", samples=16,
+        max_evals=20, dtype=torch.float32,
+    )  # fmt: skip
+    assert record["max_evals"] == 20 and record["sigmas"] == pytest.approx(
+        expected.sigmas.tolist(), rel=1e-12
+    )
+    assert evaluation_budget("direct", 4, 4, 97, 8, 20) < evaluation_budget("direct", 4, 4, 97, 8, 300)
 
 
 def test_tune_grid_then_sample_with_the_file(cli_run, tmp_path):

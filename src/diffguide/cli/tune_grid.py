@@ -43,6 +43,12 @@ def add_parsers(sub) -> None:
         default=256,
         help="reference trajectories tuned on (default 256; as many again check the result)",
     )
+    p.add_argument(
+        "--max-evals",
+        type=int,
+        default=300,
+        help="sampler runs per search start of the direct search (default 300; the cost lever with --samples)",
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed of the reference trajectories")
     p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
     p.add_argument("--raw", action="store_true", help="use raw weights instead of the EMA")
@@ -115,6 +121,7 @@ def grid_provenance(args, run, tuned) -> dict:
         "error_measure": f"RMS distance to the ODE reference end point, {tuned.samples} validation samples",
         "tuning_seconds": round(tuned.seconds, 1),
         "samples": tuned.samples,
+        "max_evals": args.max_evals,
         "seed": tuned.seed,
         "written_by": "diffguide tune-grid",
         "diffguide_version": __version__,
@@ -148,6 +155,8 @@ def cmd_tune_grid(args) -> int:
     lookup("tuning method", args.method, METHODS)
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    if args.max_evals < 1:
+        raise ConfigError(f"--max-evals must be >= 1, got {args.max_evals}")
     device = device_of(args)
     out = Path(args.out) if args.out else default_out(args)
     if out.suffix.lower() != ".json" or out.is_dir():
@@ -171,6 +180,7 @@ def cmd_tune_grid(args) -> int:
             sigma_max=sigma_max, rho=s.rho, cond=cond, method=args.method,
             dtype=torch.float32,  # a network's own precision, as `sample` runs it
             samples=args.samples, seed=args.seed, device=device, progress=count_callback(bar),
+            max_evals=args.max_evals,
         )  # fmt: skip
         finish(bar)
     provenance = grid_provenance(args, run, tuned)
