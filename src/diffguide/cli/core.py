@@ -75,7 +75,10 @@ def add_parsers(sub) -> None:
         "max_order=3 (ipndm), ...",
     )
     p.add_argument(
-        "--n", type=int, default=None, help="number of samples (default: the run's sample.n; 1000 for --diffusers)"
+        "--n",
+        type=int,
+        default=None,
+        help="number of samples (default: the run's sample.n; 1000 for --diffusers)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4096)
