@@ -104,7 +104,8 @@ def add_sample_args(p) -> None:
         type=float,
         default=0.0,
         metavar="PHI",
-        help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto (default: 0, off)",
+        help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto, fdg, icg and the "
+        "same-network guides (default: 0, off)",
     )
     g.add_argument(
         "--guidance-option",
