@@ -27,6 +27,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "samplers.*",
         "guidance.combinators",
         "guidance.methods",
+        "guidance.frequency",
         "guidance.cfgpp",
         "guidance.perturbed",
         "guidance",

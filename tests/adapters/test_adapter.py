@@ -459,7 +459,7 @@ def test_cli_condition_unet_errors(text_model, tmp_path, capsys):
         (["--encoder-hidden-states", str(tmp_path / "x.txt")], "takes a .npy or .safetensors file"),
         (
             [*prompt, "--null-encoder-hidden-states", str(files["null"])],
-            "--null-encoder-hidden-states applies to --guidance cfg, cfg+auto, apg, cfg-zero*, tcfg, mambo-g or cfg++, not none",
+            "--null-encoder-hidden-states applies to --guidance cfg, cfg+auto, apg, cfg-zero*, tcfg, mambo-g, fdg or cfg++, not none",
         ),
         ([*prompt, "--null-encoder-hidden-states", str(tmp_path / "wide.npy"), "--guidance", "cfg"], "D = 6"),
         (

@@ -442,7 +442,7 @@ def test_sample_guidance_errors(pair, cli_run, tmp_path, capsys):
         run, "--guidance", "auto", "--rescale", "1.5"
     )
     assert (
-        "--rescale applies to --guidance cfg, auto, cfg+auto, icg, pag, seg, slg or dropout, not none"
+        "--rescale applies to --guidance cfg, auto, cfg+auto, fdg, icg, pag, seg, slg, dropout or tsg, not none"
         in error(run, "--rescale", "0.5")
     )
 

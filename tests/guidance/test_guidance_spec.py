@@ -33,7 +33,7 @@ from diffguide.guidance import (
 )
 from diffguide.guidance.cfgpp import CFGPlusPlus, sample_euler_cfgpp
 from diffguide.guidance.methods import APG, TCFG, CFGZeroStar, MamboG, RandomConditioned
-from diffguide.guidance.perturbed import PerturbedGuide
+from diffguide.guidance.perturbed import PerturbedGuide, TimestepPerturbedGuide
 from diffguide.guidance.spec import (
     EXACT,
     METHODS,
@@ -149,12 +149,23 @@ FRONT_END_CASES = {
         ],
         dict(w=2.0, options={"dropout": 0.3, "auto_guidance_layers": "blocks.0"}),
     ),
+    "tsg": (
+        ["--w", "2", "--w-cfg", "1.5", "--guidance-option", "s=0.5", "--guidance-option", "seed=3"],
+        dict(w=2.0, w_cfg=1.5, options={"s": 0.5, "seed": 3}),
+    ),
     # refused on this MLP run (no attention) by both front ends; tests/guidance/test_perturbed_guidance.py
     # builds them on a U-Net
     "pag": (["--w", "2"], dict(w=2.0)),
     "seg": (["--w", "2"], dict(w=2.0)),
+    # refused on 2D points; tests/guidance/test_frequency_guidance.py builds it on a U-Net
+    "fdg": (["--w", "2", "--guidance-option", "w_low=1.5"], dict(w=2.0, options={"w_low": 1.5})),
 }
 NEEDS_ATTENTION = ("pag", "seg")
+REFUSED = {
+    **{kind: f"{kind} perturbs self-attention layers; run 'tiny' has none \\(model.arch='mlp'\\): use a U-Net"
+       for kind in NEEDS_ATTENTION},
+    "fdg": "fdg splits images into frequency bands .*; run 'tiny' makes samples of shape \\(2,\\), not images",
+}  # fmt: skip
 
 
 def _cli_args(runs, kind: str, options: list[str]):
@@ -167,10 +178,8 @@ def test_cli_and_dashboard_build_the_same_denoiser(runs, run, kind):
     """Every method of the registry (a new one needs a case here: the KeyError says so)."""
     options, widgets = FRONT_END_CASES[kind]
     spec = generation.guidance_spec(RunsFolder(runs), kind, **widgets)
-    if kind in NEEDS_ATTENTION:
-        message = (
-            f"{kind} perturbs self-attention layers; run 'tiny' has none \\(model.arch='mlp'\\): use a U-Net"
-        )
+    if kind in REFUSED:
+        message = REFUSED[kind]
         with pytest.raises(ConfigError, match=f"^--guidance {message}"):
             cli_guided_denoiser(_cli_args(runs, kind, options), run)
         with pytest.raises(ConfigError, match=f"^guidance {message}"):
@@ -250,10 +259,14 @@ def _references(runs, run):
             GuidanceSpec("dropout", 2.0, options={"dropout": 0.3, "auto_guidance_layers": "blocks.0"}),
             guidance(d, PerturbedGuide(d, [d.net.blocks[0]], DropResidual(0.3, seed=0)), 2.0),
         ),
+        "tsg": (
+            GuidanceSpec("tsg", 2.0, options={"s": 0.5, "alpha": 1.0, "seed": 3}),
+            guidance(d, TimestepPerturbedGuide(d, d.net.noise_emb, 0.5, 1.0, 3), 2.0),
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", [k for k in METHODS if k not in NEEDS_ATTENTION])
+@pytest.mark.parametrize("kind", [k for k in METHODS if k not in REFUSED])
 def test_builder_equals_the_combinators(runs, run, kind):
     spec, expected = _references(runs, run)[kind]
     assert torch.equal(_out(build_guided(run, spec)), _out(expected))
@@ -298,7 +311,7 @@ def test_a_new_method_is_one_registry_entry(runs, run, monkeypatch):
     assert torch.equal(_out(generation.guided_denoiser(run, spec)), expected)
     with pytest.raises(
         ConfigError,
-        match="--rescale applies to --guidance cfg, auto, cfg\\+auto, icg, pag, seg, slg or dropout, not half-cfg",
+        match="--rescale applies to --guidance cfg, auto, cfg\\+auto, fdg, icg, pag, seg, slg, dropout or tsg, not half-cfg",
     ):
         cli_guided_denoiser(_cli_args(runs, "half-cfg", ["--rescale", "0.5"]), run)
 
@@ -331,12 +344,12 @@ def test_loaders_are_used_for_every_guide(runs, run):
         (GuidanceSpec("cfg", 2, clip=(1, -1)), "clip needs LOW < HIGH, got 1 -1"),
         (
             GuidanceSpec(rescale=0.5),
-            r"rescale applies to guidance cfg, auto, cfg\+auto, icg, pag, seg, slg or dropout, not none",
+            r"rescale applies to guidance cfg, auto, cfg\+auto, fdg, icg, pag, seg, slg, dropout or tsg, not none",
         ),
         (GuidanceSpec("cfg", 2, guide="runs/x"), r"guide applies to guidance auto or cfg\+auto, not cfg"),
         (
             GuidanceSpec("auto", 2, w_cfg=2),
-            r"w_cfg applies to guidance cfg\+auto, pag, seg, slg or dropout, not auto",
+            r"w_cfg applies to guidance cfg\+auto, pag, seg, slg, dropout or tsg, not auto",
         ),
         (GuidanceSpec("auto", 2, classifier=EXACT), "classifier applies to guidance classifier, not auto"),
         (GuidanceSpec("classifier", 2, interval=(0, 1), null=torch.zeros(1)), "null condition applies to"),
@@ -360,12 +373,12 @@ def test_front_ends_name_the_fields_their_way(runs, tmp_path, capsys):
         ),
         (
             ["--guidance", "auto", "--w-cfg", "2"],
-            "--w-cfg applies to --guidance cfg+auto, pag, seg, slg or dropout, not auto",
+            "--w-cfg applies to --guidance cfg+auto, pag, seg, slg, dropout or tsg, not auto",
         ),
         (
             ["--interval", "0.1", "5"],
-            "--interval applies to --guidance cfg, auto, classifier, cfg+auto, apg, cfg-zero*, tcfg, mambo-g, icg, pag, "
-            "seg, slg or dropout, not",
+            "--interval applies to --guidance cfg, auto, classifier, cfg+auto, apg, cfg-zero*, tcfg, mambo-g, fdg, icg, pag, "
+            "seg, slg, dropout or tsg, not",
         ),
     ):
         capsys.readouterr()
@@ -541,6 +554,9 @@ def test_cfgpp_brings_its_own_step_and_refuses_other_samplers(run):
         (["--guidance", "slg", "--guidance-option", "skip_layer_guidance_layers=mid,down"], "option skip_layer_guidance_layers of --guidance slg: 'down' names no residual layer of this MLP; its residual layers: blocks.0 (a name"),
         (["--guidance", "dropout", "--guidance-option", "dropout=0"], "dropout must be in (0, 1] (1: skip the layer), got 0.0"),
         (["--guidance", "seg", "--guidance-option", "seg_blur_sigma=x"], "option seg_blur_sigma of --guidance seg must be a number (default inf), got 'x'"),
+        (["--guidance", "fdg"], "--guidance fdg splits images into frequency bands (a Laplacian pyramid over H x W); run 'tiny' makes samples of shape (2,), not images: use an image run, or --guidance cfg"),
+        (["--guidance", "tsg", "--guidance-option", "s=-1"], "TSG s (the embedding's noise scale) must be a finite number >= 0, got -1.0"),
+        (["--guidance", "tsg", "--guidance-option", "alpha=nan"], "option alpha of --guidance tsg must be a number (default 0.0), got nan"),
     ],
 )  # fmt: skip
 def test_bad_method_settings_exit_2_with_one_line(runs, tmp_path, options, message):

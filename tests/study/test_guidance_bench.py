@@ -44,10 +44,13 @@ def test_fast_benchmark_writes_every_method_on_both_datasets(bench):
     assert {"apg-eps", "cfg-interval", "cfg-linear"} <= wanted and set(METHODS) - {"none"} <= wanted
     report = (out / "report.md").read_text()
     attention = {"pag", "seg"}  # these MLP runs have no attention: skipped with the builder's reason
+    images = {"fdg"}  # nor images: skipped likewise
     for dataset in ("tree", "8gaussians"):
         d = metrics["datasets"][dataset]
-        assert set(d["methods"]) == wanted - attention and set(d["skipped"]) == attention, dataset
+        assert set(d["methods"]) == wanted - attention - images, dataset
+        assert set(d["skipped"]) == attention | images, dataset
         assert all("perturbs self-attention layers" in d["skipped"][k] for k in attention)
+        assert "fdg splits images into frequency bands" in d["skipped"]["fdg"]
         assert set(d["unguided"]) == {"heun", "euler"}  # CFG++ is compared with unguided Euler
         for name, m in d["methods"].items():
             assert 0 <= m["precision"] <= 1 and 0 <= m["coverage"] <= 1 and m["time_ratio"] > 0, name

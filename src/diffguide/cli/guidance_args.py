@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 # The names of guidance.spec.METHODS, for --help: importing that registry imports torch, and the
 # parser must not (`diffguide --help` in <= 0.3 s). tests/cli/test_cli_startup.py checks they agree.
 METHOD_NAMES = (
-    "none", "cfg", "auto", "classifier", "cfg+auto", "apg", "cfg-zero*", "tcfg", "mambo-g", "icg", "cfg++",
-    "pag", "seg", "slg", "dropout",
+    "none", "cfg", "auto", "classifier", "cfg+auto", "apg", "cfg-zero*", "tcfg", "mambo-g", "fdg", "icg",
+    "cfg++", "pag", "seg", "slg", "dropout", "tsg",
 )  # fmt: skip
 
 # how the guidance builder's messages name each GuidanceSpec field on the command line
@@ -76,7 +76,7 @@ def add_sample_args(p) -> None:
         "--w-cfg",
         type=float,
         help="CFG weight with --guidance cfg+auto (default: --w); "
-        "with pag, seg, slg, dropout: adds CFG at this weight (default: off)",
+        "with pag, seg, slg, dropout, tsg: adds CFG at this weight (default: off)",
     )
     g.add_argument(
         "--guide",
@@ -104,7 +104,8 @@ def add_sample_args(p) -> None:
         type=float,
         default=0.0,
         metavar="PHI",
-        help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto (default: 0, off)",
+        help="guidance rescale phi in [0, 1] (Lin et al. 2024) for cfg, auto, cfg+auto, fdg, icg and the "
+        "same-network guides (default: 0, off)",
     )
     g.add_argument(
         "--guidance-option",
@@ -112,9 +113,10 @@ def add_sample_args(p) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a method's own option, repeatable: apg eta=0 norm_threshold=0.5 momentum=-0.5 space=x0|eps; "
-        "cfg-zero* zero_init_sigma=40; mambo-g alpha=8; icg seed=0; pag pag_applied_layers=mid; seg "
-        "seg_blur_sigma=inf seg_guidance_layers=mid; slg skip_layer_guidance_layers=mid; dropout dropout=0.5 "
-        "auto_guidance_layers=mid seed=0 (docs/guidance.md)",
+        "cfg-zero* zero_init_sigma=40; mambo-g alpha=8; fdg w_low=1 levels=2 parallel_weight=1 space=x0; "
+        "icg seed=0; pag pag_applied_layers=mid; seg seg_blur_sigma=inf seg_guidance_layers=mid; slg "
+        "skip_layer_guidance_layers=mid; dropout dropout=0.5 auto_guidance_layers=mid seed=0; tsg s=1 "
+        "alpha=0 seed=0 (docs/guidance.md)",
     )
     g.add_argument(
         "--schedule",

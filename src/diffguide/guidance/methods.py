@@ -24,7 +24,7 @@ from torch import nn
 
 from diffguide.denoiser import append_dims, batch_sigma
 from diffguide.errors import ConfigError, lookup
-from diffguide.guidance.combinators import Interval, _Wrap, check_interval, check_weight
+from diffguide.guidance.combinators import Interval, _rescale, _Wrap, check_interval, check_weight
 
 SPACES = ("x0", "eps")
 
@@ -118,12 +118,22 @@ class TwoPredictionGuidance(nn.Module):
         self.interval = check_interval(interval)
         self.schedule = schedule
 
+    rescale = 0.0  # CFG rescale phi (Lin et al. 2024) on the result, in eps space; FDG sets it
+
+    def scheduled(self, w: float, sigma: torch.Tensor) -> torch.Tensor:
+        """[N] per-sample weight w(sigma) = 1 + (w - 1) m(sigma) of a weight w."""
+        if self.schedule is None:
+            return torch.full_like(sigma, w)
+        m = self.schedule(sigma)
+        return torch.where(m == 1, w, 1 + (w - 1) * m)  # exactly w where m = 1
+
     def weights(self, sigma: torch.Tensor) -> torch.Tensor:
         """[N] per-sample w(sigma)."""
-        if self.schedule is None:
-            return torch.full_like(sigma, self.w)
-        m = self.schedule(sigma)
-        return torch.where(m == 1, self.w, 1 + (self.w - 1) * m)  # exactly w where m = 1
+        return self.scheduled(self.w, sigma)
+
+    def guiding(self, sigma: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """[N] bool: the samples this method changes (w = 1 is no guidance)."""
+        return weights != 1
 
     def active(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.interval is None:
@@ -145,7 +155,7 @@ class TwoPredictionGuidance(nn.Module):
         sigma = batch_sigma(sigma, x)  # [N]
         d_main = self.main(x, sigma, cond)
         weights = self.weights(sigma)
-        mask = self.active(sigma) & (weights != 1)  # w = 1 is no guidance: the main output exactly
+        mask = self.active(sigma) & self.guiding(sigma, weights)  # no guidance: the main output exactly
         if not bool(mask.any()):
             return d_main
         d_guide = self.guide(x, sigma, cond)
@@ -153,6 +163,8 @@ class TwoPredictionGuidance(nn.Module):
         w = append_dims(weights, x.ndim).to(x.dtype)
         a, b = self.to_space(d_main, x, s), self.to_space(d_guide, x, s)
         out = self.from_space(self.combine(a, b, w, sigma), x, s)
+        if self.rescale > 0:
+            out = _rescale(out, d_main, x, sigma, self.rescale)
         return out if bool(mask.all()) else torch.where(append_dims(mask, x.ndim), out, d_main)
 
 

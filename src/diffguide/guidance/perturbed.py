@@ -11,6 +11,9 @@ the network itself by perturbing chosen layers during the guide's forward pass o
   Gaussian of std seg_blur_sigma.
 - SLG, skip-layer guidance (Stability AI, SD3.5; diffusers' SkipLayerGuidance): chosen layers skipped.
 - dropout guidance (diffusers' AutoGuidance guider): dropout on chosen layers' residual branch.
+- TSG, time-step guidance (Sadat et al. 2024, "No training, no problem: rethinking classifier-free
+  guidance for diffusion models", sec. 5): the noise (time-step) embedding perturbed,
+  t_emb + s t^alpha n with n ~ N(0, I); no diffusers guider.
 
 With a CFG weight w_cfg as well (a class-conditional model), D_w = D + (w - 1)(D - D_pert) +
 (w_cfg - 1)(D - D(null)), the sum diffusers' guiders form when both are on.
@@ -27,9 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
-from diffguide.models.nets.perturb import perturbed
+from diffguide.denoiser import batch_sigma
+from diffguide.errors import ConfigError
+from diffguide.models.nets.perturb import noisy_embedding, perturbed
 
 
 class PerturbedGuide(nn.Module):
@@ -43,6 +49,33 @@ class PerturbedGuide(nn.Module):
 
     def forward(self, x, sigma, cond=None):
         with perturbed(self.layers, self.perturbation):
+            return self.denoiser(x, sigma, cond)
+
+
+class TimestepPerturbedGuide(nn.Module):
+    """TSG's guide: the denoiser with its net's noise embedding (`embedding`, e.g. net.noise_emb) perturbed
+    to t_emb + s t^alpha n, n ~ N(0, I) per sample and call, from a generator seeded once.
+
+    t is the noise level sigma (EDM's time, sigma(t) = t; for every process the samplers' coordinate), so
+    alpha = 0 (the default) perturbs by s at every level. The preconditioning (c_in, c_skip, c_out) and
+    the noise input c_noise are untouched: only the embedding the blocks read changes.
+    """
+
+    def __init__(self, denoiser, embedding: nn.Module, s: float = 1.0, alpha: float = 0.0, seed: int = 0):
+        super().__init__()
+        s, alpha = float(s), float(alpha)
+        if not 0 <= s < float("inf"):  # NaN fails too
+            raise ConfigError(f"TSG s (the embedding's noise scale) must be a finite number >= 0, got {s}")
+        if not abs(alpha) < float("inf"):
+            raise ConfigError(f"TSG alpha (the exponent of t in s t^alpha) must be finite, got {alpha}")
+        self.denoiser = denoiser
+        self.embedding = embedding
+        self.s, self.alpha = s, alpha
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def forward(self, x, sigma, cond=None):
+        scale = self.s * batch_sigma(sigma, x).double() ** self.alpha  # [N]: s t^alpha, t = sigma
+        with noisy_embedding(self.embedding, scale, self.generator):
             return self.denoiser(x, sigma, cond)
 
 

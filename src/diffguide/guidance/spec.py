@@ -34,6 +34,7 @@ from diffguide.guidance.combinators import (
     classifier_guidance,
     guidance,
 )
+from diffguide.guidance.frequency import FDG, check_image
 from diffguide.guidance.methods import (
     APG,
     SPACES,
@@ -46,13 +47,14 @@ from diffguide.guidance.methods import (
     WeightSchedule,
 )
 from diffguide.guidance.pairing import check_compatible, find_guide
-from diffguide.guidance.perturbed import PerturbedGuide
+from diffguide.guidance.perturbed import PerturbedGuide, TimestepPerturbedGuide
 from diffguide.models.nets.perturb import (
     ATTENTION,
     RESIDUAL,
     DropResidual,
     IdentityAttention,
     SmoothedQuery,
+    noise_embedding,
     perturbable_layers,
     select_layers,
 )
@@ -164,6 +166,8 @@ class RunParts:
         self.run, self.names, self.loaders = run, names, loaders
         self.denoiser = run.denoiser
         self.num_classes = run.num_classes
+        self.shape = tuple(run.dataset.shape)  # one sample's
+        self.what = f"run {run.config.name!r}"
 
     def check_null(self, kind: str, spec: GuidanceSpec) -> None:
         if spec.null is not None:
@@ -199,6 +203,16 @@ class RunParts:
                 f"{self.names['kind']} slg or dropout, which perturb the same network's residual layers"
             )
         return net
+
+    def embedding(self, kind: str):
+        """The run's noise (time-step) embedding module, for a guide that perturbs it (TSG)."""
+        module = noise_embedding(self.denoiser.net)
+        if module is None:
+            raise ConfigError(
+                f"{self.names['kind']} {kind} perturbs the network's noise embedding; the net of run "
+                f"{self.run.config.name!r} has none (noise_emb)"
+            )
+        return module
 
     def amateur(self, spec: GuidanceSpec):
         """The weaker run: spec.guide (a run folder or one of its checkpoints) or the run's noted amateur."""
@@ -242,6 +256,8 @@ class DiffusersParts:
     def __init__(self, model: DiffusersModel, names: Mapping[str, str], loaders: Loaders):
         self.model, self.names, self.loaders = model, names, loaders
         self.denoiser = model.denoiser
+        self.shape = tuple(model.shape)  # one sample's
+        self.what = f"this diffusers {model.unet_class}"
 
     def check_null(self, kind: str, spec: GuidanceSpec) -> None:
         if self.model.unet_class != "UNet2DConditionModel":
@@ -293,6 +309,13 @@ class DiffusersParts:
             f"{self.names['kind']} {kind} perturbs the network's own layers, which is done for diffguide's "
             f"nets (run folders); for a diffusers model use diffusers' guider of that name, or "
             f"{self.names['kind']} auto with {self.names['guide']} DIR (a weaker model)"
+        )
+
+    def embedding(self, kind: str):
+        raise ConfigError(
+            f"{self.names['kind']} {kind} perturbs the network's noise embedding, which is done for "
+            f"diffguide's nets (run folders); for a diffusers model use {self.names['kind']} auto with "
+            f"{self.names['guide']} DIR (a weaker model), or cfg for a UNet2DConditionModel"
         )
 
 
@@ -353,6 +376,15 @@ def _against_null(cls) -> Callable[[Parts, GuidanceSpec], Callable]:
     return build
 
 
+def _fdg(parts: Parts, spec: GuidanceSpec):
+    """Sadat et al. 2025: CFG per Laplacian band, the finest at w, the coarsest at w_low (frequency.py)."""
+    options = {**METHODS[spec.kind].options, **spec.options}
+    return FDG(
+        parts.denoiser, parts.null_guide(spec), spec.w, interval=spec.interval, schedule=_schedule(spec),
+        rescale=spec.rescale, **options,
+    )  # fmt: skip
+
+
 def _icg(parts: Parts, spec: GuidanceSpec):
     """Sadat et al. 2024: CFG with a random class as the guide's condition (no label dropout needed)."""
     classes = getattr(parts, "num_classes", 0)
@@ -403,9 +435,16 @@ def _perturbed_guide(parts: Parts, spec: GuidanceSpec) -> PerturbedGuide:
     return PerturbedGuide(parts.denoiser, layers, perturbation)
 
 
+def _tsg_guide(parts: Parts, spec: GuidanceSpec) -> TimestepPerturbedGuide:
+    """The model itself with its noise embedding perturbed (TSG; guidance/perturbed.py)."""
+    options = {**METHODS[spec.kind].options, **spec.options}
+    embedding = parts.embedding(spec.kind)
+    return TimestepPerturbedGuide(parts.denoiser, embedding, options["s"], options["alpha"], options["seed"])
+
+
 def _perturbed(parts: Parts, spec: GuidanceSpec):
-    """PAG, SEG, SLG, dropout (guidance/perturbed.py): D_pert + w (D - D_pert), plus CFG with w_cfg."""
-    guide = _perturbed_guide(parts, spec)
+    """PAG, SEG, SLG, dropout, TSG (guidance/perturbed.py): D_pert + w (D - D_pert), plus CFG with w_cfg."""
+    guide = METHODS[spec.kind].same_network(parts, spec)
     if spec.w_cfg is None:
         return _two(parts.denoiser, guide, spec)
     if spec.schedule is not None:
@@ -428,6 +467,9 @@ class Method:
     label: str  # GuidanceSpec.describe(): a format string over w and w_cfg
     null_guide: bool = False  # guides by the model's own null condition (needs a class-conditional model)
     options: Mapping[str, object] = dataclasses.field(default_factory=dict)  # own options: name -> default
+    # the guide of a method whose guide is the same network perturbed: (parts, spec) -> guide denoiser
+    same_network: Callable[[Parts, GuidanceSpec], Callable] | None = None
+    images: bool = False  # for [C, H, W] samples only (refused for 2D points)
 
 
 METHODS: dict[str, Method] = {
@@ -491,6 +533,15 @@ METHODS: dict[str, Method] = {
         null_guide=True,
         options={"alpha": 8.0, "space": "x0"},
     ),
+    "fdg": Method(
+        _fdg,
+        frozenset({"interval", "rescale", "schedule", "null"}),
+        "frequency-decoupled guidance (FDG: CFG per Laplacian band; images)",
+        "FDG w={w:g}",
+        null_guide=True,
+        options={"w_low": 1.0, "levels": 2, "parallel_weight": 1.0, "space": "x0"},
+        images=True,
+    ),
     "icg": Method(
         _icg,
         frozenset({"interval", "rescale", "schedule"}),
@@ -511,6 +562,7 @@ METHODS: dict[str, Method] = {
         "perturbed-attention guidance (PAG: identity self-attention in the guide)",
         "PAG w={w:g}",
         options={"pag_applied_layers": "mid"},
+        same_network=_perturbed_guide,
     ),
     "seg": Method(
         _perturbed,
@@ -518,6 +570,7 @@ METHODS: dict[str, Method] = {
         "smoothed-energy guidance (SEG: blurred attention query in the guide)",
         "SEG w={w:g}",
         options={"seg_blur_sigma": math.inf, "seg_guidance_layers": "mid"},
+        same_network=_perturbed_guide,
     ),
     "slg": Method(
         _perturbed,
@@ -525,6 +578,7 @@ METHODS: dict[str, Method] = {
         "skip-layer guidance (SLG: chosen layers of the same net skipped in the guide)",
         "SLG w={w:g}",
         options={"skip_layer_guidance_layers": "mid"},
+        same_network=_perturbed_guide,
     ),
     "dropout": Method(
         _perturbed,
@@ -532,6 +586,15 @@ METHODS: dict[str, Method] = {
         "dropout guidance (diffusers' AutoGuidance: dropout on chosen layers of the same net)",
         "dropout guidance w={w:g}",
         options={"dropout": 0.5, "auto_guidance_layers": "mid", "seed": 0},
+        same_network=_perturbed_guide,
+    ),
+    "tsg": Method(
+        _perturbed,
+        frozenset({"w_cfg", "interval", "rescale", "schedule"}),
+        "time-step guidance (TSG: the same net with a noisy time-step embedding as guide)",
+        "TSG w={w:g}",
+        options={"s": 1.0, "alpha": 0.0, "seed": 0},
+        same_network=_tsg_guide,
     ),
 }
 
@@ -567,11 +630,26 @@ def check(
         parts = model if isinstance(model, (RunParts, DiffusersParts)) else model_parts(model, names)
         if "classifier" in method.fields:
             parts.check_classifier(spec.kind)
-        if method.null_guide or (spec.kind in PERTURBATIONS and spec.w_cfg is not None):
+        if method.images:
+            _check_images(parts, spec, names)
+        if method.null_guide or (method.same_network and spec.w_cfg is not None):
             parts.check_null(spec.kind, spec)
-        if spec.kind in PERTURBATIONS:
-            _perturbed_guide(parts, spec)  # the network has the layers, the numbers are in range
+        if method.same_network:
+            method.same_network(parts, spec)  # the network has the layers, the numbers are in range
     return method
+
+
+def _check_images(parts: Parts, spec: GuidanceSpec, names: Mapping[str, str]) -> None:
+    """A method for images (FDG): the model makes [C, H, W] samples large enough for its pyramid."""
+    if len(parts.shape) != 3:
+        raise ConfigError(
+            f"{names['kind']} {spec.kind} splits images into frequency bands (a Laplacian pyramid over "
+            f"H x W); {parts.what} makes samples of shape {parts.shape}, not images: use an image run, or "
+            f"{names['kind']} cfg"
+        )
+    levels = {**METHODS[spec.kind].options, **spec.options}["levels"]
+    if isinstance(levels, int) and 2 <= levels <= 8:  # else FDG names the allowed range
+        check_image(torch.empty(0, *parts.shape), levels, f"{names['kind']} {spec.kind}")
 
 
 def _check_option(kind: str, key: str, value, default, names: Mapping[str, str]) -> None:

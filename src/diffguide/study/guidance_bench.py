@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from diffguide.errors import ConfigError
-from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, build_guided, sampler_for
+from diffguide.guidance.spec import EXACT, METHODS, GuidanceSpec, build_guided, check, sampler_for
 from diffguide.io import atomic_write_file, atomic_write_text, check_output_folder
 from diffguide.samplers.generation import generate, sampling_callback, sigma_grid
 from diffguide.study.bars import BarFactory, phase_bar
@@ -185,6 +185,7 @@ def sweep_variant(
 ) -> dict:
     """Samples, metrics and times of one variant at each of its weights (built by build_guided)."""
     sampler_name = variant.sampler or settings.study.sampler
+    check(variant.spec, run)  # a method this run cannot take (FDG on 2D points) is refused before sampling
     # unguided sampling timed right before and after the sweep: the ratio compares neighbours in time,
     # which a shared, busy machine needs (its load changes over minutes)
     _, before = _sample(run, run.denoiser, sampler_name, labels, sigmas, settings.study, bar)

@@ -18,6 +18,9 @@ so only the guide's forward pass sees it (guidance/perturbed.py). The perturbati
 - DropResidual: the residual branch dropped with probability p per element (and scaled by 1 / (1 - p),
   as nn.Dropout), from a generator seeded once; p = 1 skips the layer (output = its shortcut), which
   is skip-layer guidance (SLG); 0 < p < 1 is diffusers' AutoGuidance (dropout on chosen layers).
+
+`noisy_embedding` perturbs no layer but the net's noise (time-step) embedding, through a forward hook
+on `noise_emb` held for a `with` block: the guide of time-step guidance (TSG).
 """
 
 from __future__ import annotations
@@ -183,3 +186,27 @@ def perturbed(layers: Sequence[nn.Module], perturbation: Perturbation) -> Iterat
     finally:
         for m in layers:
             m.perturbation = None
+
+
+def noise_embedding(net: nn.Module) -> nn.Module | None:
+    """The module of `net` that maps the noise input c_noise to the noise (time-step) embedding [N, D]
+    the blocks read (`noise_emb` of diffguide's MLP and U-Net), or None for a net without one."""
+    module = getattr(net, "noise_emb", None)
+    return module if isinstance(module, nn.Module) else None
+
+
+@contextmanager
+def noisy_embedding(embedding: nn.Module, scale: torch.Tensor, generator: torch.Generator) -> Iterator[None]:
+    """Inside the block, `embedding`'s output e [N, ...] becomes e + scale[:, None] n, n ~ N(0, I) drawn
+    (float32, on the CPU, then moved) from `generator` at each call: the perturbed time-step embedding of
+    time-step guidance. Only the embedding changes: the preconditioning around the net does not see it."""
+
+    def add_noise(module, args, output):
+        n = torch.randn(output.shape, generator=generator).to(output.device, output.dtype)
+        return output + scale.to(output.device, output.dtype).reshape(-1, *[1] * (output.ndim - 1)) * n
+
+    handle = embedding.register_forward_hook(add_noise)
+    try:
+        yield
+    finally:
+        handle.remove()
