@@ -52,10 +52,11 @@ NEEDS_CLASSIFIER = (
 
 
 def method_name(spec: GuidanceSpec | str) -> str:
-    """A method's name without its weight, e.g. 'CFG', 'autoguidance', 'autoguidance + CFG w=2'."""
+    """A method's name without its weight, e.g. 'CFG', 'autoguidance', 'autoguidance + CFG w=2' (the
+    CFG weight of a method that has one, where set)."""
     spec = GuidanceSpec(spec) if isinstance(spec, str) else spec
     label = lookup("guidance kind", spec.kind, METHODS).label
-    for weight in (" w={w:g}", " {w:g}"):
+    for weight in (" w={w:g}", " {w:g}") + ((" w={w_cfg:g}",) if spec.w_cfg is None else ()):
         label = label.replace(weight, "")
     w_cfg = spec.w if spec.w_cfg is None else spec.w_cfg
     return label.format(w=float(spec.w), w_cfg=float(w_cfg))
@@ -87,9 +88,9 @@ def method_reasons(
         if kind == "none":
             continue
         if "guide" in method.fields and guide is None:
-            out[kind] = f"{method_name(kind)} {NEEDS_GUIDE}"
+            out[kind] = f"{DASHBOARD_NAMES['kind']} {kind} {NEEDS_GUIDE}"
         elif "classifier" in method.fields and not classifiers:
-            out[kind] = f"{method_name(kind)} {NEEDS_CLASSIFIER}"
+            out[kind] = f"{DASHBOARD_NAMES['kind']} {kind} {NEEDS_CLASSIFIER}"
         else:
             spec = GuidanceSpec(kind, 2.0, guide=guide if "guide" in method.fields else None)
             out[kind] = why_unavailable(run, spec, sampler)

@@ -120,7 +120,9 @@ def method_settings(kinds: list[str], classifiers: list[str]) -> dict[str, dict]
                 settings["w_cfg"] = st.slider(
                     "its CFG weight w", 0.0, 10.0, 2.0, 0.1, key="cmp-w-cfg+auto-cfg"
                 )
-            settings["options"] = ui.method_option_inputs(kind, "cmp")
+            defaults = METHODS[kind].options  # only the changed options: the panel titles stay short
+            options = ui.method_option_inputs(kind, "cmp")
+            settings["options"] = {k: v for k, v in options.items() if v != defaults[k]}
             out[kind] = {k: float(v) if k.startswith("w") else v for k, v in settings.items()}
     return out
 
