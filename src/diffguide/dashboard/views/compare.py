@@ -114,12 +114,11 @@ def method_settings(kinds: list[str], classifiers: list[str]) -> dict[str, dict]
             if "classifier" in fields:
                 settings["classifier_id"] = st.selectbox("Classifier", classifiers, key="cmp-classifier")
                 settings["w"] = st.slider("Classifier scale", 0.0, 10.0, 1.0, 0.1, key=f"cmp-w-{kind}")
+            elif kind == "cfg+auto":  # both weights, each named
+                settings["w"] = st.slider(f"{name}: autoguidance w", 0.0, 10.0, 2.0, 0.1, key=f"cmp-w-{kind}")
+                settings["w_cfg"] = st.slider(f"{name}: CFG w", 0.0, 10.0, 2.0, 0.1, key=f"cmp-w-cfg-{kind}")
             else:
                 settings["w"] = st.slider(f"{name} weight w", 0.0, 10.0, 2.0, 0.1, key=f"cmp-w-{kind}")
-            if kind == "cfg+auto":
-                settings["w_cfg"] = st.slider(
-                    "its CFG weight w", 0.0, 10.0, 2.0, 0.1, key="cmp-w-cfg+auto-cfg"
-                )
             defaults = METHODS[kind].options  # only the changed options: the panel titles stay short
             options = ui.method_option_inputs(kind, "cmp")
             settings["options"] = {k: v for k, v in options.items() if v != defaults[k]}
