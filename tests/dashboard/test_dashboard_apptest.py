@@ -366,6 +366,8 @@ def test_path_traversal_through_the_url_is_refused(runs, bad):
 
 
 def test_compare_side_by_side_and_sweep(runs):
+    from diffguide.guidance.spec import METHODS, GuidanceSpec, build_guided
+
     at = open_page("compare", run="tiny")
     # guides: runs on the same data with the same conditioning (not the unconditional tiny-uncond), the
     # amateur named in guidance.json first, then the run's own earlier checkpoints
@@ -374,6 +376,18 @@ def test_compare_side_by_side_and_sweep(runs):
         "tiny@ckpt-00000030.safetensors",
         "(none)",
     ]
+    # the methods: those of the registry that apply to the run, CFG and autoguidance preselected; the
+    # others listed with the builder's reason (tiny is an MLP: no self-attention; heun: no CFG++)
+    methods = at.multiselect(key="cmp-methods")
+    assert methods.value == ["cfg", "auto"]
+    (expander,) = at.expander
+    unavailable = expander.markdown[0].value
+    assert (
+        "**Perturbed-attention guidance" in unavailable
+        and "run 'tiny' has none (model.arch='mlp')" in unavailable
+    )
+    assert "not for sampler 'heun'" in unavailable and "slg" not in expander.label
+    assert len(methods.options) + int(expander.label.split("(")[1][:-1]) == len(METHODS) - 1
     at.number_input(key="cmp-n").set_value(400)
     at.number_input(key="cmp-steps-tiny").set_value(4).run()
     at.button(key="cmp-go").click().run()
@@ -393,8 +407,8 @@ def test_compare_side_by_side_and_sweep(runs):
     labels = class_labels(run.dataset.mixture, 400)
     metrics = MixtureMetrics(run.dataset.mixture, n_reference=10_000)
 
-    def library_metrics(w: float) -> dict:
-        guided = guidance.autoguidance(run.denoiser, amateur.denoiser, w)
+    def library_metrics(w: float, guided=None) -> dict:
+        guided = guided or guidance.autoguidance(run.denoiser, amateur.denoiser, w)
         x = generate(guided, 400, (2,), sigmas=sigmas, sampler=s.sampler, seed=0, cond=labels)
         return metrics.evaluate(x, labels)
 
@@ -416,6 +430,36 @@ def test_compare_side_by_side_and_sweep(runs):
     at.text_input(key="cmp-weights").set_value("1, two").run()
     at.button(key="cmp-sweep").click().run()
     assert not at.exception and any("'two' is not a number" in e for e in errors(at))
+    # any method that applies, each with its weight and its own options: SLG beside CFG, without the
+    # guide (autoguidance then moves to the list of those that do not apply)
+    at.selectbox(key="cmp-guide").set_value("(none)").run()
+    assert at.multiselect(key="cmp-methods").value == ["cfg"]
+    assert (
+        "**Autoguidance (a weaker run as guide)**: guidance auto needs a guide run"
+        in at.expander[0].markdown[0].value
+    )
+    at.multiselect(key="cmp-methods").select("slg").run()
+    at.slider(key="cmp-w-slg").set_value(3.0)
+    at.text_input(key="cmp-slg-skip_layer_guidance_layers").set_value("blocks.0").run()
+    at.button(key="cmp-go").click().run()
+    assert_clean(at)
+    panels = at.session_state["cmp-result"]
+    assert [p["title"] for p in panels] == [
+        "no guidance",
+        "CFG w=2",
+        "SLG w=3, skip_layer_guidance_layers=blocks.0",
+    ]
+    spec = GuidanceSpec("slg", 3.0, options={"skip_layer_guidance_layers": "blocks.0"})
+    m = library_metrics(3.0, build_guided(run, spec))  # the command line's builder, the same seeds
+    assert panels[2]["note"] == f"precision {m['precision']:.3f} · coverage {m['coverage']:.3f}"
+    at.text_input(key="cmp-weights").set_value("1, 3").run()
+    at.button(key="cmp-sweep").click().run()
+    assert_clean(at)
+    rows = at.session_state["cmp-sweep-result"]["rows"]
+    assert [(r["guidance"], r["w"]) for r in rows] == [("CFG", 1.0), ("CFG", 3.0), ("SLG", 1.0), ("SLG", 3.0)]
+    assert rows[3]["precision"] == pytest.approx(m["precision"]) and rows[3]["coverage"] == pytest.approx(
+        m["coverage"]
+    )
 
 
 def train_digits(out: Path) -> None:
@@ -471,6 +515,7 @@ def test_generate_clip_option_for_image_runs(digits_runs, runs, tmp_path, monkey
 def test_compare_image_run_side_by_side_and_sweep(digits_runs, tmp_path, monkeypatch):
     from diffguide import guidance
     from diffguide.classifiers.images import load_classifier
+    from diffguide.guidance.spec import GuidanceSpec, build_guided
     from diffguide.metrics.images import conditional_accuracy, feature_metrics
     from diffguide.models.runs import load_run
     from diffguide.samplers.generation import generate, sigma_grid
@@ -515,6 +560,23 @@ def test_compare_image_run_side_by_side_and_sweep(digits_runs, tmp_path, monkeyp
     expected = feature_metrics(real_features, features.numpy(), "digits_clf")
     assert rows[1]["fid_digits_clf"] == pytest.approx(expected["fid_digits_clf"], rel=1e-6)
     assert rows[1]["accuracy"] == conditional_accuracy(pred, labels)["accuracy"]
+    # the digits U-Net has self-attention in its mid block and residual blocks: PAG, SEG and SLG apply;
+    # classifier guidance (2D runs only) is listed with why; the SLG panel scores the builder's samples
+    methods = at.multiselect(key="cmp-methods")
+    for title in ("Perturbed-attention", "Smoothed-energy", "Skip-layer guidance"):
+        assert any(o.startswith(title) for o in methods.options), title
+    assert (
+        "**Classifier guidance**: guidance classifier needs a classifier" in at.expander[0].markdown[0].value
+    )
+    methods.set_value(["slg"]).run()
+    at.button(key="cmp-go").click().run()
+    assert_clean(at)
+    panels = at.session_state["cmp-result"]
+    assert [p["title"] for p in panels] == ["no guidance", "SLG w=2"] and all("png" in p for p in panels)
+    guided = build_guided(run, GuidanceSpec("slg", 2.0))
+    x = generate(guided, 8, run.dataset.shape, sigmas=sigmas, sampler="euler", seed=0, cond=labels)
+    expected = conditional_accuracy(classifier.predict(x)[1], labels)["accuracy"]
+    assert panels[1]["note"].startswith(f"accuracy {expected:.3f} · fid_digits_clf ")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,17 +7,18 @@ runs are scored in the feature space of the dataset's classifier when RUNS/class
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffguide.dashboard.generation import DASHBOARD_NAMES, guided_denoiser, is_2d, sample
-from diffguide.errors import ConfigError
-from diffguide.guidance.spec import GuidanceSpec, Loaders, check
+from diffguide.errors import ConfigError, lookup
+from diffguide.guidance.spec import METHODS, GuidanceSpec, Loaders, check, sampler_for
 
 
 def parse_weights(text: str) -> list[float]:
@@ -41,24 +42,104 @@ def parse_weights(text: str) -> list[float]:
     return out
 
 
-def comparison_choices(
-    run, guide: Path | None, w_cfg: float, w_auto: float, interval=None
-) -> list[GuidanceSpec | str]:
-    """No guidance, CFG and autoguidance (guide: a checked guide path, generation.guide_path); a string
-    instead of a spec says why one is unavailable (the guidance builder's own message for CFG)."""
-    out: list[GuidanceSpec | str] = [GuidanceSpec("none")]
-    cfg = GuidanceSpec("cfg", w_cfg, interval=interval)
+# the methods the page preselects beside no guidance (the page's first column, always shown)
+DEFAULT_METHODS = ("cfg", "auto")
+NEEDS_GUIDE = "needs a guide run (a weaker run on the same data); choose one above"
+NEEDS_CLASSIFIER = (
+    "needs a classifier: the exact Bayes classifier of a 2D run's mixture, or a classifier folder "
+    "(classifier.json) inside the run folder"
+)
+
+
+def method_name(spec: GuidanceSpec | str) -> str:
+    """A method's name without its weight, e.g. 'CFG', 'autoguidance', 'autoguidance + CFG w=2' (the
+    CFG weight of a method that has one, where set)."""
+    spec = GuidanceSpec(spec) if isinstance(spec, str) else spec
+    label = lookup("guidance kind", spec.kind, METHODS).label
+    for weight in (" w={w:g}", " {w:g}") + ((" w={w_cfg:g}",) if spec.w_cfg is None else ()):
+        label = label.replace(weight, "")
+    w_cfg = spec.w if spec.w_cfg is None else spec.w_cfg
+    return label.format(w=float(spec.w), w_cfg=float(w_cfg))
+
+
+def why_unavailable(run, spec: GuidanceSpec, sampler: str | None = None) -> str | None:
+    """None where `spec` applies to `run` (sampled with `sampler`), else the guidance builder's one-line
+    reason. Nothing is loaded: methods with a guide run or a classifier are only checked, the others
+    are built (ICG's classes, CFG++'s sampler)."""
     try:
-        check(cfg, run, DASHBOARD_NAMES)
-        out.append(cfg)
+        method = check(spec, run, DASHBOARD_NAMES)
+        if not method.fields & {"guide", "classifier"}:
+            denoiser = guided_denoiser(run, spec)
+            if sampler is not None:
+                sampler_for(denoiser, sampler)
     except ConfigError as e:
-        out.append(str(e))
-    out.append(
-        GuidanceSpec("auto", w_auto, interval=interval, guide=guide)
-        if guide is not None
-        else "autoguidance needs a guide run (a weaker run on the same data)"
-    )
+        return str(e)
+    return None
+
+
+def method_reasons(
+    run, guide: Path | None, classifiers: Sequence[str] = (), sampler: str | None = None
+) -> dict[str, str | None]:
+    """Each method of the registry but none -> None where it applies to `run`, else why not.
+    guide: the checked guide path (generation.guide_path) or None; classifiers: the classifier choices
+    (generation.classifier_choices)."""
+    out: dict[str, str | None] = {}
+    for kind, method in METHODS.items():
+        if kind == "none":
+            continue
+        if "guide" in method.fields and guide is None:
+            out[kind] = f"{DASHBOARD_NAMES['kind']} {kind} {NEEDS_GUIDE}"
+        elif "classifier" in method.fields and not classifiers:
+            out[kind] = f"{DASHBOARD_NAMES['kind']} {kind} {NEEDS_CLASSIFIER}"
+        else:
+            spec = GuidanceSpec(kind, 2.0, guide=guide if "guide" in method.fields else None)
+            out[kind] = why_unavailable(run, spec, sampler)
     return out
+
+
+def comparison_choices(
+    run, specs: Sequence[GuidanceSpec], sampler: str | None = None
+) -> list[GuidanceSpec | str]:
+    """No guidance first, then each spec of `specs` (no guidance among them is dropped: it is first
+    already), or instead of it a string saying why it does not apply (why_unavailable)."""
+    out: list[GuidanceSpec | str] = [GuidanceSpec("none")]
+    for spec in specs:
+        if spec.kind == "none":
+            continue
+        reason = why_unavailable(run, spec, sampler)
+        out.append(spec if reason is None else f"{method_name(spec)}: {reason}")
+    return out
+
+
+def side_by_side(
+    run,
+    specs: Sequence[GuidanceSpec],
+    *,
+    n: int,
+    seed: int,
+    sampler: str,
+    steps: int,
+    cond=None,
+    score: Callable[[torch.Tensor], dict] | None = None,
+    on_progress: Callable[[float, str], None] | None = None,
+    loaders: Loaders | None = None,
+) -> list[dict]:
+    """One panel per comparison_choices entry, all from the same seeds and condition: {"title", "spec",
+    "x" (the samples), "metrics" (score(x), or {})}, or {"title": "unavailable", "note": reason}."""
+    choices = comparison_choices(run, specs, sampler)
+    panels = []
+    for i, choice in enumerate(choices):
+        if isinstance(choice, str):
+            panels.append({"title": "unavailable", "note": choice})
+            continue
+        denoiser = guided_denoiser(run, choice, loaders)
+        x = sample(run, denoiser, n, sampler=sampler, steps=steps, seed=seed, cond=cond)
+        panels.append(
+            {"title": choice.describe(), "spec": choice, "x": x, "metrics": score(x) if score else {}}
+        )
+        if on_progress is not None:
+            on_progress((i + 1) / len(choices), choice.describe())
+    return panels
 
 
 class Scorer:
@@ -129,7 +210,7 @@ class Scorer:
 
 def weight_sweep(
     run,
-    guide,
+    specs: Sequence[GuidanceSpec],
     weights: list[float],
     *,
     n: int,
@@ -138,38 +219,32 @@ def weight_sweep(
     steps: int,
     cond=None,
     labels=None,
-    interval=None,
     scorer: Scorer | None = None,
     on_progress: Callable[[float], None] | None = None,
     loaders: Loaders | None = None,
 ) -> list[dict]:
-    """Rows {guidance, w, metric...} for CFG and autoguidance (those available) at each weight, same seeds;
-    guide: the checked guide path (generation.guide_path) or None."""
+    """Rows {guidance (method_name), w, metric...}: each spec of `specs` that applies (comparison_choices;
+    no guidance is not swept) at each weight, its other settings kept, all from the same seeds."""
     scorer = scorer or Scorer(run)
     if not scorer.keys:
         raise ConfigError(
             "no metric is available for this run: 2D runs are scored exactly; image runs need the dataset's "
             "feature classifier in the runs folder: diffguide train-classifier --data NAME --out RUNS/classifier-NAME"
         )
-    # the methods the builder's rules allow here (the same as the side-by-side panels)
-    available = comparison_choices(run, guide, 1.0, 1.0, interval)[1:]
-    kinds = [spec.kind for spec in available if isinstance(spec, GuidanceSpec)]
-    if not kinds:
+    available = [c for c in comparison_choices(run, specs, sampler)[1:] if isinstance(c, GuidanceSpec)]
+    if not available:
         raise ConfigError(
-            "nothing to sweep: CFG needs a class-conditional run and autoguidance a guide run on the same data"
+            "nothing to sweep: choose at least one guidance method that applies to this run (CFG needs a "
+            "class-conditional run, autoguidance a guide run on the same data)"
         )
-    rows, total, done = [], len(kinds) * len(weights), 0
-    for kind in kinds:
+    rows, total = [], len(available) * len(weights)
+    for spec in available:
         for w in weights:
-            spec = GuidanceSpec(kind, w, interval=interval, guide=guide if kind == "auto" else None)
-            denoiser = guided_denoiser(run, spec, loaders)
+            denoiser = guided_denoiser(run, dataclasses.replace(spec, w=w), loaders)
             x = sample(run, denoiser, n, sampler=sampler, steps=steps, seed=seed, cond=cond)
-            rows.append(
-                {"guidance": "CFG" if kind == "cfg" else "autoguidance", "w": w, **scorer(x, labels, cond)}
-            )
-            done += 1
+            rows.append({"guidance": method_name(spec), "w": w, **scorer(x, labels, cond)})
             if on_progress is not None:
-                on_progress(done / total)
+                on_progress(len(rows) / total)
     return rows
 
 
@@ -223,4 +298,16 @@ def sweep_png(rows: list[dict], keys: list[str], title: str = "") -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["Scorer", "comparison_choices", "is_2d", "parse_weights", "sweep_png", "weight_sweep"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "Scorer",
+    "comparison_choices",
+    "is_2d",
+    "method_name",
+    "method_reasons",
+    "parse_weights",
+    "side_by_side",
+    "sweep_png",
+    "weight_sweep",
+    "why_unavailable",
+]

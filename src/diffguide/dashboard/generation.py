@@ -125,6 +125,13 @@ def exact_classifier(run):
     return ExactClassifier(mixture)
 
 
+def classifier_choices(folder: RunsFolder, run_id: str, run) -> list[str]:
+    """The classifiers classifier guidance can use for a run: EXACT_CLASSIFIER (a 2D run on an exact
+    mixture) and the ids of catalog.classifier_candidates."""
+    exact = [EXACT_CLASSIFIER] if exact_classifier(run) is not None else []
+    return exact + catalog.classifier_candidates(folder, run_id)
+
+
 # ---------------------------------------------------------------------------------------------
 # conditions
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import traceback
 from pathlib import Path
@@ -177,3 +178,25 @@ def sampler_option_inputs(sampler: str, prefix: str, run_id: str) -> dict:
     )
     pairs = [part.strip() for part in text.split(",") if part.strip()]
     return sampler_options(sampler, pairs)
+
+
+def method_option_inputs(kind: str, prefix: str) -> dict:
+    """A guidance method's own options (METHODS[kind].options), one widget each, its default preselected."""
+    from diffguide.guidance.spec import METHODS
+
+    chosen = {}
+    for key, default in METHODS[kind].options.items():
+        label, wkey = f"{kind} {key}", f"{prefix}-{kind}-{key}"
+        if key == "space":
+            chosen[key] = st.selectbox(label, ["x0", "eps"], index=["x0", "eps"].index(default), key=wkey)
+        elif isinstance(default, str):  # layer names of the same-network guides (pag, seg, slg, dropout)
+            chosen[key] = st.text_input(label, value=default, key=wkey, help="e.g. mid, down.2, up")
+        elif isinstance(default, int):
+            chosen[key] = int(st.number_input(label, value=default, step=1, key=wkey))
+        elif math.isinf(default):  # an optional level: empty keeps the default (off)
+            value = st.number_input(f"{label} (empty: inf, the default)", value=None, key=wkey)
+            if value is not None:
+                chosen[key] = float(value)
+        else:
+            chosen[key] = float(st.number_input(label, value=float(default), key=wkey))
+    return chosen

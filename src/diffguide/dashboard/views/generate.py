@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from diffguide.dashboard import catalog, generation, ui
-from diffguide.dashboard.generation import ALL_CLASSES, EXACT_CLASSIFIER, NO_CLASS
+from diffguide.dashboard.generation import ALL_CLASSES, NO_CLASS
 from diffguide.guidance.spec import METHODS
 
 
@@ -59,7 +57,7 @@ def pick_guidance(folder, run_id: str, run, prefix: str = "gen") -> dict:
     if "schedule" in fields:
         choice["schedule"] = _pick_schedule(prefix)
     if METHODS[kind].options:
-        choice["options"] = _pick_options(kind, prefix)
+        choice["options"] = ui.method_option_inputs(kind, prefix)
     return choice
 
 
@@ -76,30 +74,8 @@ def _pick_schedule(prefix: str) -> tuple[str, float, float] | None:
     return kind, float(lo), float(hi)
 
 
-def _pick_options(kind: str, prefix: str) -> dict:
-    """The method's own options (METHODS[kind].options), one widget each, its default preselected."""
-    chosen = {}
-    for key, default in METHODS[kind].options.items():
-        label, wkey = f"{kind} {key}", f"{prefix}-{kind}-{key}"
-        if key == "space":
-            chosen[key] = st.selectbox(label, ["x0", "eps"], index=["x0", "eps"].index(default), key=wkey)
-        elif isinstance(default, str):  # layer names of the same-network guides (pag, seg, slg, dropout)
-            chosen[key] = st.text_input(label, value=default, key=wkey, help="e.g. mid, down.2, up")
-        elif isinstance(default, int):
-            chosen[key] = int(st.number_input(label, value=default, step=1, key=wkey))
-        elif math.isinf(default):  # an optional level: empty keeps the default (off)
-            value = st.number_input(f"{label} (empty: inf, the default)", value=None, key=wkey)
-            if value is not None:
-                chosen[key] = float(value)
-        else:
-            chosen[key] = float(st.number_input(label, value=float(default), key=wkey))
-    return chosen
-
-
 def _pick_classifier(folder, run_id: str, run, prefix: str) -> str | None:
-    options = ([EXACT_CLASSIFIER] if generation.exact_classifier(run) is not None else []) + (
-        catalog.classifier_candidates(folder, run_id)
-    )
+    options = generation.classifier_choices(folder, run_id, run)
     if not options:
         st.warning(
             "No classifier for this run: classifier guidance needs a 2D run on an exact mixture (Bayes "
