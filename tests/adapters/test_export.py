@@ -184,7 +184,8 @@ def test_cli_exports_a_run(tmp_path, export_cli, capsys):
     labels, t = torch.tensor([0, 4, 10]), 321
     for flags, weights in (([], ema), (["--raw"], raw)):  # EMA weights by default
         out = tmp_path / f"out{len(flags)}"
-        assert export_cli(["export-diffusers", str(tmp_path / "run"), str(out), *flags]) == 0
+        where = [str(out)] if flags else ["--out", str(out)]  # the positional and --out are the same
+        assert export_cli(["export-diffusers", str(tmp_path / "run"), *where, *flags]) == 0
         assert "wrote" in capsys.readouterr().out
         unet = diffusers.DDPMPipeline.from_pretrained(out).unet.eval()
         assert unet.config.norm_num_groups == 32 and unet.config.num_class_embeds == 11
@@ -193,6 +194,17 @@ def test_cli_exports_a_run(tmp_path, export_cli, capsys):
             ours = net(x, torch.full((3,), float(t)), labels)
             theirs = unet(x, t, class_labels=labels).sample
         assert (ours - theirs).abs().max() < 1e-5 * max(1.0, float(ours.abs().max()))
+
+
+def test_cli_wants_the_output_folder_once(tmp_path):
+    from tests.helpers import run_cli
+
+    make_run(tmp_path / "run", channels=128)
+    for where in ([], [str(tmp_path / "a"), "--out", str(tmp_path / "b")]):
+        result = run_cli("export-diffusers", str(tmp_path / "run"), *where)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0 and "give the output folder once" in result.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_cli_refuses_a_run_that_does_not_map(tmp_path, export_cli, capsys):
