@@ -85,20 +85,24 @@ def test_methods_that_do_not_apply_say_why(runs):
     tiny, uncond = runs["tiny"], runs["tiny-uncond"]
     reasons = compare.method_reasons(tiny, None, [], sampler="heun")
     assert set(reasons) == set(METHODS) - {"none"}
-    for kind in ("cfg", "apg", "cfg-zero*", "tcfg", "mambo-g", "icg", "slg", "dropout"):
+    for kind in ("cfg", "apg", "cfg-zero*", "tcfg", "mambo-g", "icg", "slg", "dropout", "tsg"):
         assert reasons[kind] is None, (kind, reasons[kind])
     assert reasons["auto"] == f"guidance auto {compare.NEEDS_GUIDE}"
     assert reasons["cfg+auto"] == f"guidance cfg+auto {compare.NEEDS_GUIDE}"
     assert reasons["classifier"] == f"guidance classifier {compare.NEEDS_CLASSIFIER}"
     assert "self-attention" in reasons["pag"] and "self-attention" in reasons["seg"]
+    assert "not images" in reasons["fdg"]  # frequency bands need an image run
     assert "CFG++ is defined for" in reasons["cfg++"] and "'heun'" in reasons["cfg++"]
     # with a guide, a classifier and a sampler CFG++ is defined for, those apply too
     reasons = compare.method_reasons(tiny, runs["tiny-amateur"].path, ["exact"], sampler="euler")
-    assert [k for k, r in reasons.items() if r is not None] == ["pag", "seg"]
+    assert [k for k, r in reasons.items() if r is not None] == ["fdg", "pag", "seg"]
     # an unconditional run: nothing that guides by the null class, nor ICG (no classes to draw from)
     reasons = compare.method_reasons(uncond, runs["tiny-amateur"].path, ["exact"], sampler="euler")
     null_guided = [k for k, m in METHODS.items() if m.null_guide]
     for kind in null_guided:
+        if kind == "fdg":  # a 2D run: the image requirement is named first
+            assert "not images" in reasons[kind]
+            continue
         assert "class-conditional run" in reasons[kind] and "'tiny-uncond'" in reasons[kind], kind
     assert ">= 2 classes" in reasons["icg"]
     assert reasons["auto"] is None and reasons["slg"] is None and reasons["dropout"] is None
