@@ -515,3 +515,14 @@ def test_eval_raw_measures_the_raw_weights(tiny_run, tiny_classifier, tmp_path):
     expected, _ = evaluate_images(raw, raw.denoiser, tiny_classifier, n=20)
     other, _ = evaluate_images(ema, ema.denoiser, tiny_classifier, n=20)
     assert got["fid_digits_clf"] == expected["fid_digits_clf"] != other["fid_digits_clf"]
+
+
+def test_tune_grid_defaults_follow_the_kind_of_run():
+    """Without --samples / --max-evals an image run gets the image defaults (fewer draws and a smaller
+    search: a network evaluation costs far more), a 2D run the 2D ones; given values always win."""
+    from diffguide.cli.tune_grid import TUNING_DEFAULTS, tuning_effort
+
+    images, points = TUNING_DEFAULTS["images"], TUNING_DEFAULTS["points"]
+    assert tuning_effort(None, None, "images") == (images["samples"], images["max_evals"]) == (32, 100)
+    assert tuning_effort(None, None, "points") == (points["samples"], points["max_evals"]) == (256, 300)
+    assert tuning_effort(7, None, "images") == (7, 100) and tuning_effort(None, 9, "points") == (256, 9)

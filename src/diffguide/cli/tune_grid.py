@@ -18,6 +18,20 @@ from diffguide.errors import ConfigError, output_error
 METHOD_NAMES = ("gits+direct", "gits", "direct")
 
 
+# the tuning effort by kind of run: an image network costs far more per evaluation than a 2D one
+# (digits-cfg, iPNDM: 78 s at NFE 8 and 160 s at NFE 16 with the image defaults; docs/samplers.md)
+TUNING_DEFAULTS = {"points": {"samples": 256, "max_evals": 300}, "images": {"samples": 32, "max_evals": 100}}
+
+
+def tuning_effort(samples: int | None, max_evals: int | None, kind: str) -> tuple[int, int]:
+    """(--samples, --max-evals): the values given, else the defaults of this kind of run."""
+    defaults = TUNING_DEFAULTS["images" if kind == "images" else "points"]
+    return (
+        defaults["samples"] if samples is None else samples,
+        defaults["max_evals"] if max_evals is None else max_evals,
+    )
+
+
 def add_parsers(sub) -> None:
     from diffguide.cli import condition_args, guidance_args
 
@@ -40,14 +54,16 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--samples",
         type=int,
-        default=256,
-        help="reference trajectories tuned on (default 256; as many again check the result)",
+        default=None,
+        help="reference trajectories tuned on (default 256 for 2D runs, 32 for image runs; as many again "
+        "check the result)",
     )
     p.add_argument(
         "--max-evals",
         type=int,
-        default=300,
-        help="sampler runs per search start of the direct search (default 300; the cost lever with --samples)",
+        default=None,
+        help="sampler runs per search start of the direct search (default 300 for 2D runs, 100 for image "
+        "runs; the cost lever with --samples)",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed of the reference trajectories")
     p.add_argument("--checkpoint", help="checkpoint file (default: latest good)")
@@ -153,10 +169,9 @@ def cmd_tune_grid(args) -> int:
 
     check_tunable(args.sampler, args.nfe)  # before loading anything
     lookup("tuning method", args.method, METHODS)
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-    if args.max_evals < 1:
-        raise ConfigError(f"--max-evals must be >= 1, got {args.max_evals}")
+    for flag, value in (("--samples", args.samples), ("--max-evals", args.max_evals)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     device = device_of(args)
     out = Path(args.out) if args.out else default_out(args)
     if out.suffix.lower() != ".json" or out.is_dir():
@@ -164,6 +179,7 @@ def cmd_tune_grid(args) -> int:
     # an earlier grid file (also one from before written_by named the command) is replaced without --force
     check_json_output(out, "tune-grid", force=args.force or _is_grid_file(out), example="grid.json")
     run = load_run(args.run, args.checkpoint, use_ema=not args.raw, device=device)
+    args.samples, args.max_evals = tuning_effort(args.samples, args.max_evals, run.dataset.kind)
     cond = condition_args.build_condition(args, run, 1)
     if cond is not None and not isinstance(cond, int):
         raise ConfigError(
