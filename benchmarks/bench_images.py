@@ -56,6 +56,8 @@ FULL = {
         ("icg", [1.5, 2.0]),
         ("slg", [1.5, 2.0]),
         ("dropout", [1.5, 2.0]),
+        ("fdg", [2.0, 3.0]),
+        ("tsg", [1.5, 2.0]),
     ],
 }
 QUICK = {
@@ -67,7 +69,7 @@ QUICK = {
     "auto_w": [2.0],
     "methods": [("apg", [2.0]), ("slg", [2.0])],
 }
-NO_NULL_LABEL = ("icg", "slg", "dropout")  # methods that need no label dropout
+NO_NULL_LABEL = ("icg", "slg", "dropout", "tsg")  # methods that need no label dropout
 
 
 NAMES = {"cfg": "CFG", "auto": "autoguidance"}
