@@ -1,4 +1,4 @@
-"""--threads N (train, sample, eval, likelihood): torch's intra-op thread count, applied, recorded in a
+"""--threads N (train, sample, eval, likelihood, tune-grid): torch's intra-op thread count, applied, recorded in a
 run's metrics.jsonl with the throughput, and refused below 1."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ COMMANDS = {  # each command's smallest argument list (nothing is run: only pars
     "sample": ["sample", "RUN", "--out", "x.npz"],
     "eval": ["eval", "RUN"],
     "likelihood": ["likelihood", "RUN"],
+    "tune-grid": ["tune-grid", "RUN", "--sampler", "euler", "--nfe", "4"],
 }
 
 

@@ -17,7 +17,8 @@ RUN_FILES = ("config.json", "checkpoints")
 
 
 def add_threads_arg(p) -> None:
-    """--threads N: torch's intra-op thread count for the command (train, sample, eval, likelihood)."""
+    """--threads N: torch's intra-op thread count for the command (train, sample, eval, likelihood,
+    tune-grid)."""
     p.add_argument(
         "--threads",
         type=int,

@@ -9,7 +9,7 @@ import math
 import warnings
 from pathlib import Path
 
-from diffguide.cli.common import add_device_arg, add_force_flag, check_json_output, device_of
+from diffguide.cli.common import add_device_arg, add_force_flag, add_threads_arg, check_json_output, device_of
 from diffguide.cli.progress import add_progress_flag, count_callback, finish, progress_bar
 from diffguide.errors import ConfigError, output_error
 
@@ -72,6 +72,7 @@ def add_parsers(sub) -> None:
     add_force_flag(p, "tune-grid")
     add_progress_flag(p)
     add_device_arg(p)
+    add_threads_arg(p)
     condition_args.add_condition_args(p)
     guidance_args.add_sample_args(p)
     p.set_defaults(func=cmd_tune_grid)
