@@ -66,3 +66,46 @@ def copy_runs(source: Path, dest: Path) -> Path:
     """A private copy of the source runs (tests write into their runs folder)."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("done"))
     return dest
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """Every file below `folder` (relative path -> sha256): what a refused command must not change."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_line_exit_2(result: subprocess.CompletedProcess, command: str) -> str:
+    """Exit 2, no traceback, exactly one stderr line `diffguide COMMAND: error: ...`; returns the line."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"diffguide {command}: error: "), lines[0]
+    return lines[0]
+
+
+def random_run(preset: str, overrides=()):
+    """A run of `preset` (with overrides) whose network has random weights (zero-initialised output
+    layers would hide perturbations of the network), as a Run in memory."""
+    import torch
+
+    from diffguide.config import apply_overrides, load_preset
+    from diffguide.data import make_dataset
+    from diffguide.models.build import build_denoiser, build_network
+    from diffguide.models.runs import Run
+    from diffguide.processes import make_process
+
+    cfg = apply_overrides(load_preset(preset), list(overrides))
+    dataset = make_dataset(cfg.data)
+    net = build_network(cfg, dataset)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    denoiser = build_denoiser(cfg, net).eval()
+    return Run(Path("unused"), cfg, dataset, make_process(cfg.diffusion.process), denoiser, 0, Path("unused"))

@@ -4,7 +4,6 @@ the real executable: a device this machine lacks is one line naming --device bef
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,27 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import file_digests, one_line_exit_2, run_cli
 
 NO_CUDA = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under `folder`."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def one_line_exit_2(result, command: str) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"diffguide {command}: error: "), lines[0]
-    return lines[0]
 
 
 def command_line(command: str, run: Path, out: Path) -> list[str]:
@@ -73,12 +54,12 @@ def test_a_device_this_machine_lacks_is_one_line_and_changes_nothing(
     suffix = ".npz" if command == "sample" else ".json"
     out = tmp_path / f"earlier{suffix}"
     out.write_bytes(b"an earlier output, kept")  # even with --force: the device is checked first
-    before_run, before_out = digest(cli_run), digest(tmp_path)
+    before_run, before_out = file_digests(cli_run), file_digests(tmp_path)
     line = one_line_exit_2(run_cli(*command_line(command, cli_run, out), "--device", device), command)
     assert expected in line
     if device in ("cuda", "cuda:3", "mps"):
         assert "available: cpu" in line and "use --device auto (or cpu)" in line
-    assert digest(cli_run) == before_run and digest(tmp_path) == before_out
+    assert file_digests(cli_run) == before_run and file_digests(tmp_path) == before_out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

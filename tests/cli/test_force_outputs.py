@@ -5,24 +5,14 @@ refusal is one line before any work, and the command's own earlier output is rep
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from diffguide.errors import ConfigError
 from diffguide.study.experiment import MARKER, MARKER_FILE, check_out
+from tests.helpers import file_digests as digests
 from tests.helpers import run_cli
-
-
-def digests(folder: Path) -> dict[str, str]:
-    """Every file below `folder` (relative path -> sha256): what must not change."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def refused(result, command: str, *words: str) -> str:

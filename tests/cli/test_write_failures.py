@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import one_line_exit_2, run_cli
 
 LIMIT = 32 * 1024  # bytes: config.json and the logs fit, a tiny run's checkpoint (about 70 KB) does not
 
@@ -23,15 +23,6 @@ def small_disk() -> None:
     """preexec_fn: no file may grow past LIMIT; a write past it fails (EFBIG) instead of killing us."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
-
-
-def one_line_exit_2(result, command: str) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"diffguide {command}: error: "), lines[0]
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -6,7 +6,6 @@ the perturbation never leaks into the unperturbed pass."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from diffguide.config import apply_overrides, load_preset
-from diffguide.data import make_dataset
 from diffguide.errors import ConfigError
 from diffguide.guidance.combinators import NullConditioned
 from diffguide.guidance.perturbed import PerturbedGuide, auto_guidance_from_diffusers, from_diffusers
 from diffguide.guidance.spec import GuidanceSpec, build_guided
-from diffguide.models.build import build_denoiser, build_network
 from diffguide.models.nets.perturb import RESIDUAL, DropResidual, select_layers
 from diffguide.models.nets.unet import ResBlock
-from diffguide.models.runs import Run, load_run
-from diffguide.processes import make_process
-from tests.helpers import run_cli
+from diffguide.models.runs import load_run
+from tests.helpers import random_run, run_cli
 
 guiders = pytest.importorskip("diffusers.guiders")
 UNET = ["model.attn_resolutions=[4]", "model.channels=32"]  # digits 8x8: attention at 4x4 and in the mid
@@ -32,17 +28,8 @@ UNET = ["model.attn_resolutions=[4]", "model.channels=32"]  # digits 8x8: attent
 
 @pytest.fixture(scope="module")
 def run():
-    """A class-conditional digits U-Net with random weights (zero-initialised outputs would hide the
-    perturbations), as a Run in memory."""
-    cfg = apply_overrides(load_preset("digits-cfg"), UNET)
-    dataset = make_dataset(cfg.data)
-    net = build_network(cfg, dataset)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    denoiser = build_denoiser(cfg, net).eval()
-    return Run(Path("unused"), cfg, dataset, make_process(cfg.diffusion.process), denoiser, 0, Path("unused"))
+    """A class-conditional digits U-Net with random weights, as a Run in memory."""
+    return random_run("digits-cfg", UNET)
 
 
 def inputs(n=6):

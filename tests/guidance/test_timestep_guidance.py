@@ -7,35 +7,16 @@ out of the guide's pass; diffusers models are refused."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from diffguide.config import apply_overrides, load_preset
-from diffguide.data import make_dataset
 from diffguide.errors import ConfigError
 from diffguide.guidance import guidance
 from diffguide.guidance.perturbed import TimestepPerturbedGuide
 from diffguide.guidance.spec import GuidanceSpec, build_guided, check
-from diffguide.models.build import build_denoiser, build_network
-from diffguide.models.runs import Run
-from diffguide.processes import make_process
-
-
-def random_run(preset: str, overrides=()):
-    """A class-conditional run with random weights (zero-initialised output layers would hide the
-    embedding), as a Run in memory."""
-    cfg = apply_overrides(load_preset(preset), list(overrides))
-    dataset = make_dataset(cfg.data)
-    net = build_network(cfg, dataset)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    denoiser = build_denoiser(cfg, net).eval()
-    return Run(Path("unused"), cfg, dataset, make_process(cfg.diffusion.process), denoiser, 0, Path("unused"))
+from tests.helpers import random_run
 
 
 @pytest.fixture(scope="module", params=["tiny", "digits-cfg"])
