@@ -525,4 +525,7 @@ def test_tune_grid_defaults_follow_the_kind_of_run():
     images, points = TUNING_DEFAULTS["images"], TUNING_DEFAULTS["points"]
     assert tuning_effort(None, None, "images") == (images["samples"], images["max_evals"]) == (32, 100)
     assert tuning_effort(None, None, "points") == (points["samples"], points["max_evals"]) == (256, 300)
+    from diffguide.samplers.tuning import DEFAULT_MAX_EVALS, DEFAULT_SAMPLES
+
+    assert (DEFAULT_SAMPLES, DEFAULT_MAX_EVALS) == (256, 300)  # the library's defaults are the 2D ones
     assert tuning_effort(7, None, "images") == (7, 100) and tuning_effort(None, 9, "points") == (256, 9)

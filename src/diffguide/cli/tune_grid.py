@@ -20,7 +20,13 @@ METHOD_NAMES = ("gits+direct", "gits", "direct")
 
 # the tuning effort by kind of run: an image network costs far more per evaluation than a 2D one
 # (digits-cfg, iPNDM: 78 s at NFE 8 and 160 s at NFE 16 with the image defaults; docs/samplers.md)
-TUNING_DEFAULTS = {"points": {"samples": 256, "max_evals": 300}, "images": {"samples": 32, "max_evals": 100}}
+TUNING_DEFAULTS = {
+    "points": {
+        "samples": 256,
+        "max_evals": 300,
+    },  # = samplers.tuning's DEFAULT_* (not imported: no torch here)
+    "images": {"samples": 32, "max_evals": 100},
+}
 
 
 def tuning_effort(samples: int | None, max_evals: int | None, kind: str) -> tuple[int, int]:

@@ -44,6 +44,8 @@ from diffguide.noise import PerSampleNoise
 from diffguide.samplers.registry import SAMPLERS, STOCHASTIC, get_sampler, steps_for_evals
 from diffguide.samplers.single_step import sample_heun
 
+DEFAULT_SAMPLES, DEFAULT_MAX_EVALS = 256, 300  # tuning draws and search budget per start (2D-sized)
+
 METHODS = {
     "gits+direct": "both, and the direct search from the GITS grid too; the best on validation samples is kept",
     "gits": "GITS (Chen et al. 2024): dynamic programming over a fine grid on local errors",
@@ -419,11 +421,11 @@ def tune_grid(
     rho: float = 7.0,
     cond=None,
     method: str = "gits+direct",
-    samples: int = 256,
+    samples: int = DEFAULT_SAMPLES,
     seed: int = 0,
     fine_levels: int = 96,  # at least 2 * steps are used
     substeps: int = 8,
-    max_evals: int = 300,  # objective evaluations of each start's direct search
+    max_evals: int = DEFAULT_MAX_EVALS,  # objective evaluations of each start's direct search
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
